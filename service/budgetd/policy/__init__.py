@@ -1,0 +1,1 @@
+"""Policies: the YAML language admins write, its loader, resolution and the live registry."""

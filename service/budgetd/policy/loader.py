@@ -1,0 +1,245 @@
+"""Policy files → PolicySet. Every mistake is reported with file, line and field, and a
+directory with any bad file yields no PolicySet at all (the registry keeps the last good one)."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from budgetd.money import Micros, MoneyFormatError, usd_to_micros
+from budgetd.policy import schema
+from budgetd.policy.model import (
+    BudgetRule,
+    OrgPolicy,
+    PeriodSpec,
+    PolicySet,
+    RateLimits,
+    RateRule,
+)
+from budgetd.pricing_table import PricingFileError, PricingTable, load_pricing
+from budgetd.yaml_errors import FieldPath, YamlDocument, dotted, located_validation_error
+
+PRICING_FILE = "pricing.yaml"
+MAX_ROLLING_DAYS = 366
+
+
+class PolicyError(ValueError):
+    """One or more policy files are invalid. ``errors`` holds one ``file:line: ...`` each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _FileChecker:
+    """Collects the semantic errors of one file, each with its line."""
+
+    def __init__(self, document: YamlDocument) -> None:
+        self.document = document
+        self.errors: list[str] = []
+
+    def fail(self, path: FieldPath, message: str, *, key: bool = False) -> None:
+        if key and path:
+            line = self.document.key_line(path[:-1], str(path[-1]))
+        else:
+            line = self.document.line_of(path)
+        self.errors.append(f"{self.document.filename}:{line}: {dotted(path)}: {message}")
+
+    def usd(self, value: schema.Usd, path: FieldPath) -> Micros:
+        try:
+            micros = usd_to_micros(value)
+        except MoneyFormatError as exc:
+            self.fail(path, f"not a valid USD amount: {exc}")
+            return 0
+        if micros < 0:
+            self.fail(path, f"must not be negative (got {value})")
+            return 0
+        return micros
+
+
+def _period(text: str) -> PeriodSpec:
+    if text in ("hour", "day", "week", "month"):
+        return PeriodSpec(text=text, calendar=text)  # type: ignore[arg-type]
+    count, unit = int(text[:-1]), text[-1]
+    return PeriodSpec(text=text, window_s=count * (3600 if unit == "h" else 86_400))
+
+
+def _check_models(
+    check: _FileChecker, patterns: list[str], pricing: PricingTable, path: FieldPath
+) -> None:
+    known = list(pricing.models)
+    for i, pattern in enumerate(patterns):
+        if not fnmatch.filter(known, pattern):
+            check.fail(
+                (*path, i),
+                f"model pattern {pattern!r} matches no priced model (see `budgetd pricing`)",
+            )
+
+
+def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable) -> OrgPolicy:
+    defaults = raw.defaults
+    try:
+        tz = ZoneInfo(raw.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        check.fail(("timezone",), f"unknown time zone {raw.timezone!r} (use an IANA name)")
+        tz = ZoneInfo("UTC")
+    for name, channel in raw.channels.items():
+        kinds = [k for k in ("webhook", "slack", "log") if getattr(channel, k) is not None]
+        if len(kinds) != 1:
+            check.fail(("channels", name), "a channel needs exactly one of webhook, slack, log")
+        if channel.secret_env is not None and channel.webhook is None:
+            check.fail(("channels", name, "secret_env"), "secret_env applies to webhooks only")
+    for alias, target in raw.aliases.items():
+        if target not in pricing.models:
+            check.fail(("aliases", alias), f"alias target {target!r} is not a priced model")
+    org_pricing = pricing.with_aliases(
+        {a: t for a, t in raw.aliases.items() if t in pricing.models}
+    )
+    seen_names: dict[str, FieldPath] = {}
+
+    def claim_name(name: str, path: FieldPath) -> None:
+        if name in seen_names:
+            first = check.document.line_of(seen_names[name])
+            check.fail(path, f"duplicate name {name!r} (first used on line {first})")
+        else:
+            seen_names[name] = path
+
+    def check_notify(names: list[str], path: FieldPath) -> None:
+        for i, name in enumerate(names):
+            if name not in raw.channels:
+                check.fail((*path, i), f"notify names unknown channel {name!r}")
+
+    check_notify(defaults.notify, ("defaults", "notify"))
+    budgets: list[BudgetRule] = []
+    for i, b in enumerate(raw.budgets):
+        path: FieldPath = ("budgets", i)
+        claim_name(b.name, (*path, "name"))
+        period = _period(b.period)
+        if period.rolling and period.window_s > MAX_ROLLING_DAYS * 86_400:
+            check.fail((*path, "period"), f"rolling window longer than {MAX_ROLLING_DAYS}d")
+        if b.scope == "org" and (b.overrides or b.match != "*"):
+            check.fail((*path, "scope"), "an org budget has no overrides or match")
+        if b.notify is not None:
+            check_notify(b.notify, (*path, "notify"))
+        budgets.append(
+            BudgetRule(
+                name=b.name,
+                scope=b.scope,
+                default_limit=check.usd(b.limit_usd, (*path, "limit_usd")),
+                overrides={
+                    entity: check.usd(v, (*path, "overrides", entity))
+                    for entity, v in b.overrides.items()
+                },
+                match=b.match,
+                period=period,
+                thresholds_pct=tuple(sorted(set(b.thresholds_pct or defaults.thresholds_pct))),
+                on_hard_limit=b.on_hard_limit or defaults.on_hard_limit,
+                mode=b.mode or defaults.mode,
+                failure=b.failure or defaults.failure,
+                notify=tuple(b.notify if b.notify is not None else defaults.notify),
+            )
+        )
+    rates: list[RateRule] = []
+    for i, r in enumerate(raw.rate_limits):
+        path = ("rate_limits", i)
+        claim_name(r.name, (*path, "name"))
+        limits = RateLimits(
+            requests=r.requests_per_minute,
+            input_tokens=r.input_tokens_per_minute,
+            output_tokens=r.output_tokens_per_minute,
+        )
+        if limits == RateLimits():
+            check.fail(path, "a rate limit needs at least one of requests_per_minute, "
+                       "input_tokens_per_minute, output_tokens_per_minute")
+        if r.scope == "org" and (r.overrides or r.match != "*"):
+            check.fail((*path, "scope"), "an org rate limit has no overrides or match")
+        _check_models(check, r.models, org_pricing, (*path, "models"))
+        rates.append(
+            RateRule(
+                name=r.name,
+                scope=r.scope,
+                limits=limits,
+                overrides={
+                    entity: RateLimits(
+                        requests=o.requests_per_minute,
+                        input_tokens=o.input_tokens_per_minute,
+                        output_tokens=o.output_tokens_per_minute,
+                    )
+                    for entity, o in r.overrides.items()
+                },
+                models=tuple(r.models),
+                match=r.match,
+                mode=r.mode or defaults.mode,
+                failure=r.failure or defaults.rate_failure,
+            )
+        )
+    return OrgPolicy(
+        org=raw.org,
+        timezone=raw.timezone,
+        tz=tz,
+        source=check.document.filename,
+        budgets=tuple(budgets),
+        rate_limits=tuple(rates),
+        channels=dict(raw.channels),
+        pricing=org_pricing,
+        hold_ttl_s=defaults.hold_ttl_s,
+    )
+
+
+def parse_policy(text: str, filename: str, pricing: PricingTable) -> OrgPolicy:
+    """Parse one policy file; raise PolicyError listing every mistake in it."""
+    try:
+        document = YamlDocument.parse(text, filename, error_type=PolicyError)
+    except PolicyError as exc:
+        raise PolicyError([str(exc)]) from None
+    if not isinstance(document.data, dict):
+        raise PolicyError([f"{filename}:1: (top level): a policy file must be a mapping"])
+    try:
+        raw = msgspec.convert(document.data, schema.PolicyFile, strict=False)
+    except msgspec.ValidationError as exc:
+        raise PolicyError([located_validation_error(exc, document)]) from None
+    check = _FileChecker(document)
+    policy = _compile(raw, check, pricing)
+    if check.errors:
+        raise PolicyError(check.errors)
+    return policy
+
+
+def policy_files(directory: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and p.name != PRICING_FILE and p.is_file()
+    )
+
+
+def load_policy_dir(directory: Path, pricing_path: Path | None = None) -> PolicySet:
+    """Load ``pricing.yaml`` and every other ``*.yaml`` of ``directory`` into one PolicySet."""
+    pricing_file = pricing_path or directory / PRICING_FILE
+    try:
+        pricing = load_pricing(pricing_file)
+    except FileNotFoundError:
+        raise PolicyError([f"{pricing_file}: pricing table not found"]) from None
+    except PricingFileError as exc:
+        raise PolicyError([str(exc)]) from None
+    errors: list[str] = []
+    orgs: dict[str, OrgPolicy] = {}
+    files = policy_files(directory)
+    for path in files:
+        try:
+            policy = parse_policy(path.read_text(encoding="utf-8"), str(path), pricing)
+        except PolicyError as exc:
+            errors.extend(exc.errors)
+            continue
+        if policy.org in orgs:
+            errors.append(
+                f"{path}:1: org: org {policy.org!r} is already defined in {orgs[policy.org].source}"
+            )
+            continue
+        orgs[policy.org] = policy
+    if errors:
+        raise PolicyError(errors)
+    return PolicySet(orgs=orgs, pricing=pricing, files=tuple(str(p) for p in files))

@@ -1,0 +1,82 @@
+"""Compiled policy: what the loader produces and the engine reads. Money already in micros."""
+
+from __future__ import annotations
+
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from budgetd.money import Micros
+from budgetd.policy.schema import Channel, Failure, HardAction, Mode, Scope
+from budgetd.pricing_table import PricingTable
+
+CalendarUnit = Literal["hour", "day", "week", "month"]
+ROLLING_SUB_BUCKETS = 24
+"""A rolling window is counted in this many sub-buckets (plus the current one)."""
+
+
+class PeriodSpec(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    """As written in the policy: ``day``, ``24h``..."""
+    calendar: CalendarUnit | None = None
+    window_s: int = 0
+    """Rolling windows only: the window length."""
+
+    @property
+    def rolling(self) -> bool:
+        return self.calendar is None
+
+    @property
+    def bucket_s(self) -> int:
+        return self.window_s // ROLLING_SUB_BUCKETS
+
+
+class BudgetRule(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    scope: Scope
+    default_limit: Micros
+    overrides: dict[str, Micros]
+    match: str
+    period: PeriodSpec
+    thresholds_pct: tuple[int, ...]
+    on_hard_limit: HardAction
+    mode: Mode
+    failure: Failure
+    notify: tuple[str, ...]
+
+
+class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
+    requests: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class RateRule(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    scope: Scope
+    limits: RateLimits
+    overrides: dict[str, RateLimits]
+    models: tuple[str, ...]
+    match: str
+    mode: Mode
+    failure: Failure
+
+
+class OrgPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    timezone: str
+    tz: ZoneInfo
+    source: str
+    budgets: tuple[BudgetRule, ...]
+    rate_limits: tuple[RateRule, ...]
+    channels: dict[str, Channel]
+    pricing: PricingTable
+    """The pricing table with this org's aliases added."""
+    hold_ttl_s: int
+
+
+class PolicySet(msgspec.Struct, frozen=True, kw_only=True):
+    orgs: dict[str, OrgPolicy]
+    pricing: PricingTable
+    files: tuple[str, ...]

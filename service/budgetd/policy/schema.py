@@ -1,0 +1,113 @@
+"""The policy file, as msgspec Structs. ``policies/schema.json`` is generated from these.
+
+One file describes one org. Several files describe several orgs; an org named twice is an error.
+Money is written in USD (``limit_usd: 12.50``) and converted to exact micros by the loader.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+Usd = Annotated[
+    float | int | str,
+    msgspec.Meta(description="USD amount, e.g. 12.50 (converted to exact micro-dollars)"),
+]
+Percent = Annotated[int, msgspec.Meta(ge=1, le=100)]
+PerMinute = Annotated[int, msgspec.Meta(ge=0)]
+Period = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(hour|day|week|month|[1-9][0-9]*[hd])$",
+        description="calendar hour|day|week|month in the org's time zone, or a rolling window "
+        "like 24h or 7d",
+    ),
+]
+Mode = Literal["enforce", "shadow"]
+Failure = Literal["fail_closed", "fail_open"]
+HardAction = Literal["block", "warn"]
+Scope = Literal["org", "feature", "user"]
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Channel(_Strict, frozen=True):
+    """Exactly one of ``webhook``, ``slack`` or ``log``."""
+
+    webhook: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
+    slack: Annotated[str, msgspec.Meta(pattern=r"^https://")] | None = None
+    log: Literal["debug", "info", "warning", "error"] | None = None
+    secret_env: str | None = None
+    """Webhook only: the environment variable holding the HMAC-SHA256 signing secret."""
+
+
+class Defaults(_Strict, frozen=True):
+    thresholds_pct: list[Percent] = msgspec.field(default_factory=lambda: [50, 80, 100])
+    on_hard_limit: HardAction = "block"
+    mode: Mode = "enforce"
+    failure: Failure = "fail_closed"
+    rate_failure: Failure = "fail_open"
+    notify: list[Name] = msgspec.field(default_factory=list)
+    hold_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 300
+
+
+class Budget(_Strict, frozen=True):
+    name: Name
+    scope: Scope
+    limit_usd: Usd
+    """For scope user/feature: the default limit of every user/feature."""
+    period: Period
+    match: str = "*"
+    """Scope feature: a glob on feature names (``search-*``); each matching feature has its own
+    counter. Scope user: a glob on user ids."""
+    overrides: dict[str, Usd] = msgspec.field(default_factory=dict)
+    """Per-entity limits that replace the default (``alice: 50``)."""
+    thresholds_pct: list[Percent] | None = None
+    on_hard_limit: HardAction | None = None
+    mode: Mode | None = None
+    failure: Failure | None = None
+    notify: list[Name] | None = None
+
+
+class RateOverride(_Strict, frozen=True):
+    requests_per_minute: PerMinute | None = None
+    input_tokens_per_minute: PerMinute | None = None
+    output_tokens_per_minute: PerMinute | None = None
+
+
+class RateLimit(_Strict, frozen=True):
+    name: Name
+    scope: Scope
+    requests_per_minute: PerMinute | None = None
+    input_tokens_per_minute: PerMinute | None = None
+    output_tokens_per_minute: PerMinute | None = None
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    """Model ids or globs (``claude-opus-*``); each must match a priced model."""
+    match: str = "*"
+    overrides: dict[str, RateOverride] = msgspec.field(default_factory=dict)
+    mode: Mode | None = None
+    failure: Failure | None = None
+
+
+class PolicyFile(_Strict, frozen=True):
+    org: Name
+    timezone: str
+    """IANA time zone of calendar periods, e.g. ``America/New_York``."""
+    defaults: Defaults = msgspec.field(default_factory=Defaults)
+    channels: dict[Name, Channel] = msgspec.field(default_factory=dict)
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra model ids (alias → priced model id)."""
+    budgets: list[Budget] = msgspec.field(default_factory=list)
+    rate_limits: list[RateLimit] = msgspec.field(default_factory=list)
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON Schema of a policy file, for editor completion."""
+    schema = msgspec.json.schema(PolicyFile)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "budgetd policy file"
+    return schema

@@ -1,0 +1,156 @@
+"""Usage → cost, and the worst case a hold must cover. Pure functions over a PricingTable.
+
+Arithmetic is exact: token counts times integer pico-dollar rates, then the serving modifiers
+(batch discount, US-only inference) as exact fractions, then one ceiling to micro-dollars.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from fractions import Fraction
+from typing import Literal
+
+import msgspec
+
+from budgetd.money import Micros, Picos, picos_to_micros_ceil
+from budgetd.pricing_table import ModelPricing, PriceEntry, PricingTable, Rates
+from budgetd.usage import Usage
+
+CacheTtl = Literal["5m", "1h"]
+TOKEN_KINDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+
+class PricingError(ValueError):
+    """The usage cannot be priced (e.g. fast mode on a model that has no fast rates)."""
+
+
+class CostLine(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    """One of TOKEN_KINDS, or ``web_search``."""
+    quantity: int
+    picos: Picos
+    """Exact cost of this line in pico-dollars, modifiers applied, rounded up to a whole pico."""
+
+
+class Cost(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    """The priced model id (aliases resolved)."""
+    cost_micros: Micros
+    lines: tuple[CostLine, ...]
+    pricing_version: str
+    price_effective: dt.date
+    band: Literal["standard", "long_context"]
+    speed: Literal["standard", "fast"]
+    batch: bool
+    us_inference: bool
+
+
+def _band_rates(
+    pricing: ModelPricing, entry: PriceEntry, prompt_tokens: int, fast: bool
+) -> tuple[Rates, Literal["standard", "long_context"]]:
+    if fast:
+        if entry.fast is None:
+            raise PricingError(f"model {pricing.id!r} has no fast-mode price")
+        return entry.fast, "standard"
+    band = entry.long_context
+    if band is not None and prompt_tokens > band.threshold_tokens:
+        return band.rates, "long_context"
+    return entry.rates, "standard"
+
+
+def _modifier(table: PricingTable, entry: PriceEntry, batch: bool, us: bool) -> Fraction:
+    factor = Fraction(1)
+    if batch:
+        factor *= Fraction(100 - table.batch_discount_pct, 100)
+    if us and entry.us_inference_multiplier is not None:
+        factor *= entry.us_inference_multiplier
+    return factor
+
+
+def _ceil(value: Fraction) -> int:
+    return -(-value.numerator // value.denominator)
+
+
+def cost(
+    table: PricingTable,
+    model: str,
+    usage: Usage,
+    *,
+    batch: bool = False,
+    on: dt.date | None = None,
+) -> Cost:
+    """The exact cost of one call from its ``usage`` object.
+
+    ``batch`` may also come from ``usage.service_tier == "batch"``. ``on`` is the day the call
+    was made (the price entry in force then applies); default: the newest entry.
+    """
+    pricing = table.model(model)
+    entry = pricing.entry_at(on) if on is not None else pricing.entries[-1]
+    is_batch = batch or usage.service_tier == "batch"
+    is_us = usage.inference_geo == "us"
+    rates, band = _band_rates(pricing, entry, usage.prompt_tokens, usage.speed == "fast")
+    factor = _modifier(table, entry, is_batch, is_us)
+    five, hour = usage.cache_writes
+    quantities = {
+        "input": usage.uncached_input,
+        "output": usage.output,
+        "cache_write_5m": five,
+        "cache_write_1h": hour,
+        "cache_read": usage.cache_read,
+    }
+    exact_total = Fraction(0)
+    lines: list[CostLine] = []
+    for kind in TOKEN_KINDS:
+        exact = quantities[kind] * getattr(rates, kind) * factor
+        exact_total += exact
+        lines.append(CostLine(kind=kind, quantity=quantities[kind], picos=_ceil(exact)))
+    searches = usage.web_searches
+    search_picos = searches * table.web_search_picos_per_request
+    exact_total += search_picos
+    lines.append(CostLine(kind="web_search", quantity=searches, picos=search_picos))
+    return Cost(
+        model=pricing.id,
+        cost_micros=picos_to_micros_ceil(_ceil(exact_total)),
+        lines=tuple(lines),
+        pricing_version=table.version,
+        price_effective=entry.effective,
+        band=band,
+        speed="fast" if usage.speed == "fast" else "standard",
+        batch=is_batch,
+        us_inference=is_us and entry.us_inference_multiplier is not None,
+    )
+
+
+def worst_case(
+    table: PricingTable,
+    model: str,
+    input_tokens: int,
+    max_tokens: int,
+    cache_ttl: CacheTtl | None = None,
+    *,
+    batch: bool = False,
+    us_inference: bool = False,
+    fast: bool = False,
+    web_searches: int = 0,
+    on: dt.date | None = None,
+) -> Micros:
+    """The hold a reservation needs so that the real call can never cost more.
+
+    Every prompt token is priced at the highest rate the request can incur: uncached input, or a
+    cache write of the TTL the request uses (a 1-hour request may also write 5-minute blocks), or
+    a cache read. Output is priced at ``max_tokens``. The long-context band applies when the
+    estimated prompt crosses its threshold. A prompt estimate that is too low can still make the
+    call dearer than the hold; the commit then records the overrun.
+    """
+    pricing = table.model(model)
+    entry = pricing.entry_at(on) if on is not None else pricing.entries[-1]
+    rates, _ = _band_rates(pricing, entry, input_tokens, fast)
+    prompt_rates = [rates.input, rates.cache_read]
+    if cache_ttl is not None:
+        prompt_rates.append(rates.cache_write_5m)
+    if cache_ttl == "1h":
+        prompt_rates.append(rates.cache_write_1h)
+    factor = _modifier(table, entry, batch, us_inference)
+    exact = (input_tokens * max(prompt_rates) + max_tokens * rates.output) * factor
+    exact += web_searches * table.web_search_picos_per_request
+    return picos_to_micros_ceil(_ceil(exact))

@@ -1,0 +1,148 @@
+"""The store interface and the plain values that cross it. The store knows keys and scripts,
+never policies: the engine hands it keys, limits and amounts, and reads back numbers."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import msgspec
+
+
+class BudgetSlot(msgspec.Struct, frozen=True, kw_only=True):
+    """One cost budget as the store sees it."""
+
+    held_key: str
+    charge_key: str
+    """Where spend lands: the period counter (calendar) or the current sub-bucket (rolling)."""
+    spent_keys: tuple[str, ...]
+    """Counters summed for the check: the one period, or every sub-bucket of the window."""
+    limit: int
+    enforce: bool
+    expire_at_ms: int
+
+
+class BucketSlot(msgspec.Struct, frozen=True, kw_only=True):
+    """One token bucket as the store sees it."""
+
+    key: str
+    per_minute: int
+    capacity: int
+    amount: int
+    enforce: bool
+    kind: Literal["requests", "input", "output"]
+
+
+class ReserveCall(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    reservation_id: str
+    fingerprint: str
+    amount: int
+    lease_ms: int
+    keep_ms: int
+    """How long a resolved reservation stays for idempotent replays."""
+    budgets: tuple[BudgetSlot, ...]
+    buckets: tuple[BucketSlot, ...]
+    meta: str
+    """JSON describing the request, copied into the ledger entry at commit."""
+
+
+class Denial(msgspec.Struct, frozen=True, kw_only=True):
+    kind: Literal["budget", "bucket"]
+    index: int
+    """0-based index into the call's budgets or buckets."""
+    spent: int = 0
+    held: int = 0
+    level: int = 0
+    wait_ms: int | None = None
+
+
+class ReserveOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["granted", "denied", "replay", "conflict"]
+    now_ms: int
+    deadline_ms: int
+    budgets_after: tuple[tuple[int, int], ...] = ()
+    """(spent, held) of each budget after the hold."""
+    buckets_after: tuple[int, ...] = ()
+    denials: tuple[Denial, ...] = ()
+    shadow_denials: tuple[Denial, ...] = ()
+    state: str = ""
+
+
+class CommitCall(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    reservation_id: str
+    cost: int
+    fingerprint: str
+    keep_ms: int
+    input_tokens: int
+    output_tokens: int
+    ledger_fields: tuple[tuple[str, str], ...]
+
+
+class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["committed", "replay", "conflict", "missing"]
+    cost: int = 0
+    released: int = 0
+    overrun: bool = False
+    late: bool = False
+    ledger_id: str = ""
+    state: str = ""
+
+
+class ReleaseOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["released", "resolved", "missing"]
+    released: int
+    state: str
+
+
+class RecordCall(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    record_id: str
+    fingerprint: str
+    cost: int
+    keep_ms: int
+    budgets: tuple[BudgetSlot, ...]
+    buckets: tuple[BucketSlot, ...]
+    """``amount`` of each is the tokens actually used."""
+    ledger_fields: tuple[tuple[str, str], ...]
+
+
+class RecordOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["recorded", "replay", "conflict"]
+    ledger_id: str = ""
+    budgets_after: tuple[tuple[int, int], ...] = ()
+
+
+class StatusOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    now_ms: int
+    budgets: tuple[tuple[int, int], ...]
+    buckets: tuple[int, ...]
+
+
+class ReservationView(msgspec.Struct, frozen=True, kw_only=True):
+    state: str
+    meta: str
+    deadline_ms: int
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached within the configured timeout."""
+
+
+class Store(Protocol):
+    """What the engine needs from Redis. One implementation; two ways to connect."""
+
+    description: str
+
+    async def reserve(self, call: ReserveCall) -> ReserveOutcome: ...
+    async def commit(self, call: CommitCall) -> CommitOutcome: ...
+    async def release(self, org: str, reservation_id: str, keep_ms: int) -> ReleaseOutcome: ...
+    async def expire(self, org: str, limit: int) -> tuple[int, int]: ...
+    async def record(self, call: RecordCall) -> RecordOutcome: ...
+    async def status(
+        self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]
+    ) -> StatusOutcome: ...
+    async def reservation(self, org: str, reservation_id: str) -> ReservationView | None: ...
+    async def server_time(self) -> float: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,51 @@
+"""Every Redis key budgetd writes, built here and nowhere else.
+
+All keys of one org carry the hash tag ``{o:<org>}``, so a reserve or commit touches one slot and
+runs as one script on plain Redis and on Redis Cluster alike.
+"""
+
+from __future__ import annotations
+
+PREFIX = "bd"
+
+
+def tag(org: str) -> str:
+    return f"{PREFIX}:{{o:{org}}}"
+
+
+def period_counter(org: str, budget: str, entity: str, period_id: str) -> str:
+    """Hash {spent, held} of one budget, one entity, one calendar period or rolling sub-bucket."""
+    return f"{tag(org)}:b:{budget}:{entity}:{period_id}"
+
+
+def rolling_held(org: str, budget: str, entity: str) -> str:
+    """Hash {held} of a rolling-window budget (its spend lives in sub-bucket counters)."""
+    return f"{tag(org)}:h:{budget}:{entity}"
+
+
+def bucket(org: str, rule: str, entity: str, kind: str) -> str:
+    """Hash {t, ms}: a token bucket."""
+    return f"{tag(org)}:tb:{rule}:{entity}:{kind}"
+
+
+def reservation_prefix(org: str) -> str:
+    return f"{tag(org)}:r:"
+
+
+def reservation(org: str, reservation_id: str) -> str:
+    return reservation_prefix(org) + reservation_id
+
+
+def holds(org: str) -> str:
+    """Sorted set of open holds, scored by lease deadline (Redis ms)."""
+    return f"{tag(org)}:holds"
+
+
+def ledger(org: str) -> str:
+    """Stream of settled entries (commits and records)."""
+    return f"{tag(org)}:ledger"
+
+
+def usage_record(org: str, record_id: str) -> str:
+    """Idempotency record of one reservation-less usage record."""
+    return f"{tag(org)}:u:{record_id}"

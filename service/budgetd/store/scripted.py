@@ -1,0 +1,232 @@
+"""The one Store implementation: every operation is one Lua script call on a redis-py asyncio
+client. The client may be a real Redis, a Redis Cluster, or fakeredis (embedded mode)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.exceptions
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
+from budgetd.store import keys
+from budgetd.store.base import (
+    BucketSlot,
+    BudgetSlot,
+    CommitCall,
+    CommitOutcome,
+    Denial,
+    RecordCall,
+    RecordOutcome,
+    ReleaseOutcome,
+    ReservationView,
+    ReserveCall,
+    ReserveOutcome,
+    StatusOutcome,
+    StoreUnavailable,
+)
+from budgetd.store.scripts import SCRIPT_NAMES, source
+
+Client = Redis | RedisCluster
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError,
+                OSError)
+
+
+def _pairs(text: str) -> tuple[tuple[int, int], ...]:
+    if not text:
+        return ()
+    out = []
+    for item in text.split(";"):
+        spent, held = item.split(",")
+        out.append((int(spent), int(held)))
+    return tuple(out)
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(";")) if text else ()
+
+
+def _denials(rows: Sequence[Sequence[Any]]) -> tuple[Denial, ...]:
+    out = []
+    for row in rows:
+        if row[0] == "b":
+            out.append(Denial(kind="budget", index=int(row[1]) - 1, spent=int(row[2]),
+                              held=int(row[3])))
+        else:
+            wait = int(row[3])
+            out.append(Denial(kind="bucket", index=int(row[1]) - 1, level=int(row[2]),
+                              wait_ms=None if wait < 0 else wait))
+    return tuple(out)
+
+
+def _plan(call: ReserveCall) -> str:
+    plan = {
+        "a": call.amount,
+        "b": [{"h": b.held_key, "c": b.charge_key, "x": b.expire_at_ms} for b in call.budgets],
+        "t": [
+            {"k": t.key, "r": t.per_minute, "c": t.capacity, "n": t.amount, "q": t.kind}
+            for t in call.buckets
+        ],
+    }
+    return msgspec.json.encode(plan).decode()
+
+
+class ScriptStore:
+    """Store over any redis-py asyncio client; ``timeout_s`` bounds every call."""
+
+    def __init__(self, client: Client, *, description: str, timeout_s: float = 1.0) -> None:
+        self.client = client
+        self.description = description
+        self.timeout_s = timeout_s
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(source(name)) for name in SCRIPT_NAMES
+        }
+
+    async def _run(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._scripts[name](keys=list(keys_), args=list(args))
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"redis unreachable: {exc or type(exc).__name__}") from exc
+
+    async def reserve(self, call: ReserveCall) -> ReserveOutcome:
+        key_list = [keys.reservation(call.org, call.reservation_id), keys.holds(call.org)]
+        args: list[str | int] = [
+            call.reservation_id, call.fingerprint, call.amount, call.lease_ms, call.keep_ms,
+            _plan(call), call.meta, keys.reservation_prefix(call.org),
+            len(call.budgets), len(call.buckets),
+        ]
+        for b in call.budgets:
+            key_list += [b.held_key, b.charge_key, *b.spent_keys]
+            args += [len(b.spent_keys), b.limit, int(b.enforce), b.expire_at_ms]
+        for t in call.buckets:
+            key_list.append(t.key)
+            args += [t.per_minute, t.capacity, t.amount, int(t.enforce)]
+        status, now, deadline, result, extra, shadow = await self._run("reserve", key_list, args)
+        budgets_text, _, buckets_text = str(result).partition("|")
+        if status == "denied":
+            return ReserveOutcome(status="denied", now_ms=int(now), deadline_ms=0,
+                                  denials=_denials(extra), shadow_denials=_denials(shadow))
+        return ReserveOutcome(
+            status=status,
+            now_ms=int(now),
+            deadline_ms=int(deadline),
+            budgets_after=_pairs(budgets_text),
+            buckets_after=_levels(buckets_text),
+            shadow_denials=_denials(shadow) if isinstance(shadow, list) else (),
+            state=str(extra),
+        )
+
+    async def commit(self, call: CommitCall) -> CommitOutcome:
+        key_list = [keys.reservation(call.org, call.reservation_id), keys.holds(call.org),
+                    keys.ledger(call.org)]
+        args: list[str | int] = [
+            call.reservation_id, call.cost, call.fingerprint, call.keep_ms,
+            call.input_tokens, call.output_tokens, keys.reservation_prefix(call.org),
+        ]
+        for field, value in call.ledger_fields:
+            args += [field, value]
+        status, cost, released, overrun, late, ledger_id, after, state = await self._run(
+            "commit", key_list, args
+        )
+        if status == "replay":
+            # Stored as cost:released:overrun:late:ledger_id:after
+            c, r, o, lt, lid, _ = str(after).split(":", 5)
+            return CommitOutcome(status="replay", cost=int(c), released=int(r),
+                                 overrun=o == "1", late=lt == "1", ledger_id=lid, state=state)
+        return CommitOutcome(status=status, cost=int(cost), released=int(released),
+                             overrun=int(overrun) == 1, late=int(late) == 1,
+                             ledger_id=str(ledger_id), state=str(state))
+
+    async def release(self, org: str, reservation_id: str, keep_ms: int) -> ReleaseOutcome:
+        status, released, state = await self._run(
+            "release", [keys.reservation(org, reservation_id), keys.holds(org)],
+            [reservation_id, keep_ms],
+        )
+        return ReleaseOutcome(status=status, released=int(released), state=str(state))
+
+    async def expire(self, org: str, limit: int) -> tuple[int, int]:
+        reclaimed, remaining = await self._run(
+            "expire", [keys.holds(org)], [keys.reservation_prefix(org), limit]
+        )
+        return int(reclaimed), int(remaining)
+
+    async def record(self, call: RecordCall) -> RecordOutcome:
+        key_list = [keys.usage_record(call.org, call.record_id), keys.ledger(call.org)]
+        args: list[str | int] = [
+            call.record_id, call.fingerprint, call.cost, call.keep_ms,
+            len(call.budgets), len(call.buckets), len(call.ledger_fields),
+        ]
+        for b in call.budgets:
+            key_list += [b.charge_key, b.held_key]
+            args.append(b.expire_at_ms)
+        for t in call.buckets:
+            key_list.append(t.key)
+            args += [t.per_minute, t.capacity, t.amount]
+        for field, value in call.ledger_fields:
+            args += [field, value]
+        status, ledger_id, result = await self._run("record", key_list, args)
+        lid, _, after = str(result).partition("|")
+        return RecordOutcome(status=status, ledger_id=lid or str(ledger_id),
+                             budgets_after=_pairs(after))
+
+    async def status(
+        self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]
+    ) -> StatusOutcome:
+        key_list: list[str] = []
+        args: list[str | int] = [len(budgets), len(buckets)]
+        for b in budgets:
+            key_list += [b.held_key, *b.spent_keys]
+            args.append(len(b.spent_keys))
+        for t in buckets:
+            key_list.append(t.key)
+            args += [t.per_minute, t.capacity]
+        out = await self._run("status", key_list, args)
+        values = [int(v) for v in out[1:]]
+        pairs = tuple((values[2 * i], values[2 * i + 1]) for i in range(len(budgets)))
+        return StatusOutcome(now_ms=int(out[0]), budgets=pairs,
+                             buckets=tuple(values[2 * len(budgets):]))
+
+    async def reservation(self, org: str, reservation_id: str) -> ReservationView | None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                state, meta, deadline = await self.client.hmget(
+                    keys.reservation(org, reservation_id), ["st", "meta", "dl"]
+                )
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if state is None:
+            return None
+        return ReservationView(state=state, meta=meta, deadline_ms=int(deadline))
+
+    async def server_time(self) -> float:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                seconds, micros = await self.client.time()
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return float(seconds) + float(micros) / 1e6
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return bool(await self.client.ping())
+        except (*_UNREACHABLE, redis.exceptions.RedisError):
+            return False
+
+    async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy`` (None where CONFIG is not allowed)."""
+        try:
+            config = await self.client.config_get("maxmemory-policy")
+        except redis.exceptions.RedisError:
+            return None
+        value = config.get("maxmemory-policy") if isinstance(config, dict) else None
+        return str(value) if value is not None else None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+

@@ -1,0 +1,12 @@
+-- expire.lua: reclaim holds of one org whose lease (Redis time) ran out.
+--
+-- KEYS[1] org's hold index
+-- ARGV[1] reservation key prefix   ARGV[2] most holds to reclaim in this call
+--
+-- Returns {reclaimed, still_due}: how many it expired and how many due holds remain.
+
+local holds = KEYS[1]
+local now = now_ms()
+local n = expire_due(holds, ARGV[1], now, tonumber(ARGV[2]))
+local remaining = redis.call('ZCOUNT', holds, '-inf', int(now))
+return {n, remaining}

@@ -1,0 +1,97 @@
+-- lib.lua: helpers prepended to every script when it is loaded (see store/scripts.py).
+--
+-- Conventions shared by all scripts:
+--   * Time is Redis TIME in milliseconds; it is never taken from the caller.
+--   * Numbers handed to redis.call go through int(): Lua's tostring turns 1e12 into "1e+12",
+--     which HINCRBY would reject.
+--   * A token bucket is a hash {t = level * 60000, ms = time of that level}; it refills at
+--     `per_minute` scaled units per millisecond, so integer arithmetic stays exact in doubles.
+--   * A reservation's plan (JSON written by the service at reserve time) lists every key its
+--     hold touched: {a = amount, b = {{h = held key, c = charge key, x = expire-at ms}},
+--     t = {{k = key, r = per minute, c = capacity, n = amount, q = kind}}}. All of those keys
+--     carry the org's hash tag, so they share the slot of the reservation key itself.
+
+local SCALE = 60000
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Level of a bucket at `now`, after refill, and the time that level belongs to. A clock that
+-- ran backwards (failover to a replica whose clock is behind) refills nothing, never negative.
+local function bucket_read(key, per_minute, capacity, now)
+  local v = redis.call('HMGET', key, 't', 'ms')
+  local cap = capacity * SCALE
+  if not v[1] then
+    return cap, now
+  end
+  local level = tonumber(v[1])
+  local last = tonumber(v[2])
+  if now > last then
+    level = level + (now - last) * per_minute
+    last = now
+  end
+  if level > cap then
+    level = cap
+  end
+  return level, last
+end
+
+local function bucket_write(key, level, at, per_minute, capacity)
+  redis.call('HSET', key, 't', int(level), 'ms', int(at))
+  local missing = capacity * SCALE - level
+  local ttl = 86400000
+  if per_minute > 0 then
+    ttl = math.ceil(missing / per_minute) + 60000
+  end
+  redis.call('PEXPIRE', key, int(ttl))
+end
+
+-- Give `tokens` back to a bucket (negative: take more), never above its capacity.
+local function bucket_adjust(t, tokens, now)
+  if tokens == 0 then
+    return
+  end
+  local level, at = bucket_read(t.k, t.r, t.c, now)
+  level = level + tokens * SCALE
+  if level > t.c * SCALE then
+    level = t.c * SCALE
+  end
+  bucket_write(t.k, level, at, t.r, t.c)
+end
+
+-- Free a reservation's hold on every budget; with `refund_estimates`, also give back the token
+-- estimates charged to input and output buckets (the call never ran). Request counts stay spent.
+local function void_hold(plan, now, refund_estimates)
+  for _, b in ipairs(plan.b) do
+    redis.call('HINCRBY', b.h, 'held', int(-plan.a))
+  end
+  if refund_estimates then
+    for _, t in ipairs(plan.t) do
+      if t.q ~= 'requests' then
+        bucket_adjust(t, t.n, now)
+      end
+    end
+  end
+end
+
+-- Reclaim up to `limit` holds whose lease (Redis time) ran out. Returns how many.
+local function expire_due(holds_key, reservation_prefix, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', int(now), 'LIMIT', 0, limit)
+  for _, rid in ipairs(due) do
+    local rkey = reservation_prefix .. rid
+    local fields = redis.call('HMGET', rkey, 'st', 'plan')
+    -- Race: commit/release may have resolved it after it was indexed; only a 'held' one expires.
+    if fields[1] == 'held' then
+      void_hold(cjson.decode(fields[2]), now, false)
+      redis.call('HSET', rkey, 'st', 'expired', 'rt', int(now))
+    end
+    redis.call('ZREM', holds_key, rid)
+  end
+  return #due
+end

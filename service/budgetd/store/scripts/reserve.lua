@@ -1,0 +1,101 @@
+-- reserve.lua: check every limit, then hold on all of them at once, or change nothing.
+--
+-- KEYS[1]  reservation hash            KEYS[2]  org's hold index (zset: lease deadline ms)
+-- KEYS[3..] per budget: held key, charge key, then its spent keys; then one key per bucket
+-- ARGV[1] reservation id   ARGV[2] request fingerprint   ARGV[3] amount (micros)
+-- ARGV[4] lease ms         ARGV[5] record ttl ms (after the lease)   ARGV[6] plan JSON
+-- ARGV[7] meta JSON        ARGV[8] reservation key prefix            ARGV[9] budget count B
+-- ARGV[10] bucket count T
+-- then per budget: spent-key count, limit, enforce (1/0), expire-at ms
+-- then per bucket: per minute, capacity, amount, enforce (1/0)
+--
+-- Returns {status, now_ms, deadline_ms, result, denials, shadow}
+--   status: 'granted' | 'denied' | 'replay' | 'conflict'
+--   result: "spent,held;spent,held;...|level;level;..." after the hold (also stored for replay)
+--   denials/shadow: {{'b', index, spent, held} | {'t', index, level, wait_ms (-1: never)}}
+-- A replay returns the stored result and deadline with the reservation's state in `denials`.
+
+local rkey, holds = KEYS[1], KEYS[2]
+local rid, fp, amount = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local lease, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+local nb, nt = tonumber(ARGV[9]), tonumber(ARGV[10])
+local now = now_ms()
+
+-- Lazy expiry first, so stale holds of this org never deny a request.
+expire_due(holds, ARGV[8], now, 8)
+
+local prior = redis.call('HMGET', rkey, 'fp', 'res', 'dl', 'st')
+if prior[1] then
+  -- Idempotency: the reservation id is the key. Same request: the original answer.
+  if prior[1] ~= fp then
+    return {'conflict', now, 0, '', prior[4], {}}
+  end
+  return {'replay', now, tonumber(prior[3]), prior[2], prior[4], {}}
+end
+
+-- Phase 1: check everything; write nothing.
+local budgets, buckets, denials, shadow = {}, {}, {}, {}
+local k, a = 3, 11
+for i = 1, nb do
+  local held_key, charge_key = KEYS[k], KEYS[k + 1]
+  local n = tonumber(ARGV[a])
+  local spent = 0
+  for j = 0, n - 1 do
+    spent = spent + tonumber(redis.call('HGET', KEYS[k + 2 + j], 'spent') or '0')
+  end
+  local held = tonumber(redis.call('HGET', held_key, 'held') or '0')
+  local limit, enforce = tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
+  budgets[i] = {held_key, charge_key, tonumber(ARGV[a + 3]), spent, held}
+  if spent + held + amount > limit then
+    local row = {'b', i, int(spent), int(held)}
+    if enforce then table.insert(denials, row) else table.insert(shadow, row) end
+  end
+  k = k + 2 + n
+  a = a + 4
+end
+for i = 1, nt do
+  local key = KEYS[k]
+  local per_minute, capacity = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local need, enforce = tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
+  local level, at = bucket_read(key, per_minute, capacity, now)
+  buckets[i] = {key, per_minute, capacity, need, level, at}
+  if level < need * SCALE then
+    local wait = -1
+    if need <= capacity and per_minute > 0 then
+      wait = math.ceil((need * SCALE - level) / per_minute)
+    end
+    local row = {'t', i, int(math.floor(level / SCALE)), int(wait)}
+    if enforce then table.insert(denials, row) else table.insert(shadow, row) end
+  end
+  k = k + 1
+  a = a + 4
+end
+if #denials > 0 then
+  return {'denied', now, 0, '', denials, shadow}
+end
+
+-- Phase 2: every check passed; hold on all of them.
+local parts = {}
+for i, b in ipairs(budgets) do
+  local held_key, charge_key, expire_at = b[1], b[2], b[3]
+  redis.call('HINCRBY', held_key, 'held', int(amount))
+  redis.call('PEXPIREAT', held_key, int(expire_at))
+  if charge_key ~= held_key and redis.call('EXISTS', charge_key) == 0 then
+    redis.call('HSET', charge_key, 'spent', '0')
+    redis.call('PEXPIREAT', charge_key, int(expire_at))
+  end
+  parts[i] = int(b[4]) .. ',' .. int(b[5] + amount)
+end
+local levels = {}
+for i, t in ipairs(buckets) do
+  local level = t[5] - t[4] * SCALE
+  bucket_write(t[1], level, t[6], t[2], t[3])
+  levels[i] = int(math.floor(level / SCALE))
+end
+local result = table.concat(parts, ';') .. '|' .. table.concat(levels, ';')
+local deadline = now + lease
+redis.call('HSET', rkey, 'st', 'held', 'fp', fp, 'res', result, 'dl', int(deadline),
+  'plan', ARGV[6], 'meta', ARGV[7], 'ct', int(now))
+redis.call('PEXPIRE', rkey, int(lease + keep))
+redis.call('ZADD', holds, int(deadline), rid)
+return {'granted', now, deadline, result, 'held', shadow}
