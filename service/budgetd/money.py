@@ -39,7 +39,7 @@ def _exact_scaled(value: str | int | float | Decimal, scale: int, what: str) -> 
 
 def usd_to_micros(value: str | int | float | Decimal) -> Micros:
     """Convert a USD amount written by a person (``12.50``) to exact micro-dollars."""
-    return _exact_scaled(value, MICROS_PER_USD, "one micro-dollar")
+    return _exact_scaled(value, MICROS_PER_USD, "one micro-dollar (6 decimal places)")
 
 
 def usd_per_mtok_to_picos_per_token(value: str | int | float | Decimal) -> Picos:

@@ -15,9 +15,14 @@ from typing import Annotated, Literal
 import msgspec
 
 from budgetd.money import Picos, usd_per_mtok_to_picos_per_token, usd_to_micros
-from budgetd.yaml_errors import YamlDocument, located_validation_error
+from budgetd.yaml_errors import YamlDocument, describe_pattern, located_validation_error
 
-DecimalStr = Annotated[str, msgspec.Meta(pattern=r"^\d+(\.\d+)?$")]
+DecimalStr = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(r"^\d+(\.\d+)?$", 'a decimal number in quotes, e.g. "3.75"')
+    ),
+]
 
 
 class _Band(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -170,7 +175,7 @@ def parse_pricing(text: str, filename: str = "pricing.yaml") -> PricingTable:
     try:
         raw = msgspec.convert(document.data, _PricingFile, strict=False)
     except msgspec.ValidationError as exc:
-        raise PricingFileError(located_validation_error(exc, document)) from None
+        raise PricingFileError(located_validation_error(exc, document, _PricingFile)) from None
     models: dict[str, ModelPricing] = {}
     for index, model in enumerate(raw.models):
         entries = tuple(sorted((_entry(e) for e in model.prices), key=lambda e: e.effective))

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+import types
+import typing
 from typing import Any
 
 import msgspec
@@ -45,12 +47,14 @@ class YamlDocument:
         try:
             root = loader.get_single_node()
             if root is not None:
-                _reject_duplicate_keys(root, filename, error_type)
+                _reject_duplicate_keys(root, (), filename, error_type)
             data = loader.construct_document(root) if root is not None else None
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
+            mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
-            raise error_type(f"{filename}:{line}: not valid YAML: {exc.problem}") from None
+            raise error_type(f"{filename}:{line}: (YAML syntax): {_yaml_problem(exc)}") from None
+        except yaml.YAMLError as exc:
+            raise error_type(f"{filename}:1: (YAML syntax): not valid YAML: {exc}") from None
         finally:
             loader.dispose()
         return cls(filename, root, data)
@@ -90,19 +94,46 @@ def _child(node: yaml.Node | None, part: PathPart) -> yaml.Node | None:
     return None
 
 
-def _reject_duplicate_keys(node: yaml.Node, filename: str, error_type: type[Exception]) -> None:
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's problem, with its context ("while parsing a flow sequence", line) first."""
+    problem = exc.problem or "cannot be parsed"
+    if exc.context and exc.context_mark is not None and exc.context_mark != exc.problem_mark:
+        return f"not valid YAML: {exc.context} (line {exc.context_mark.line + 1}), {problem}"
+    return f"not valid YAML: {problem}"
+
+
+def _reject_duplicate_keys(
+    node: yaml.Node, path: FieldPath, filename: str, error_type: type[Exception]
+) -> None:
+    """PyYAML silently keeps the last of two equal keys; a policy must not lose a line that way."""
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
+            line = int(key_node.start_mark.line) + 1
             if key in seen:
-                line = key_node.start_mark.line + 1
-                raise error_type(f"{filename}:{line}: key {key!r} appears twice in one mapping")
-            seen.add(key)
-            _reject_duplicate_keys(value_node, filename, error_type)
+                raise error_type(
+                    f"{filename}:{line}: {dotted((*path, key))}: key {key!r} appears twice in "
+                    f"one mapping (first on line {seen[key]})"
+                )
+            seen[key] = line
+            _reject_duplicate_keys(value_node, (*path, key), filename, error_type)
     elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _reject_duplicate_keys(item, filename, error_type)
+        for index, item in enumerate(node.value):
+            _reject_duplicate_keys(item, (*path, index), filename, error_type)
+
+
+_ANY_KEY = "[...]"
+"""msgspec's path segment for "some key of this mapping"; resolved against the data."""
+
+PATTERN_WORDS: dict[str, str] = {}
+"""Regex → what it means in words, for "does not match" errors (see :func:`describe_pattern`)."""
+
+
+def describe_pattern(regex: str, words: str) -> str:
+    """Register the admin-facing meaning of a field pattern; returns ``regex`` for inline use."""
+    PATTERN_WORDS[regex] = words
+    return regex
 
 
 def parse_path(text: str) -> FieldPath:
@@ -113,6 +144,8 @@ def parse_path(text: str) -> FieldPath:
             parts.append(name)
         elif index is not None:
             parts.append(int(index))
+        elif quoted == "...":
+            parts.append(_ANY_KEY)
         else:
             parts.append(quoted)
     return tuple(parts)
@@ -125,11 +158,99 @@ def dotted(path: FieldPath) -> str:
     return out or "(top level)"
 
 
-def _admin_words(message: str) -> str:
-    def type_word(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return _TYPE_WORDS.get(name, name)
+def _strip(tp: Any) -> Any:
+    """The type under ``Annotated`` and ``| None``."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
 
+
+def _child_type(tp: Any, part: PathPart) -> Any:
+    tp = _strip(tp)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        for field in msgspec.structs.fields(tp):
+            if field.encode_name == part:
+                return field.type
+        return None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is list and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _first_failing(items: list[tuple[Any, Any]], tp: Any) -> Any:
+    """The first key of ``items`` whose converted part fails ``tp`` (msgspec checks in order)."""
+    for key, value in items:
+        try:
+            msgspec.convert(value, tp, strict=False)
+        except msgspec.ValidationError:
+            return key
+    return None
+
+
+def _resolve(path: FieldPath, data: Any, target: Any) -> tuple[FieldPath, Any, Any]:
+    """Replace each "any key" segment by the real key, following ``data`` and ``target``.
+
+    Returns the concrete path, the value found there (or None) and its declared type (or None).
+    """
+    resolved: list[PathPart] = []
+    value, tp = data, target
+    for part in path:
+        actual: PathPart | None = part
+        if part == _ANY_KEY:
+            actual = None
+            if isinstance(value, dict) and tp is not None:
+                rest_type = _child_type(tp, part)
+                if rest_type is not None:
+                    key = _first_failing(list(value.items()), rest_type)
+                    actual = str(key) if key is not None else None
+        if actual is None:
+            return (*resolved, part, *path[len(resolved) + 1 :]), None, None
+        resolved.append(actual)
+        tp = _child_type(tp, actual) if tp is not None else None
+        if isinstance(value, dict):
+            value = value.get(actual)
+        elif isinstance(value, list) and isinstance(actual, int) and actual < len(value):
+            value = value[actual]
+        else:
+            value = None
+    return tuple(resolved), value, tp
+
+
+def _literal_values(tp: Any) -> tuple[Any, ...]:
+    tp = _strip(tp)
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
+
+
+def _type_words(names: str) -> str:
+    words: list[str] = []
+    for name in names.split("|"):
+        word = _TYPE_WORDS.get(name.strip(), name.strip())
+        if word not in words:
+            words.append(word)
+    if "a number" in words and "a whole number" in words:
+        words.remove("a whole number")
+    return " or ".join(words)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _admin_words(message: str, value: Any = None, tp: Any = None) -> str:
     unknown = re.match(r"Object contains unknown field `(.+)`", message)
     if unknown:
         return f"unknown key {unknown.group(1)!r} (check the spelling; see policies/schema.json)"
@@ -138,32 +259,71 @@ def _admin_words(message: str) -> str:
         return f"missing required key {missing.group(1)!r}"
     wrong = re.match(r"Expected `(.+?)`, got `(.+?)`$", message)
     if wrong:
-        expected = " or ".join(
-            _TYPE_WORDS.get(t.strip(), t.strip()) for t in wrong.group(1).split("|")
-        )
-        return f"wrong type: expected {expected}, got {_TYPE_WORDS.get(wrong.group(2), wrong.group(2))}"
+        got = _TYPE_WORDS.get(wrong.group(2), wrong.group(2))
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            got += f" {value!r}"
+        return f"wrong type: expected {_type_words(wrong.group(1))}, got {got}"
     bound = re.match(r"Expected `(\w+)` (>=|<=|>|<) (\S+)$", message)
     if bound:
         relation = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
-        value = bound.group(3)
-        if bound.group(2) == ">=" and value == "0":
-            return "must not be negative"
-        return f"must be {relation[bound.group(2)]} {value}"
-    pattern = re.match(r"Expected `str` matching regex `(.+)`$", message)
+        limit = bound.group(3)
+        got = f" (got {_shown(value)})" if value is not None else ""
+        if bound.group(2) == ">=" and limit == "0":
+            return f"must not be negative{got}"
+        return f"must be {relation[bound.group(2)]} {limit}{got}"
+    length = re.match(r"Expected `(\w+)` of length (>=|<=) (\d+)$", message)
+    if length:
+        relation = "at least" if length.group(2) == ">=" else "at most"
+        noun = "item(s)" if length.group(1) == "array" else "character(s)"
+        return f"must have {relation} {length.group(3)} {noun}"
+    pattern = re.match(r"Expected `str` matching regex ['`](.+)['`]$", message)
     if pattern:
-        return f"has the wrong format (expected to match {pattern.group(1)})"
+        regex = pattern.group(1).replace("\\\\", "\\")
+        words = PATTERN_WORDS.get(regex, f"text matching {regex}")
+        got = f" (got {_shown(value)})" if value is not None else ""
+        return f"has the wrong format: expected {words}{got}"
     invalid = re.match(r"Invalid enum value (.+)$", message)
     if invalid:
+        allowed = _literal_values(tp)
+        if allowed:
+            return (
+                f"{invalid.group(1)} is not allowed here; use one of "
+                + ", ".join(str(v) for v in allowed)
+            )
         return f"{invalid.group(1)} is not one of the allowed values"
-    return re.sub(r"`(\w+)`", type_word, message)
+    return re.sub(r"`(\w+)`", lambda m: _TYPE_WORDS.get(m.group(1), m.group(1)), message)
 
 
-def located_validation_error(exc: msgspec.ValidationError, document: YamlDocument) -> str:
-    """``file:line: field: message`` for a msgspec validation error on ``document``."""
-    match = _AT_PATH.match(str(exc))
+_KEY_IN = re.compile(r"^(?P<message>.*?) - at `key` in `\$(?P<path>[^`]*)`$", re.DOTALL)
+
+
+def located_validation_error(
+    exc: msgspec.ValidationError, document: YamlDocument, target: Any = None
+) -> str:
+    """``file:line: field: message`` for a msgspec validation error on ``document``.
+
+    ``target`` is the type ``document.data`` was converted to: with it, errors inside a mapping
+    name the actual key (msgspec only says "some key") and enum errors list the allowed values.
+    """
+    text = str(exc)
+    key_in = _KEY_IN.match(text)
+    if key_in:
+        # The error is about a mapping's *key*: find the first key that fails the key type.
+        path, mapping, tp = _resolve(parse_path(key_in.group("path")), document.data, target)
+        key_type = typing.get_args(_strip(tp))[0] if tp is not None else None
+        bad = None
+        if isinstance(mapping, dict) and key_type is not None:
+            bad = _first_failing([(k, k) for k in mapping], key_type)
+        if bad is None:
+            line = document.line_of(path)
+            return f"{document.filename}:{line}: {dotted(path)}: key {_admin_words(key_in['message'])}"
+        line = document.key_line(path, str(bad))
+        words = _admin_words(key_in["message"], bad, key_type)
+        return f"{document.filename}:{line}: {dotted((*path, str(bad)))}: key {words}"
+    match = _AT_PATH.match(text)
     assert match is not None  # the pattern matches any string
     message = match.group("message")
-    path = parse_path(match.group("path") or "")
+    path, value, tp = _resolve(parse_path(match.group("path") or ""), document.data, target)
     unknown = re.match(r"Object contains unknown field `(.+)`", message)
     if unknown:
         key = unknown.group(1)
@@ -173,4 +333,4 @@ def located_validation_error(exc: msgspec.ValidationError, document: YamlDocumen
         missing = re.match(r"Object missing required field `(.+)`", message)
         line = document.line_of(path)
         field = dotted((*path, missing.group(1))) if missing else dotted(path)
-    return f"{document.filename}:{line}: {field}: {_admin_words(message)}"
+    return f"{document.filename}:{line}: {field}: {_admin_words(message, value, tp)}"

@@ -83,20 +83,31 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
     defaults = raw.defaults
     try:
         tz = ZoneInfo(raw.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: ZoneInfo("America") finds a directory, not a zone file.
         check.fail(("timezone",), f"unknown time zone {raw.timezone!r} (use an IANA name)")
         tz = ZoneInfo("UTC")
     for name, channel in raw.channels.items():
         kinds = [k for k in ("webhook", "slack", "log") if getattr(channel, k) is not None]
         if len(kinds) != 1:
-            check.fail(("channels", name), "a channel needs exactly one of webhook, slack, log")
+            found = f" (this one has {', '.join(kinds)})" if kinds else ""
+            check.fail(
+                ("channels", name), f"a channel needs exactly one of webhook, slack, log{found}"
+            )
         if channel.secret_env is not None and channel.webhook is None:
             check.fail(("channels", name, "secret_env"), "secret_env applies to webhooks only")
     for alias, target in raw.aliases.items():
-        if target not in pricing.models:
+        if alias in pricing.models:
+            # Without this, an alias could silently re-price a model the table already prices.
+            check.fail(
+                ("aliases", alias),
+                f"{alias!r} is already a priced model id; an alias cannot redefine it",
+                key=True,
+            )
+        elif target not in pricing.models:
             check.fail(("aliases", alias), f"alias target {target!r} is not a priced model")
     org_pricing = pricing.with_aliases(
-        {a: t for a, t in raw.aliases.items() if t in pricing.models}
+        {a: t for a, t in raw.aliases.items() if t in pricing.models and a not in pricing.models}
     )
     seen_names: dict[str, FieldPath] = {}
 
@@ -112,6 +123,27 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
             if name not in raw.channels:
                 check.fail((*path, i), f"notify names unknown channel {name!r}")
 
+    def check_overrides_match(
+        scope: str, match: str, entities: list[str], path: FieldPath
+    ) -> None:
+        if scope == "org" or match == "*":
+            return
+        for entity in entities:
+            if not fnmatch.fnmatchcase(entity, match):
+                check.fail(
+                    (*path, "overrides", entity),
+                    f"override {entity!r} never applies: it does not match {match!r}",
+                    key=True,
+                )
+
+    def org_only(path: FieldPath, what: str, has_overrides: bool) -> None:
+        key = "overrides" if has_overrides else "match"
+        check.fail(
+            (*path, key),
+            f"an org-scope {what} cannot have {key} (they are for user and feature scopes)",
+            key=True,
+        )
+
     check_notify(defaults.notify, ("defaults", "notify"))
     budgets: list[BudgetRule] = []
     for i, b in enumerate(raw.budgets):
@@ -119,11 +151,15 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
         claim_name(b.name, (*path, "name"))
         period = _period(b.period)
         if period.rolling and period.window_s > MAX_ROLLING_DAYS * 86_400:
-            check.fail((*path, "period"), f"rolling window longer than {MAX_ROLLING_DAYS}d")
+            check.fail(
+                (*path, "period"),
+                f"a rolling window can be at most {MAX_ROLLING_DAYS}d (got {b.period})",
+            )
         if b.scope == "org" and (b.overrides or b.match != "*"):
-            check.fail((*path, "scope"), "an org budget has no overrides or match")
+            org_only(path, "budget", bool(b.overrides))
         if b.notify is not None:
             check_notify(b.notify, (*path, "notify"))
+        check_overrides_match(b.scope, b.match, list(b.overrides), path)
         budgets.append(
             BudgetRule(
                 name=b.name,
@@ -135,7 +171,16 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
                 },
                 match=b.match,
                 period=period,
-                thresholds_pct=tuple(sorted(set(b.thresholds_pct or defaults.thresholds_pct))),
+                # An explicit empty list means "no soft-limit warnings", not "the defaults".
+                thresholds_pct=tuple(
+                    sorted(
+                        set(
+                            b.thresholds_pct
+                            if b.thresholds_pct is not None
+                            else defaults.thresholds_pct
+                        )
+                    )
+                ),
                 on_hard_limit=b.on_hard_limit or defaults.on_hard_limit,
                 mode=b.mode or defaults.mode,
                 failure=b.failure or defaults.failure,
@@ -155,7 +200,8 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
             check.fail(path, "a rate limit needs at least one of requests_per_minute, "
                        "input_tokens_per_minute, output_tokens_per_minute")
         if r.scope == "org" and (r.overrides or r.match != "*"):
-            check.fail((*path, "scope"), "an org rate limit has no overrides or match")
+            org_only(path, "rate limit", bool(r.overrides))
+        check_overrides_match(r.scope, r.match, list(r.overrides), path)
         _check_models(check, r.models, org_pricing, (*path, "models"))
         rates.append(
             RateRule(
@@ -189,23 +235,37 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
     )
 
 
-def parse_policy(text: str, filename: str, pricing: PricingTable) -> OrgPolicy:
-    """Parse one policy file; raise PolicyError listing every mistake in it."""
+class _YamlProblem(ValueError):
+    """A YAML-level mistake; its message is already ``file:line: field: words``."""
+
+
+def _parse(text: str, filename: str, pricing: PricingTable) -> tuple[OrgPolicy, YamlDocument]:
     try:
-        document = YamlDocument.parse(text, filename, error_type=PolicyError)
-    except PolicyError as exc:
+        document = YamlDocument.parse(text, filename, error_type=_YamlProblem)
+    except _YamlProblem as exc:
         raise PolicyError([str(exc)]) from None
+    if document.data is None:
+        raise PolicyError(
+            [f"{filename}:1: (top level): the file is empty; a policy needs org and timezone"]
+        )
     if not isinstance(document.data, dict):
-        raise PolicyError([f"{filename}:1: (top level): a policy file must be a mapping"])
+        raise PolicyError(
+            [f"{filename}:1: (top level): a policy file must be a mapping (org, timezone, ...)"]
+        )
     try:
         raw = msgspec.convert(document.data, schema.PolicyFile, strict=False)
     except msgspec.ValidationError as exc:
-        raise PolicyError([located_validation_error(exc, document)]) from None
+        raise PolicyError([located_validation_error(exc, document, schema.PolicyFile)]) from None
     check = _FileChecker(document)
     policy = _compile(raw, check, pricing)
     if check.errors:
         raise PolicyError(check.errors)
-    return policy
+    return policy, document
+
+
+def parse_policy(text: str, filename: str, pricing: PricingTable) -> OrgPolicy:
+    """Parse one policy file; raise PolicyError listing every mistake in it."""
+    return _parse(text, filename, pricing)[0]
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -230,13 +290,18 @@ def load_policy_dir(directory: Path, pricing_path: Path | None = None) -> Policy
     files = policy_files(directory)
     for path in files:
         try:
-            policy = parse_policy(path.read_text(encoding="utf-8"), str(path), pricing)
+            policy, document = _parse(path.read_text(encoding="utf-8"), str(path), pricing)
         except PolicyError as exc:
             errors.extend(exc.errors)
             continue
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(f"{path}:1: (file): cannot be read: {exc}")
+            continue
         if policy.org in orgs:
+            line = document.line_of(("org",))
             errors.append(
-                f"{path}:1: org: org {policy.org!r} is already defined in {orgs[policy.org].source}"
+                f"{path}:{line}: org: org {policy.org!r} is already defined in "
+                f"{orgs[policy.org].source} (one org per file)"
             )
             continue
         orgs[policy.org] = policy

@@ -10,7 +10,17 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+from budgetd.yaml_errors import describe_pattern
+
+Name = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(
+            r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+            "a name of up to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    ),
+]
 Usd = Annotated[
     float | int | str,
     msgspec.Meta(description="USD amount, e.g. 12.50 (converted to exact micro-dollars)"),
@@ -20,7 +30,10 @@ PerMinute = Annotated[int, msgspec.Meta(ge=0)]
 Period = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(hour|day|week|month|[1-9][0-9]*[hd])$",
+        pattern=describe_pattern(
+            r"^(hour|day|week|month|[1-9][0-9]*[hd])$",
+            "hour, day, week, month, or a rolling window like 24h or 7d",
+        ),
         description="calendar hour|day|week|month in the org's time zone, or a rolling window "
         "like 24h or 7d",
     ),
@@ -38,8 +51,16 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 class Channel(_Strict, frozen=True):
     """Exactly one of ``webhook``, ``slack`` or ``log``."""
 
-    webhook: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
-    slack: Annotated[str, msgspec.Meta(pattern=r"^https://")] | None = None
+    webhook: (
+        Annotated[
+            str, msgspec.Meta(pattern=describe_pattern(r"^https?://", "an http:// or https:// URL"))
+        ]
+        | None
+    ) = None
+    slack: (
+        Annotated[str, msgspec.Meta(pattern=describe_pattern(r"^https://", "an https:// URL"))]
+        | None
+    ) = None
     log: Literal["debug", "info", "warning", "error"] | None = None
     secret_env: str | None = None
     """Webhook only: the environment variable holding the HMAC-SHA256 signing secret."""

@@ -21,7 +21,7 @@ def redis_store(url: str, *, timeout_s: float = 1.0) -> ScriptStore:
     for scheme in CLUSTER_SCHEMES:
         if url.startswith(scheme):
             plain = url.replace("+cluster", "", 1)
-            cluster = RedisCluster.from_url(plain, **common)  # type: ignore[arg-type]
+            cluster = RedisCluster.from_url(plain, **common)
             return ScriptStore(cluster, description=f"redis cluster {plain}", timeout_s=timeout_s)
     client = Redis.from_url(url, **common)  # type: ignore[arg-type]
     return ScriptStore(client, description=f"redis {url}", timeout_s=timeout_s)

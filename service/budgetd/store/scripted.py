@@ -91,7 +91,7 @@ class ScriptStore:
             async with asyncio.timeout(self.timeout_s):
                 return await self._scripts[name](keys=list(keys_), args=list(args))
         except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"redis unreachable: {exc or type(exc).__name__}") from exc
+            raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def reserve(self, call: ReserveCall) -> ReserveOutcome:
         key_list = [keys.reservation(call.org, call.reservation_id), keys.holds(call.org)]
@@ -201,7 +201,7 @@ class ScriptStore:
             raise StoreUnavailable(str(exc)) from exc
         if state is None:
             return None
-        return ReservationView(state=state, meta=meta, deadline_ms=int(deadline))
+        return ReservationView(state=str(state), meta=str(meta), deadline_ms=int(str(deadline)))
 
     async def server_time(self) -> float:
         try:
@@ -224,7 +224,7 @@ class ScriptStore:
             config = await self.client.config_get("maxmemory-policy")
         except redis.exceptions.RedisError:
             return None
-        value = config.get("maxmemory-policy") if isinstance(config, dict) else None
+        value = config.get("maxmemory-policy")
         return str(value) if value is not None else None
 
     async def close(self) -> None:

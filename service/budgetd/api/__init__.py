@@ -1,0 +1,1 @@
+"""HTTP: thin Litestar handlers over the engine. Knows HTTP, never Redis."""

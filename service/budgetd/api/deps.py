@@ -1,0 +1,33 @@
+"""Request-scoped dependencies: the engine and the caller's principal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from budgetd.auth import ANONYMOUS, KeyRing, Principal
+from budgetd.engine import Engine
+from budgetd.errors import InvalidRequest
+
+
+def provide_engine(request: Request[Any, Any, Any]) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    ring: KeyRing | None = request.app.state.keyring
+    if ring is None:
+        return ANONYMOUS
+    return ring.authenticate(request.headers.get("authorization"))
+
+
+def org_of(principal: Principal, org: str | None) -> str:
+    """The org a path-only call acts on: the key's org, or ``?org=`` (which must match it)."""
+    if org is not None:
+        principal.require_org(org)
+        return org
+    if principal.org is None:
+        raise InvalidRequest("org is required (query parameter ?org=)", field="org")
+    return principal.org

@@ -1,0 +1,60 @@
+"""Reserve, commit, release, and reservation-less usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, post
+from litestar.params import Parameter
+
+from budgetd.api.deps import org_of
+from budgetd.api.problems import denied
+from budgetd.auth import Principal
+from budgetd.contract import (
+    CommitRequest,
+    CommitResult,
+    Denied,
+    Grant,
+    RecordResult,
+    ReleaseResult,
+    ReserveRequest,
+    UsageRequest,
+)
+from budgetd.engine import Engine
+
+RID = Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-=]{0,255}$", description="reservation id")
+
+
+@post("/v1/reservations", status_code=201, summary="Reserve the worst-case cost of a call")
+async def reserve(data: ReserveRequest, engine: Engine, principal: Principal) -> Response[Any]:
+    principal.require_org(data.org)
+    result = await engine.reserve(data)
+    if isinstance(result, Denied):
+        return denied(result)
+    # A replay answers exactly as the original did (201), flagged ``replayed``.
+    return Response[Grant](result, status_code=201)
+
+
+@post("/v1/reservations/{reservation_id:str}/commit", status_code=200,
+      summary="Settle the actual cost from the response's usage")
+async def commit(reservation_id: str, data: CommitRequest, engine: Engine,
+                 principal: Principal,
+                 org: str | None = Parameter(query="org", default=None)) -> CommitResult:
+    return await engine.commit(org_of(principal, org), reservation_id, data)
+
+
+@post("/v1/reservations/{reservation_id:str}/release", status_code=200,
+      summary="Void the hold (the call failed)")
+async def release(reservation_id: str, engine: Engine, principal: Principal,
+                  org: str | None = Parameter(query="org", default=None)) -> ReleaseResult:
+    return await engine.release(org_of(principal, org), reservation_id)
+
+
+@post("/v1/usage", status_code=201, summary="Record a call made without a reservation")
+async def record_usage(data: UsageRequest, engine: Engine, principal: Principal) -> Response[Any]:
+    principal.require_org(data.org)
+    result = await engine.record(data)
+    return Response[RecordResult](result, status_code=201)
+
+
+ROUTES = [reserve, commit, release, record_usage]

@@ -1,0 +1,175 @@
+"""What the engine takes and answers. These Structs are also the HTTP bodies (msgspec encodes
+them directly), so the wire contract is written once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from budgetd.usage import Usage
+
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")]
+OrgName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
+Metadata = Annotated[dict[str, str], msgspec.Meta(max_length=32)]
+
+
+class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    input_tokens: TokenCount
+    """Estimate of the prompt's tokens."""
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+    user: Identifier | None = None
+    feature: Identifier | None = None
+    reservation_id: Identifier | None = None
+    """Client-chosen id; also the idempotency key. Generated when absent."""
+    ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] | None = None
+    """Lease of the hold; the policy's ``hold_ttl_s`` when absent."""
+    cache_ttl: Literal["5m", "1h"] | None = None
+    """The longest prompt-cache TTL the request writes, if it uses prompt caching."""
+    batch: bool = False
+    inference_geo: str | None = None
+    speed: Literal["standard", "fast"] | None = None
+    web_searches: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    """Most web searches the call may run."""
+    metadata: Metadata | None = None
+
+
+class CommitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    usage: Usage
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    """The response's model; the reserved model when absent."""
+    batch: bool = False
+
+
+class UsageRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    usage: Usage
+    user: Identifier | None = None
+    feature: Identifier | None = None
+    record_id: Identifier | None = None
+    """Idempotency key: the same id records once."""
+    batch: bool = False
+    metadata: Metadata | None = None
+
+
+class CostRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    usage: Usage
+    batch: bool = False
+    org: OrgName | None = None
+    """Price with this org's model aliases."""
+
+
+class ScopeState(msgspec.Struct, frozen=True, kw_only=True):
+    """One applicable limit: where it stands now."""
+
+    kind: Literal["budget", "rate"]
+    name: str
+    scope: Literal["org", "feature", "user"]
+    entity: str
+    source: Literal["org", "default", "override"]
+    limit: int
+    """Micros for budgets; tokens (or requests) per minute for rates."""
+    remaining: int
+    spent_micros: int | None = None
+    held_micros: int | None = None
+    period: str | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    rate_kind: Literal["requests", "input_tokens", "output_tokens"] | None = None
+    mode: Literal["enforce", "shadow"] = "enforce"
+
+
+class Warning(msgspec.Struct, frozen=True, kw_only=True):
+    kind: Literal["threshold", "shadow_would_deny", "over_limit"]
+    name: str
+    scope: str
+    entity: str
+    used_micros: int | None = None
+    limit: int | None = None
+    threshold_pct: int | None = None
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    reservation_id: str
+    held_micros: int
+    expires_at: datetime
+    scopes: list[ScopeState]
+    warnings: list[Warning]
+    replayed: bool = False
+    degraded: bool = False
+    """True when Redis was unreachable and every applicable limit fails open: nothing is held."""
+
+
+class DeniedScope(msgspec.Struct, frozen=True, kw_only=True):
+    kind: Literal["budget", "rate"]
+    name: str
+    scope: str
+    entity: str
+    limit: int
+    requested: int
+    spent_micros: int | None = None
+    held_micros: int | None = None
+    available: int | None = None
+    period_end: datetime | None = None
+    retry_after_s: int | None = None
+    """None: waiting alone will not help (the request exceeds the whole limit)."""
+
+
+class Denied(msgspec.Struct, frozen=True, kw_only=True):
+    scopes: list[DeniedScope]
+    retry_after_s: int | None
+
+
+class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
+    reservation_id: str
+    state: str
+    cost_micros: int
+    released_micros: int
+    overrun: bool
+    late: bool
+    ledger_id: str
+    pricing_version: str
+    replayed: bool = False
+
+
+class ReleaseResult(msgspec.Struct, frozen=True, kw_only=True):
+    reservation_id: str
+    state: str
+    released_micros: int
+
+
+class RecordResult(msgspec.Struct, frozen=True, kw_only=True):
+    record_id: str
+    cost_micros: int
+    ledger_id: str
+    pricing_version: str
+    replayed: bool = False
+
+
+class CostLineOut(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    quantity: int
+    picos: int
+
+
+class CostResult(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    cost_micros: int
+    breakdown: list[CostLineOut]
+    pricing_version: str
+    price_effective: str
+    band: str
+    speed: str
+    batch: bool
+    us_inference: bool
+
+
+class BudgetsResult(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    scopes: list[ScopeState]

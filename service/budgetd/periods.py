@@ -1,0 +1,75 @@
+"""Which period a moment belongs to. The period id is part of a counter's key, so a new period
+starts at zero by construction and no reset job can be late or race."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from budgetd.policy.model import ROLLING_SUB_BUCKETS, CalendarUnit, PeriodSpec
+
+COUNTER_GRACE = timedelta(days=8)
+"""Counters outlive their period by this much: long enough for a late commit (holds last at
+most a day) to settle into the period it was reserved in, and for reports on the last period."""
+
+
+class PeriodWindow(msgspec.Struct, frozen=True, kw_only=True):
+    charge_id: str
+    """Where spend made now is counted."""
+    spent_ids: tuple[str, ...]
+    """Counters whose sum is the spend of the current window."""
+    start: datetime
+    end: datetime
+    """For rolling windows: when the oldest counted sub-bucket drops out."""
+    expire_at: datetime
+
+
+def _local_midnight(tz: ZoneInfo, year: int, month: int, day: int) -> datetime:
+    return datetime(year, month, day, tzinfo=tz)
+
+
+def calendar_bounds(unit: CalendarUnit, tz: ZoneInfo, now: datetime) -> tuple[str, datetime,
+                                                                             datetime]:
+    """(id, start, end) of the calendar period containing ``now`` in zone ``tz``."""
+    local = now.astimezone(tz)
+    if unit == "hour":
+        # Hours are taken in UTC offset terms so the repeated hour of a DST fall-back gets its
+        # own id (the offset is part of it) instead of merging two hours into one counter.
+        start = local.replace(minute=0, second=0, microsecond=0)
+        end = (start.astimezone(UTC) + timedelta(hours=1)).astimezone(tz)
+        return start.strftime("%Y-%m-%dT%H%z"), start, end
+    if unit == "day":
+        start = _local_midnight(tz, local.year, local.month, local.day)
+        nxt = local.date() + timedelta(days=1)
+        return local.strftime("%Y-%m-%d"), start, _local_midnight(tz, nxt.year, nxt.month, nxt.day)
+    if unit == "week":
+        monday = local.date() - timedelta(days=local.weekday())
+        nxt = monday + timedelta(days=7)
+        iso_year, iso_week, _ = local.isocalendar()
+        return (
+            f"{iso_year}-W{iso_week:02d}",
+            _local_midnight(tz, monday.year, monday.month, monday.day),
+            _local_midnight(tz, nxt.year, nxt.month, nxt.day),
+        )
+    start = _local_midnight(tz, local.year, local.month, 1)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return local.strftime("%Y-%m"), start, _local_midnight(tz, year, month, 1)
+
+
+def window(spec: PeriodSpec, tz: ZoneInfo, now: datetime) -> PeriodWindow:
+    if spec.calendar is not None:
+        period_id, start, end = calendar_bounds(spec.calendar, tz, now)
+        return PeriodWindow(charge_id=period_id, spent_ids=(period_id,), start=start, end=end,
+                            expire_at=end + COUNTER_GRACE)
+    # A rolling window is ROLLING_SUB_BUCKETS sub-buckets plus the current, partial one: it
+    # counts a little more than the window, never less, so it cannot admit more than the limit
+    # in any window of the stated length.
+    width = spec.bucket_s
+    index = int(now.timestamp()) // width
+    ids = tuple(f"r{i}" for i in range(index - ROLLING_SUB_BUCKETS, index + 1))
+    start = datetime.fromtimestamp((index - ROLLING_SUB_BUCKETS) * width, tz=UTC)
+    end = datetime.fromtimestamp((index + 1) * width, tz=UTC)
+    return PeriodWindow(charge_id=ids[-1], spent_ids=ids, start=start, end=end,
+                        expire_at=end + timedelta(seconds=spec.window_s) + COUNTER_GRACE)

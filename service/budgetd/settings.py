@@ -1,0 +1,52 @@
+"""Settings from ``BUDGETD_*`` environment variables, read once into a frozen object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str | None = None
+    """``redis://``, ``rediss://`` or ``redis+cluster://``; None runs the embedded store."""
+    policy_dir: Path = Path("policies")
+    pricing_file: Path | None = None
+    """Defaults to ``<policy_dir>/pricing.yaml``."""
+    keys_file: Path | None = None
+    """API keys (``budgetd keys new``). None: authentication is off (embedded quickstart only)."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    redis_timeout_s: float = 0.5
+    """Bound on every store call; past it fail-closed budgets answer 503."""
+    policy_poll_s: float = 5.0
+    """How often the policy directory is checked for changes (0: never)."""
+    sweep_interval_s: float = 5.0
+    """How often expired holds are reclaimed (0: only lazily, on reserve)."""
+    clock_sync_s: float = 30.0
+    """How often the period clock re-learns its offset from Redis TIME."""
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    e = os.environ if env is None else env
+    defaults = Settings()
+    return Settings(
+        redis_url=e.get("BUDGETD_REDIS_URL") or None,
+        policy_dir=Path(e.get("BUDGETD_POLICY_DIR", str(defaults.policy_dir))),
+        pricing_file=_path(e.get("BUDGETD_PRICING_FILE")),
+        keys_file=_path(e.get("BUDGETD_KEYS_FILE")),
+        host=e.get("BUDGETD_HOST", defaults.host),
+        port=int(e.get("BUDGETD_PORT", defaults.port)),
+        workers=int(e.get("BUDGETD_WORKERS", defaults.workers)),
+        redis_timeout_s=float(e.get("BUDGETD_REDIS_TIMEOUT_S", defaults.redis_timeout_s)),
+        policy_poll_s=float(e.get("BUDGETD_POLICY_POLL_S", defaults.policy_poll_s)),
+        sweep_interval_s=float(e.get("BUDGETD_SWEEP_INTERVAL_S", defaults.sweep_interval_s)),
+        clock_sync_s=float(e.get("BUDGETD_CLOCK_SYNC_S", defaults.clock_sync_s)),
+    )
