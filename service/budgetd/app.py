@@ -29,21 +29,31 @@ from budgetd.store.scripted import ScriptStore
 log = logging.getLogger("budgetd")
 
 
-def create_app(settings: Settings, *, store: Store | None = None, clock: Clock | None = None,
-               registry: PolicyRegistry | None = None) -> Litestar:
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    registry: PolicyRegistry | None = None,
+) -> Litestar:
     """The service. ``store``, ``clock`` and ``registry`` may be injected (tests)."""
     metrics = Metrics()
     if registry is None:
         registry = PolicyRegistry(settings.policy_dir, settings.pricing_file)
     if store is None:
-        store = (redis_store(settings.redis_url, timeout_s=settings.redis_timeout_s)
-                 if settings.redis_url else embedded_store())
+        store = (
+            redis_store(settings.redis_url, timeout_s=settings.redis_timeout_s)
+            if settings.redis_url
+            else embedded_store()
+        )
     period_clock: Clock = clock if clock is not None else SystemClock()
     engine = Engine(registry, store, period_clock, metrics)
     keyring = KeyRing.load(settings.keys_file) if settings.keys_file else None
     if keyring is None:
-        log.warning("no BUDGETD_KEYS_FILE: authentication is OFF, every caller may act on "
-                    "every org. Create keys with `budgetd keys new --org ORG`.")
+        log.warning(
+            "no BUDGETD_KEYS_FILE: authentication is OFF, every caller may act on "
+            "every org. Create keys with `budgetd keys new --org ORG`."
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -52,24 +62,39 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: Clock |
         if isinstance(store, ScriptStore):
             policy = await store.eviction_policy()
             if policy is not None and policy != "noeviction":
-                log.warning("redis maxmemory-policy is %r: it may evict budget counters. "
-                            "Set maxmemory-policy noeviction.", policy)
+                log.warning(
+                    "redis maxmemory-policy is %r: it may evict budget counters. "
+                    "Set maxmemory-policy noeviction.",
+                    policy,
+                )
         tasks = []
         if isinstance(period_clock, SystemClock):
             with contextlib.suppress(StoreUnavailable):
                 await background.sync_clock(engine, period_clock)
             if settings.clock_sync_s > 0:
-                tasks.append(background.every(
-                    settings.clock_sync_s,
-                    lambda: background.sync_clock(engine, period_clock), "clock sync"))
+                tasks.append(
+                    background.every(
+                        settings.clock_sync_s,
+                        lambda: background.sync_clock(engine, period_clock),
+                        "clock sync",
+                    )
+                )
         if settings.policy_poll_s > 0:
-            tasks.append(background.every(
-                settings.policy_poll_s,
-                lambda: background.reload_if_changed(engine, signature), "policy reload"))
+            tasks.append(
+                background.every(
+                    settings.policy_poll_s,
+                    lambda: background.reload_if_changed(engine, signature),
+                    "policy reload",
+                )
+            )
         if settings.sweep_interval_s > 0:
-            tasks.append(background.every(
-                settings.sweep_interval_s, lambda: background.sweep_expired(engine),
-                "expiry sweep"))
+            tasks.append(
+                background.every(
+                    settings.sweep_interval_s,
+                    lambda: background.sweep_expired(engine),
+                    "expiry sweep",
+                )
+            )
         running = [asyncio.create_task(t) for t in tasks]
         log.info("budgetd %s ready: store %s", __version__, store.description)
         try:
@@ -82,8 +107,10 @@ def create_app(settings: Settings, *, store: Store | None = None, clock: Clock |
 
     app = Litestar(
         route_handlers=[*reservations.ROUTES, *budgets.ROUTES, *health.ROUTES],
-        dependencies={"engine": Provide(provide_engine, sync_to_thread=False),
-                      "principal": Provide(provide_principal, sync_to_thread=False)},
+        dependencies={
+            "engine": Provide(provide_engine, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="budgetd", version=__version__, path="/schema"),

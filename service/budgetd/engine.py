@@ -85,8 +85,9 @@ def _from_ms(ms: int) -> datetime:
 class Engine:
     """Reserve, commit, release, record, cost and budgets, for every org in the registry."""
 
-    def __init__(self, registry: PolicyRegistry, store: Store, clock: Clock,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, registry: PolicyRegistry, store: Store, clock: Clock, metrics: Metrics
+    ) -> None:
         self.registry = registry
         self.store = store
         self.clock = clock
@@ -102,8 +103,15 @@ class Engine:
             raise UnknownOrg(f"no policy defines org {org!r}")
         return policy
 
-    def _limits(self, policy: OrgPolicy, subject: Subject, model: str, now: datetime,
-                input_tokens: int, output_tokens: int) -> _Limits:
+    def _limits(
+        self,
+        policy: OrgPolicy,
+        subject: Subject,
+        model: str,
+        now: datetime,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> _Limits:
         applicable = resolve(policy, subject, model)
         windows: list[PeriodWindow] = []
         budgets: list[BudgetSlot] = []
@@ -111,63 +119,115 @@ class Engine:
             win = window(b.rule.period, policy.tz, now)
             windows.append(win)
             name, entity = b.rule.name, b.entity
-            counters = tuple(keys.period_counter(policy.org, name, entity, p)
-                             for p in win.spent_ids)
-            held = counters[-1] if b.rule.period.calendar else keys.rolling_held(
-                policy.org, name, entity)
-            budgets.append(BudgetSlot(
-                held_key=held, charge_key=counters[-1], spent_keys=counters, limit=b.limit,
-                enforce=b.rule.mode == "enforce" and b.rule.on_hard_limit == "block",
-                expire_at_ms=_ms(win.expire_at),
-            ))
+            counters = tuple(
+                keys.period_counter(policy.org, name, entity, p) for p in win.spent_ids
+            )
+            held = (
+                counters[-1]
+                if b.rule.period.calendar
+                else keys.rolling_held(policy.org, name, entity)
+            )
+            budgets.append(
+                BudgetSlot(
+                    held_key=held,
+                    charge_key=counters[-1],
+                    spent_keys=counters,
+                    limit=b.limit,
+                    enforce=b.rule.mode == "enforce" and b.rule.on_hard_limit == "block",
+                    expire_at_ms=_ms(win.expire_at),
+                )
+            )
         amounts = {"requests": 1, "input_tokens": input_tokens, "output_tokens": output_tokens}
         buckets = tuple(
             BucketSlot(
                 key=keys.bucket(policy.org, r.rule.name, r.entity, r.kind),
-                per_minute=r.per_minute, capacity=r.per_minute, amount=amounts[r.kind],
-                enforce=r.rule.mode == "enforce", kind=_BUCKET_KIND[r.kind],  # type: ignore[arg-type]
+                per_minute=r.per_minute,
+                capacity=r.per_minute,
+                amount=amounts[r.kind],
+                enforce=r.rule.mode == "enforce",
+                kind=_BUCKET_KIND[r.kind],  # type: ignore[arg-type]
             )
             for r in applicable.rates
         )
-        return _Limits(applicable=applicable, windows=tuple(windows), budgets=tuple(budgets),
-                       buckets=buckets)
+        return _Limits(
+            applicable=applicable, windows=tuple(windows), budgets=tuple(budgets), buckets=buckets
+        )
 
-    def _scopes(self, limits: _Limits, budget_values: tuple[tuple[int, int], ...],
-                bucket_levels: tuple[int, ...]) -> list[c.ScopeState]:
+    def _scopes(
+        self,
+        limits: _Limits,
+        budget_values: tuple[tuple[int, int], ...],
+        bucket_levels: tuple[int, ...],
+    ) -> list[c.ScopeState]:
         out: list[c.ScopeState] = []
-        for b, win, (spent, held) in zip(limits.applicable.budgets, limits.windows,
-                                          budget_values, strict=True):
-            out.append(c.ScopeState(
-                kind="budget", name=b.rule.name, scope=b.rule.scope, entity=b.entity,
-                source=b.source, limit=b.limit, remaining=max(0, b.limit - spent - held),
-                spent_micros=spent, held_micros=held, period=b.rule.period.text,
-                period_start=win.start, period_end=win.end, mode=b.rule.mode,
-            ))
+        for b, win, (spent, held) in zip(
+            limits.applicable.budgets, limits.windows, budget_values, strict=True
+        ):
+            out.append(
+                c.ScopeState(
+                    kind="budget",
+                    name=b.rule.name,
+                    scope=b.rule.scope,
+                    entity=b.entity,
+                    source=b.source,
+                    limit=b.limit,
+                    remaining=max(0, b.limit - spent - held),
+                    spent_micros=spent,
+                    held_micros=held,
+                    period=b.rule.period.text,
+                    period_start=win.start,
+                    period_end=win.end,
+                    mode=b.rule.mode,
+                )
+            )
         for r, level in zip(limits.applicable.rates, bucket_levels, strict=True):
-            out.append(c.ScopeState(
-                kind="rate", name=r.rule.name, scope=r.rule.scope, entity=r.entity,
-                source=r.source, limit=r.per_minute, remaining=max(0, level),
-                rate_kind=r.kind, mode=r.rule.mode,
-            ))
+            out.append(
+                c.ScopeState(
+                    kind="rate",
+                    name=r.rule.name,
+                    scope=r.rule.scope,
+                    entity=r.entity,
+                    source=r.source,
+                    limit=r.per_minute,
+                    remaining=max(0, level),
+                    rate_kind=r.kind,
+                    mode=r.rule.mode,
+                )
+            )
         return out
 
     @staticmethod
     def _warnings(limits: _Limits, outcome: ReserveOutcome, amount: int) -> list[c.Warning]:
         warnings: list[c.Warning] = []
-        for b, (spent, held) in zip(limits.applicable.budgets, outcome.budgets_after,
-                                     strict=True):
+        for b, (spent, held) in zip(limits.applicable.budgets, outcome.budgets_after, strict=True):
             after = spent + held
             before = after - amount
             rule = b.rule
             for pct in rule.thresholds_pct:
                 # Crossed by this reserve: below the mark before, at or above it after.
                 if before * 100 < pct * b.limit <= after * 100:
-                    warnings.append(c.Warning(kind="threshold", name=rule.name, scope=rule.scope,
-                                              entity=b.entity, used_micros=after, limit=b.limit,
-                                              threshold_pct=pct))
+                    warnings.append(
+                        c.Warning(
+                            kind="threshold",
+                            name=rule.name,
+                            scope=rule.scope,
+                            entity=b.entity,
+                            used_micros=after,
+                            limit=b.limit,
+                            threshold_pct=pct,
+                        )
+                    )
             if after > b.limit and rule.mode == "enforce" and rule.on_hard_limit == "warn":
-                warnings.append(c.Warning(kind="over_limit", name=rule.name, scope=rule.scope,
-                                          entity=b.entity, used_micros=after, limit=b.limit))
+                warnings.append(
+                    c.Warning(
+                        kind="over_limit",
+                        name=rule.name,
+                        scope=rule.scope,
+                        entity=b.entity,
+                        used_micros=after,
+                        limit=b.limit,
+                    )
+                )
         for d in outcome.shadow_denials:
             target: AppliedBudget | AppliedRate
             if d.kind == "budget":
@@ -179,34 +239,65 @@ class Engine:
                 used, limit = None, target.per_minute
             if d.kind == "budget" and target.rule.mode == "enforce":
                 continue  # a warn-only budget: reported as over_limit above
-            warnings.append(c.Warning(kind="shadow_would_deny", name=target.rule.name,
-                                      scope=target.rule.scope, entity=target.entity,
-                                      used_micros=used, limit=limit))
+            warnings.append(
+                c.Warning(
+                    kind="shadow_would_deny",
+                    name=target.rule.name,
+                    scope=target.rule.scope,
+                    entity=target.entity,
+                    used_micros=used,
+                    limit=limit,
+                )
+            )
         return warnings
 
-    def _denied(self, limits: _Limits, outcome: ReserveOutcome, amount: int,
-                request: c.ReserveRequest, now: datetime) -> c.Denied:
+    def _denied(
+        self,
+        limits: _Limits,
+        outcome: ReserveOutcome,
+        amount: int,
+        request: c.ReserveRequest,
+        now: datetime,
+    ) -> c.Denied:
         scopes: list[c.DeniedScope] = []
         for d in outcome.denials:
             if d.kind == "budget":
                 b = limits.applicable.budgets[d.index]
                 win = limits.windows[d.index]
-                retry = None if amount > b.limit else max(1, math.ceil(
-                    (win.end - now).total_seconds()))
-                scopes.append(c.DeniedScope(
-                    kind="budget", name=b.rule.name, scope=b.rule.scope, entity=b.entity,
-                    limit=b.limit, requested=amount, spent_micros=d.spent, held_micros=d.held,
-                    period_end=win.end, retry_after_s=retry,
-                ))
+                retry = (
+                    None if amount > b.limit else max(1, math.ceil((win.end - now).total_seconds()))
+                )
+                scopes.append(
+                    c.DeniedScope(
+                        kind="budget",
+                        name=b.rule.name,
+                        scope=b.rule.scope,
+                        entity=b.entity,
+                        limit=b.limit,
+                        requested=amount,
+                        spent_micros=d.spent,
+                        held_micros=d.held,
+                        period_end=win.end,
+                        retry_after_s=retry,
+                    )
+                )
             else:
                 r = limits.applicable.rates[d.index]
                 requested = limits.buckets[d.index].amount
-                scopes.append(c.DeniedScope(
-                    kind="rate", name=r.rule.name, scope=r.rule.scope, entity=r.entity,
-                    limit=r.per_minute, requested=requested, available=d.level,
-                    retry_after_s=None if d.wait_ms is None else max(1, math.ceil(
-                        d.wait_ms / 1000)),
-                ))
+                scopes.append(
+                    c.DeniedScope(
+                        kind="rate",
+                        name=r.rule.name,
+                        scope=r.rule.scope,
+                        entity=r.entity,
+                        limit=r.per_minute,
+                        requested=requested,
+                        available=d.level,
+                        retry_after_s=None
+                        if d.wait_ms is None
+                        else max(1, math.ceil(d.wait_ms / 1000)),
+                    )
+                )
         waits = [s.retry_after_s for s in scopes]
         # Every denying scope must clear: the answer is the longest wait, or none at all.
         retry = None if any(w is None for w in waits) else max(w for w in waits if w is not None)
@@ -221,9 +312,16 @@ class Engine:
         now = self.clock.now()
         try:
             amount = worst_case(
-                policy.pricing, request.model, request.input_tokens, request.max_tokens,
-                request.cache_ttl, batch=request.batch, us_inference=request.inference_geo == "us",
-                fast=request.speed == "fast", web_searches=request.web_searches, on=now.date(),
+                policy.pricing,
+                request.model,
+                request.input_tokens,
+                request.max_tokens,
+                request.cache_ttl,
+                batch=request.batch,
+                us_inference=request.inference_geo == "us",
+                fast=request.speed == "fast",
+                web_searches=request.web_searches,
+                on=now.date(),
             )
             model = policy.pricing.model(request.model).id
         except UnknownModelError as exc:
@@ -231,59 +329,97 @@ class Engine:
         except PricingError as exc:
             raise InvalidRequest(str(exc), field="speed") from None
         subject = Subject(org=request.org, user=request.user, feature=request.feature)
-        limits = self._limits(policy, subject, model, now, request.input_tokens,
-                              request.max_tokens)
+        limits = self._limits(policy, subject, model, now, request.input_tokens, request.max_tokens)
         rid = request.reservation_id or uuid.uuid4().hex
         lease_s = request.ttl_s or policy.hold_ttl_s
-        meta = msgspec.json.encode({
-            "org": request.org, "user": request.user, "feature": request.feature,
-            "model": model, "input_tokens": request.input_tokens,
-            "max_tokens": request.max_tokens, "metadata": request.metadata,
-        }).decode()
+        meta = msgspec.json.encode(
+            {
+                "org": request.org,
+                "user": request.user,
+                "feature": request.feature,
+                "model": model,
+                "input_tokens": request.input_tokens,
+                "max_tokens": request.max_tokens,
+                "metadata": request.metadata,
+            }
+        ).decode()
         call = ReserveCall(
-            org=request.org, reservation_id=rid,
+            org=request.org,
+            reservation_id=rid,
             fingerprint=_fingerprint(msgspec.structs.replace(request, reservation_id=None)),
-            amount=amount, lease_ms=lease_s * 1000, keep_ms=int(KEEP_RESOLVED.total_seconds()
-                                                                * 1000),
-            budgets=limits.budgets, buckets=limits.buckets, meta=meta,
+            amount=amount,
+            lease_ms=lease_s * 1000,
+            keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
+            budgets=limits.budgets,
+            buckets=limits.buckets,
+            meta=meta,
         )
         try:
             outcome = await self.store.reserve(call)
         except StoreUnavailable as exc:
             return self._fail_open_or_closed(limits, subject, model, exc, now)
         if outcome.status == "conflict":
-            raise Conflict(f"reservation {rid!r} exists with a different request",
-                           state=outcome.state)
+            raise Conflict(
+                f"reservation {rid!r} exists with a different request", state=outcome.state
+            )
         if outcome.status == "denied":
             return self._denied(limits, outcome, amount, request, now)
         self._remember_model(request.org, rid, model)
         replayed = outcome.status == "replay"
         self.metrics.reservations.labels(result="replay" if replayed else "granted").inc()
         return c.Grant(
-            reservation_id=rid, held_micros=amount, expires_at=_from_ms(outcome.deadline_ms),
+            reservation_id=rid,
+            held_micros=amount,
+            expires_at=_from_ms(outcome.deadline_ms),
             scopes=self._scopes(limits, outcome.budgets_after, outcome.buckets_after),
-            warnings=self._warnings(limits, outcome, amount), replayed=replayed,
+            warnings=self._warnings(limits, outcome, amount),
+            replayed=replayed,
         )
 
-    def _fail_open_or_closed(self, limits: _Limits, subject: Subject, model: str,
-                             exc: StoreUnavailable, now: datetime) -> c.Grant:
-        closed = [b.rule.name for b in limits.applicable.budgets
-                  if b.rule.failure == "fail_closed" and b.rule.mode == "enforce"]
-        closed += [r.rule.name for r in limits.applicable.rates
-                   if r.rule.failure == "fail_closed" and r.rule.mode == "enforce"]
+    def _fail_open_or_closed(
+        self, limits: _Limits, subject: Subject, model: str, exc: StoreUnavailable, now: datetime
+    ) -> c.Grant:
+        closed = [
+            b.rule.name
+            for b in limits.applicable.budgets
+            if b.rule.failure == "fail_closed" and b.rule.mode == "enforce"
+        ]
+        closed += [
+            r.rule.name
+            for r in limits.applicable.rates
+            if r.rule.failure == "fail_closed" and r.rule.mode == "enforce"
+        ]
         if closed:
             self.metrics.store_failures.labels(decision="fail_closed").inc()
-            raise StoreDown(f"budget store unreachable ({exc}); fail-closed limits apply: "
-                            + ", ".join(sorted(set(closed))))
+            raise StoreDown(
+                f"budget store unreachable ({exc}); fail-closed limits apply: "
+                + ", ".join(sorted(set(closed)))
+            )
         self.metrics.store_failures.labels(decision="fail_open").inc()
-        log.warning("store unreachable; granting without a hold (every limit fails open): %s",
-                    exc)
+        log.warning("store unreachable; granting without a hold (every limit fails open): %s", exc)
         # The id carries who and what, so the commit can still record the spend later.
-        token = base64.urlsafe_b64encode(msgspec.json.encode(_DegradedSubject(
-            org=subject.org, user=subject.user, feature=subject.feature, model=model,
-        ))).decode().rstrip("=")
-        return c.Grant(reservation_id=f"{DEGRADED_PREFIX}{token}.{uuid.uuid4().hex[:12]}",
-                       held_micros=0, expires_at=now, scopes=[], warnings=[], degraded=True)
+        token = (
+            base64.urlsafe_b64encode(
+                msgspec.json.encode(
+                    _DegradedSubject(
+                        org=subject.org,
+                        user=subject.user,
+                        feature=subject.feature,
+                        model=model,
+                    )
+                )
+            )
+            .decode()
+            .rstrip("=")
+        )
+        return c.Grant(
+            reservation_id=f"{DEGRADED_PREFIX}{token}.{uuid.uuid4().hex[:12]}",
+            held_micros=0,
+            expires_at=now,
+            scopes=[],
+            warnings=[],
+            degraded=True,
+        )
 
     def _remember_model(self, org: str, rid: str, model: str) -> None:
         self._models[(org, rid)] = model
@@ -299,8 +435,9 @@ class Engine:
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
         return str(msgspec.json.decode(view.meta)["model"])
 
-    def _price(self, policy: OrgPolicy, model: str, usage: Usage, batch: bool,
-               now: datetime) -> tuple[str, int, str]:
+    def _price(
+        self, policy: OrgPolicy, model: str, usage: Usage, batch: bool, now: datetime
+    ) -> tuple[str, int, str]:
         try:
             priced = cost(policy.pricing, model, usage, batch=batch, on=now.date())
         except UnknownModelError as exc:
@@ -316,19 +453,28 @@ class Engine:
         if rid.startswith(DEGRADED_PREFIX):
             return await self._commit_degraded(org, rid, request)
         model = request.model or await self._reserved_model(org, rid)
-        priced_model, amount, lines = self._price(policy, model, request.usage, request.batch,
-                                                  now)
+        priced_model, amount, lines = self._price(policy, model, request.usage, request.batch, now)
         usage = request.usage
         five, hour = usage.cache_writes
-        outcome = await self._store_call(self.store.commit(CommitCall(
-            org=org, reservation_id=rid, cost=amount, fingerprint=_fingerprint(request),
-            keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
-            input_tokens=usage.uncached_input + five + hour, output_tokens=usage.output,
-            ledger_fields=(
-                ("model", priced_model), ("pricing_version", policy.pricing.version),
-                ("usage", msgspec.json.encode(usage).decode()), ("lines_picos", lines),
-            ),
-        )))
+        outcome = await self._store_call(
+            self.store.commit(
+                CommitCall(
+                    org=org,
+                    reservation_id=rid,
+                    cost=amount,
+                    fingerprint=_fingerprint(request),
+                    keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
+                    input_tokens=usage.uncached_input + five + hour,
+                    output_tokens=usage.output,
+                    ledger_fields=(
+                        ("model", priced_model),
+                        ("pricing_version", policy.pricing.version),
+                        ("usage", msgspec.json.encode(usage).decode()),
+                        ("lines_picos", lines),
+                    ),
+                )
+            )
+        )
         if outcome.status == "missing":
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
         if outcome.status == "conflict":
@@ -342,103 +488,149 @@ class Engine:
             self.metrics.commits.labels(overrun=str(outcome.overrun).lower()).inc()
             self.metrics.spend.inc(amount)
         return c.CommitResult(
-            reservation_id=rid, state="committed", cost_micros=outcome.cost,
-            released_micros=outcome.released, overrun=outcome.overrun, late=outcome.late,
-            ledger_id=outcome.ledger_id, pricing_version=policy.pricing.version,
+            reservation_id=rid,
+            state="committed",
+            cost_micros=outcome.cost,
+            released_micros=outcome.released,
+            overrun=outcome.overrun,
+            late=outcome.late,
+            ledger_id=outcome.ledger_id,
+            pricing_version=policy.pricing.version,
             replayed=outcome.status == "replay",
         )
 
-    async def _commit_degraded(self, org: str, rid: str,
-                               request: c.CommitRequest) -> c.CommitResult:
-        token = rid[len(DEGRADED_PREFIX):].rsplit(".", 1)[0]
+    async def _commit_degraded(
+        self, org: str, rid: str, request: c.CommitRequest
+    ) -> c.CommitResult:
+        token = rid[len(DEGRADED_PREFIX) :].rsplit(".", 1)[0]
         try:
-            subject = msgspec.json.decode(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)),
-                                          type=_DegradedSubject)
+            subject = msgspec.json.decode(
+                base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)), type=_DegradedSubject
+            )
         except (ValueError, msgspec.DecodeError):
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}") from None
         if subject.org != org:
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
-        recorded = await self.record(c.UsageRequest(
-            org=org, model=request.model or subject.model, usage=request.usage,
-            user=subject.user, feature=subject.feature, record_id=rid, batch=request.batch,
-        ))
+        recorded = await self.record(
+            c.UsageRequest(
+                org=org,
+                model=request.model or subject.model,
+                usage=request.usage,
+                user=subject.user,
+                feature=subject.feature,
+                record_id=rid,
+                batch=request.batch,
+            )
+        )
         return c.CommitResult(
-            reservation_id=rid, state="committed", cost_micros=recorded.cost_micros,
-            released_micros=0, overrun=True, late=True, ledger_id=recorded.ledger_id,
-            pricing_version=recorded.pricing_version, replayed=recorded.replayed,
+            reservation_id=rid,
+            state="committed",
+            cost_micros=recorded.cost_micros,
+            released_micros=0,
+            overrun=True,
+            late=True,
+            ledger_id=recorded.ledger_id,
+            pricing_version=recorded.pricing_version,
+            replayed=recorded.replayed,
         )
 
     async def release(self, org: str, rid: str) -> c.ReleaseResult:
         self.policy(org)
         if rid.startswith(DEGRADED_PREFIX):
             return c.ReleaseResult(reservation_id=rid, state="released", released_micros=0)
-        outcome = await self._store_call(self.store.release(
-            org, rid, int(KEEP_RESOLVED.total_seconds() * 1000)))
+        outcome = await self._store_call(
+            self.store.release(org, rid, int(KEEP_RESOLVED.total_seconds() * 1000))
+        )
         if outcome.status == "missing":
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
         self._models.pop((org, rid), None)
-        return c.ReleaseResult(reservation_id=rid, state=outcome.state,
-                               released_micros=outcome.released)
+        return c.ReleaseResult(
+            reservation_id=rid, state=outcome.state, released_micros=outcome.released
+        )
 
     async def record(self, request: c.UsageRequest) -> c.RecordResult:
         policy = self.policy(request.org)
         now = self.clock.now()
-        model, amount, lines = self._price(policy, request.model, request.usage, request.batch,
-                                           now)
+        model, amount, lines = self._price(policy, request.model, request.usage, request.batch, now)
         usage = request.usage
         five, hour = usage.cache_writes
-        limits = self._limits(policy, Subject(org=request.org, user=request.user,
-                                              feature=request.feature), model, now,
-                              usage.uncached_input + five + hour, usage.output)
+        limits = self._limits(
+            policy,
+            Subject(org=request.org, user=request.user, feature=request.feature),
+            model,
+            now,
+            usage.uncached_input + five + hour,
+            usage.output,
+        )
         record_id = request.record_id or uuid.uuid4().hex
-        outcome = await self._store_call(self.store.record(RecordCall(
-            org=request.org, record_id=record_id,
-            fingerprint=_fingerprint(msgspec.structs.replace(request, record_id=None)),
-            cost=amount, keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
-            budgets=limits.budgets, buckets=limits.buckets,
-            ledger_fields=(
-                ("model", model), ("pricing_version", policy.pricing.version),
-                ("usage", msgspec.json.encode(usage).decode()), ("lines_picos", lines),
-                ("user", request.user or ""), ("feature", request.feature or ""),
-            ),
-        )))
+        outcome = await self._store_call(
+            self.store.record(
+                RecordCall(
+                    org=request.org,
+                    record_id=record_id,
+                    fingerprint=_fingerprint(msgspec.structs.replace(request, record_id=None)),
+                    cost=amount,
+                    keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
+                    budgets=limits.budgets,
+                    buckets=limits.buckets,
+                    ledger_fields=(
+                        ("model", model),
+                        ("pricing_version", policy.pricing.version),
+                        ("usage", msgspec.json.encode(usage).decode()),
+                        ("lines_picos", lines),
+                        ("user", request.user or ""),
+                        ("feature", request.feature or ""),
+                    ),
+                )
+            )
+        )
         if outcome.status == "conflict":
             raise Conflict(f"usage record {record_id!r} exists with a different body")
         if outcome.status == "recorded":
             self.metrics.spend.inc(amount)
-        return c.RecordResult(record_id=record_id, cost_micros=amount,
-                              ledger_id=outcome.ledger_id,
-                              pricing_version=policy.pricing.version,
-                              replayed=outcome.status == "replay")
+        return c.RecordResult(
+            record_id=record_id,
+            cost_micros=amount,
+            ledger_id=outcome.ledger_id,
+            pricing_version=policy.pricing.version,
+            replayed=outcome.status == "replay",
+        )
 
     def price(self, request: c.CostRequest) -> c.CostResult:
-        table = self.policy(request.org).pricing if request.org else (
-            self.registry.current.pricing)
+        table = self.policy(request.org).pricing if request.org else (self.registry.current.pricing)
         try:
-            priced = cost(table, request.model, request.usage, batch=request.batch,
-                          on=self.clock.now().date())
+            priced = cost(
+                table, request.model, request.usage, batch=request.batch, on=self.clock.now().date()
+            )
         except UnknownModelError as exc:
             raise UnknownModel(str(exc)) from None
         except PricingError as exc:
             raise InvalidRequest(str(exc), field="usage.speed") from None
         return c.CostResult(
-            model=priced.model, cost_micros=priced.cost_micros,
-            breakdown=[c.CostLineOut(kind=ln.kind, quantity=ln.quantity, picos=ln.picos)
-                       for ln in priced.lines],
+            model=priced.model,
+            cost_micros=priced.cost_micros,
+            breakdown=[
+                c.CostLineOut(kind=ln.kind, quantity=ln.quantity, picos=ln.picos)
+                for ln in priced.lines
+            ],
             pricing_version=priced.pricing_version,
-            price_effective=priced.price_effective.isoformat(), band=priced.band,
-            speed=priced.speed, batch=priced.batch, us_inference=priced.us_inference,
+            price_effective=priced.price_effective.isoformat(),
+            band=priced.band,
+            speed=priced.speed,
+            batch=priced.batch,
+            us_inference=priced.us_inference,
         )
 
-    async def budgets(self, org: str, user: str | None, feature: str | None,
-                      model: str | None) -> c.BudgetsResult:
+    async def budgets(
+        self, org: str, user: str | None, feature: str | None, model: str | None
+    ) -> c.BudgetsResult:
         policy = self.policy(org)
         now = self.clock.now()
-        limits = self._limits(policy, Subject(org=org, user=user, feature=feature),
-                              model or "", now, 0, 0)
+        limits = self._limits(
+            policy, Subject(org=org, user=user, feature=feature), model or "", now, 0, 0
+        )
         status = await self._store_call(self.store.status(limits.budgets, limits.buckets))
-        return c.BudgetsResult(org=org, scopes=self._scopes(limits, status.budgets,
-                                                            status.buckets))
+        return c.BudgetsResult(org=org, scopes=self._scopes(limits, status.budgets, status.buckets))
 
     async def expire(self, org: str, limit: int = 1000) -> tuple[int, int]:
         """Reclaim holds of ``org`` whose lease ran out (the sweep calls this per org)."""

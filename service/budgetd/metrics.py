@@ -11,23 +11,32 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.reservations = Counter(
-            "budgetd_reservations_total", "Granted reservations", ["result"],
-            registry=self.registry)
+            "budgetd_reservations_total", "Granted reservations", ["result"], registry=self.registry
+        )
         self.denials = Counter(
-            "budgetd_denials_total", "Denied scopes, by limit kind and scope", ["kind", "scope"],
-            registry=self.registry)
+            "budgetd_denials_total",
+            "Denied scopes, by limit kind and scope",
+            ["kind", "scope"],
+            registry=self.registry,
+        )
         self.commits = Counter(
-            "budgetd_commits_total", "Settled commits", ["overrun"], registry=self.registry)
+            "budgetd_commits_total", "Settled commits", ["overrun"], registry=self.registry
+        )
         self.spend = Counter(
-            "budgetd_spend_micros_total", "Spend recorded, micro-dollars", registry=self.registry)
+            "budgetd_spend_micros_total", "Spend recorded, micro-dollars", registry=self.registry
+        )
         self.store_failures = Counter(
             "budgetd_store_unavailable_total",
-            "Requests that met an unreachable store, by what was decided", ["decision"],
-            registry=self.registry)
+            "Requests that met an unreachable store, by what was decided",
+            ["decision"],
+            registry=self.registry,
+        )
         self.policy_load_errors = Counter(
-            "budgetd_config_load_error_total", "Policy reloads that failed",
-            registry=self.registry)
+            "budgetd_config_load_error_total", "Policy reloads that failed", registry=self.registry
+        )
         self.policy_loaded = Gauge(
-            "budgetd_policy_loaded", "1 when a valid policy is active", registry=self.registry)
+            "budgetd_policy_loaded", "1 when a valid policy is active", registry=self.registry
+        )
         self.expired_holds = Counter(
-            "budgetd_expired_holds_total", "Holds reclaimed by the sweep", registry=self.registry)
+            "budgetd_expired_holds_total", "Holds reclaimed by the sweep", registry=self.registry
+        )

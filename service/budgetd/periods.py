@@ -30,8 +30,9 @@ def _local_midnight(tz: ZoneInfo, year: int, month: int, day: int) -> datetime:
     return datetime(year, month, day, tzinfo=tz)
 
 
-def calendar_bounds(unit: CalendarUnit, tz: ZoneInfo, now: datetime) -> tuple[str, datetime,
-                                                                             datetime]:
+def calendar_bounds(
+    unit: CalendarUnit, tz: ZoneInfo, now: datetime
+) -> tuple[str, datetime, datetime]:
     """(id, start, end) of the calendar period containing ``now`` in zone ``tz``."""
     local = now.astimezone(tz)
     if unit == "hour":
@@ -61,8 +62,13 @@ def calendar_bounds(unit: CalendarUnit, tz: ZoneInfo, now: datetime) -> tuple[st
 def window(spec: PeriodSpec, tz: ZoneInfo, now: datetime) -> PeriodWindow:
     if spec.calendar is not None:
         period_id, start, end = calendar_bounds(spec.calendar, tz, now)
-        return PeriodWindow(charge_id=period_id, spent_ids=(period_id,), start=start, end=end,
-                            expire_at=end + COUNTER_GRACE)
+        return PeriodWindow(
+            charge_id=period_id,
+            spent_ids=(period_id,),
+            start=start,
+            end=end,
+            expire_at=end + COUNTER_GRACE,
+        )
     # A rolling window is ROLLING_SUB_BUCKETS sub-buckets plus the current, partial one: it
     # counts a little more than the window, never less, so it cannot admit more than the limit
     # in any window of the stated length.
@@ -71,5 +77,10 @@ def window(spec: PeriodSpec, tz: ZoneInfo, now: datetime) -> PeriodWindow:
     ids = tuple(f"r{i}" for i in range(index - ROLLING_SUB_BUCKETS, index + 1))
     start = datetime.fromtimestamp((index - ROLLING_SUB_BUCKETS) * width, tz=UTC)
     end = datetime.fromtimestamp((index + 1) * width, tz=UTC)
-    return PeriodWindow(charge_id=ids[-1], spent_ids=ids, start=start, end=end,
-                        expire_at=end + timedelta(seconds=spec.window_s) + COUNTER_GRACE)
+    return PeriodWindow(
+        charge_id=ids[-1],
+        spent_ids=ids,
+        start=start,
+        end=end,
+        expire_at=end + timedelta(seconds=spec.window_s) + COUNTER_GRACE,
+    )

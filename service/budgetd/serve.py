@@ -14,8 +14,10 @@ def run(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     if settings.workers > 1 and settings.redis_url is None:
-        raise SystemExit("several workers need a shared store: set BUDGETD_REDIS_URL "
-                         "(the embedded store lives inside one process)")
+        raise SystemExit(
+            "several workers need a shared store: set BUDGETD_REDIS_URL "
+            "(the embedded store lives inside one process)"
+        )
     uvicorn.run(
         "budgetd.asgi:app",
         host=settings.host,

@@ -48,10 +48,10 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def make_engine(tmp_path: Path, store: ScriptStore, clock: FrozenClock
-                ) -> Callable[..., Engine]:
+def make_engine(tmp_path: Path, store: ScriptStore, clock: FrozenClock) -> Callable[..., Engine]:
     def build(*policies: str) -> Engine:
         return Engine(make_registry(tmp_path, *(policies or (ACME,))), store, clock, Metrics())
+
     return build
 
 

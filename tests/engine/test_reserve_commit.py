@@ -11,8 +11,14 @@ HAIKU = "claude-haiku-test"
 
 
 def req(**kw: object) -> ReserveRequest:
-    base: dict[str, object] = {"org": "acme", "model": HAIKU, "input_tokens": 1000,
-                               "max_tokens": 1000, "user": "bob", "feature": "chat"}
+    base: dict[str, object] = {
+        "org": "acme",
+        "model": HAIKU,
+        "input_tokens": 1000,
+        "max_tokens": 1000,
+        "user": "bob",
+        "feature": "chat",
+    }
     base.update(kw)
     return ReserveRequest(**base)  # type: ignore[arg-type]
 
@@ -31,8 +37,9 @@ async def test_grant_holds_worst_case_on_every_budget(engine: Engine) -> None:
 
 async def test_commit_settles_actual_cost_and_frees_rest(engine: Engine) -> None:
     await engine.reserve(req(reservation_id="r1"))
-    result = await engine.commit("acme", "r1", CommitRequest(
-        usage=Usage(input_tokens=400, output_tokens=100)))
+    result = await engine.commit(
+        "acme", "r1", CommitRequest(usage=Usage(input_tokens=400, output_tokens=100))
+    )
     assert result.cost_micros == 400 + 500
     assert result.released_micros == 6000 - 900
     assert not result.overrun

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.di import NamedDependency
 
 from budgetd.auth import ANONYMOUS, KeyRing, Principal
 from budgetd.engine import Engine
@@ -31,3 +32,7 @@ def org_of(principal: Principal, org: str | None) -> str:
     if principal.org is None:
         raise InvalidRequest("org is required (query parameter ?org=)", field="org")
     return principal.org
+
+
+EngineDep = NamedDependency[Engine]
+Caller = NamedDependency[Principal]

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from budgetd.engine import Engine
+from budgetd.api.deps import EngineDep
 
 
 @get("/healthz", summary="Liveness", include_in_schema=True)
@@ -16,15 +16,18 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", summary="Readiness: store reachable and a policy loaded")
-async def readyz(engine: Engine) -> Response[dict[str, Any]]:
+async def readyz(engine: EngineDep) -> Response[dict[str, Any]]:
     store_ok = await engine.store.ping()
     policy = engine.registry.last_status
     ready = store_ok and engine.registry.loaded
     body = {
         "ready": ready,
         "store": {"ok": store_ok, "backend": engine.store.description},
-        "policy": {"loaded": engine.registry.loaded, "last_reload_ok": policy.ok,
-                   "errors": list(policy.errors)},
+        "policy": {
+            "loaded": engine.registry.loaded,
+            "last_reload_ok": policy.ok,
+            "errors": list(policy.errors),
+        },
     }
     return Response(body, status_code=200 if ready else 503)
 

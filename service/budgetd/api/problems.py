@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from budgetd.contract import Denied
@@ -25,9 +25,14 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Re
 
 def denied(result: Denied) -> Response[Any]:
     names = ", ".join(f"{s.scope} {s.kind} {s.name!r} ({s.entity})" for s in result.scopes)
-    return problem(429, "budget-exceeded", "Budget or rate limit exceeded",
-                   f"denied by {names}", scopes=result.scopes,
-                   retry_after_s=result.retry_after_s)
+    return problem(
+        429,
+        "budget-exceeded",
+        "Budget or rate limit exceeded",
+        f"denied by {names}",
+        scopes=result.scopes,
+        retry_after_s=result.retry_after_s,
+    )
 
 
 def on_budgetd_error(_: Request[Any, Any, Any], exc: BudgetdError) -> Response[Any]:
@@ -41,8 +46,14 @@ def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> 
     fields = [str(e.get("key")) for e in errors if isinstance(e, dict) and e.get("key")]
     messages = [str(e.get("message")) for e in errors if isinstance(e, dict)]
     detail = "; ".join(messages) or str(exc.detail)
-    return problem(422, "invalid-request", "Invalid request", detail,
-                   field=fields[0] if fields else None, errors=errors or None)
+    return problem(
+        422,
+        "invalid-request",
+        "Invalid request",
+        detail,
+        field=fields[0] if fields else None,
+        errors=errors or None,
+    )
 
 
 def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, post
-from litestar.params import Parameter
+from litestar.params import FromQuery, JSONBody, PathParameter
 
-from budgetd.api.deps import org_of
+from budgetd.api.deps import Caller, EngineDep, org_of
 from budgetd.api.problems import denied
-from budgetd.auth import Principal
 from budgetd.contract import (
     CommitRequest,
     CommitResult,
@@ -20,13 +19,16 @@ from budgetd.contract import (
     ReserveRequest,
     UsageRequest,
 )
-from budgetd.engine import Engine
 
-RID = Parameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-=]{0,255}$", description="reservation id")
+ReservationId = Annotated[
+    str, PathParameter(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,255}$", title="reservation id")
+]
 
 
 @post("/v1/reservations", status_code=201, summary="Reserve the worst-case cost of a call")
-async def reserve(data: ReserveRequest, engine: Engine, principal: Principal) -> Response[Any]:
+async def reserve(
+    data: JSONBody[ReserveRequest], engine: EngineDep, principal: Caller
+) -> Response[Any]:
     principal.require_org(data.org)
     result = await engine.reserve(data)
     if isinstance(result, Denied):
@@ -35,23 +37,39 @@ async def reserve(data: ReserveRequest, engine: Engine, principal: Principal) ->
     return Response[Grant](result, status_code=201)
 
 
-@post("/v1/reservations/{reservation_id:str}/commit", status_code=200,
-      summary="Settle the actual cost from the response's usage")
-async def commit(reservation_id: str, data: CommitRequest, engine: Engine,
-                 principal: Principal,
-                 org: str | None = Parameter(query="org", default=None)) -> CommitResult:
+@post(
+    "/v1/reservations/{reservation_id:str}/commit",
+    status_code=200,
+    summary="Settle the actual cost from the response's usage",
+)
+async def commit(
+    reservation_id: ReservationId,
+    data: JSONBody[CommitRequest],
+    engine: EngineDep,
+    principal: Caller,
+    org: FromQuery[str | None] = None,
+) -> CommitResult:
     return await engine.commit(org_of(principal, org), reservation_id, data)
 
 
-@post("/v1/reservations/{reservation_id:str}/release", status_code=200,
-      summary="Void the hold (the call failed)")
-async def release(reservation_id: str, engine: Engine, principal: Principal,
-                  org: str | None = Parameter(query="org", default=None)) -> ReleaseResult:
+@post(
+    "/v1/reservations/{reservation_id:str}/release",
+    status_code=200,
+    summary="Void the hold (the call failed)",
+)
+async def release(
+    reservation_id: ReservationId,
+    engine: EngineDep,
+    principal: Caller,
+    org: FromQuery[str | None] = None,
+) -> ReleaseResult:
     return await engine.release(org_of(principal, org), reservation_id)
 
 
 @post("/v1/usage", status_code=201, summary="Record a call made without a reservation")
-async def record_usage(data: UsageRequest, engine: Engine, principal: Principal) -> Response[Any]:
+async def record_usage(
+    data: JSONBody[UsageRequest], engine: EngineDep, principal: Caller
+) -> Response[Any]:
     principal.require_org(data.org)
     result = await engine.record(data)
     return Response[RecordResult](result, status_code=201)

@@ -77,9 +77,9 @@ def _budget(rule: BudgetRule, subject: Subject) -> AppliedBudget | None:
     return AppliedBudget(rule=rule, entity=entity, limit=rule.default_limit, source="default")
 
 
-def _rates(rule: RateRule, subject: Subject, model: str) -> list[AppliedRate]:
+def _rates(rule: RateRule, subject: Subject, models: tuple[str, ...]) -> list[AppliedRate]:
     entity = _entity(rule.scope, subject, rule.match)
-    if entity is None or not any(_glob(model, p) for p in rule.models):
+    if entity is None or not any(_glob(m, p) for m in models for p in rule.models):
         return []
     override = rule.overrides.get(entity) if rule.scope != "org" else None
     applied: list[AppliedRate] = []
@@ -98,9 +98,15 @@ def _rates(rule: RateRule, subject: Subject, model: str) -> list[AppliedRate]:
 
 
 def resolve(policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
-    """Every budget and rate limit of ``policy`` that applies to this subject and model."""
+    """Every budget and rate limit of ``policy`` that applies to this subject and model.
+
+    A rate rule's model globs match the name the request uses *or* the priced model it stands
+    for, so an alias (``opus-latest``) cannot slip past a ``claude-opus-*`` limit.
+    """
     budgets = tuple(
         applied for rule in policy.budgets if (applied := _budget(rule, subject)) is not None
     )
-    rates = tuple(r for rule in policy.rate_limits for r in _rates(rule, subject, model))
+    priced = policy.pricing.models.get(model)
+    models = (model,) if priced is None or priced.id == model else (model, priced.id)
+    rates = tuple(r for rule in policy.rate_limits for r in _rates(rule, subject, models))
     return Applicable(budgets=budgets, rates=rates)

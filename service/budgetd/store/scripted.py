@@ -32,8 +32,12 @@ from budgetd.store.base import (
 from budgetd.store.scripts import SCRIPT_NAMES, source
 
 Client = Redis | RedisCluster
-_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, TimeoutError,
-                OSError)
+_UNREACHABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    TimeoutError,
+    OSError,
+)
 
 
 def _pairs(text: str) -> tuple[tuple[int, int], ...]:
@@ -54,12 +58,19 @@ def _denials(rows: Sequence[Sequence[Any]]) -> tuple[Denial, ...]:
     out = []
     for row in rows:
         if row[0] == "b":
-            out.append(Denial(kind="budget", index=int(row[1]) - 1, spent=int(row[2]),
-                              held=int(row[3])))
+            out.append(
+                Denial(kind="budget", index=int(row[1]) - 1, spent=int(row[2]), held=int(row[3]))
+            )
         else:
             wait = int(row[3])
-            out.append(Denial(kind="bucket", index=int(row[1]) - 1, level=int(row[2]),
-                              wait_ms=None if wait < 0 else wait))
+            out.append(
+                Denial(
+                    kind="bucket",
+                    index=int(row[1]) - 1,
+                    level=int(row[2]),
+                    wait_ms=None if wait < 0 else wait,
+                )
+            )
     return tuple(out)
 
 
@@ -96,9 +107,16 @@ class ScriptStore:
     async def reserve(self, call: ReserveCall) -> ReserveOutcome:
         key_list = [keys.reservation(call.org, call.reservation_id), keys.holds(call.org)]
         args: list[str | int] = [
-            call.reservation_id, call.fingerprint, call.amount, call.lease_ms, call.keep_ms,
-            _plan(call), call.meta, keys.reservation_prefix(call.org),
-            len(call.budgets), len(call.buckets),
+            call.reservation_id,
+            call.fingerprint,
+            call.amount,
+            call.lease_ms,
+            call.keep_ms,
+            _plan(call),
+            call.meta,
+            keys.reservation_prefix(call.org),
+            len(call.budgets),
+            len(call.buckets),
         ]
         for b in call.budgets:
             key_list += [b.held_key, b.charge_key, *b.spent_keys]
@@ -109,8 +127,13 @@ class ScriptStore:
         status, now, deadline, result, extra, shadow = await self._run("reserve", key_list, args)
         budgets_text, _, buckets_text = str(result).partition("|")
         if status == "denied":
-            return ReserveOutcome(status="denied", now_ms=int(now), deadline_ms=0,
-                                  denials=_denials(extra), shadow_denials=_denials(shadow))
+            return ReserveOutcome(
+                status="denied",
+                now_ms=int(now),
+                deadline_ms=0,
+                denials=_denials(extra),
+                shadow_denials=_denials(shadow),
+            )
         return ReserveOutcome(
             status=status,
             now_ms=int(now),
@@ -122,11 +145,19 @@ class ScriptStore:
         )
 
     async def commit(self, call: CommitCall) -> CommitOutcome:
-        key_list = [keys.reservation(call.org, call.reservation_id), keys.holds(call.org),
-                    keys.ledger(call.org)]
+        key_list = [
+            keys.reservation(call.org, call.reservation_id),
+            keys.holds(call.org),
+            keys.ledger(call.org),
+        ]
         args: list[str | int] = [
-            call.reservation_id, call.cost, call.fingerprint, call.keep_ms,
-            call.input_tokens, call.output_tokens, keys.reservation_prefix(call.org),
+            call.reservation_id,
+            call.cost,
+            call.fingerprint,
+            call.keep_ms,
+            call.input_tokens,
+            call.output_tokens,
+            keys.reservation_prefix(call.org),
         ]
         for field, value in call.ledger_fields:
             args += [field, value]
@@ -136,15 +167,29 @@ class ScriptStore:
         if status == "replay":
             # Stored as cost:released:overrun:late:ledger_id:after
             c, r, o, lt, lid, _ = str(after).split(":", 5)
-            return CommitOutcome(status="replay", cost=int(c), released=int(r),
-                                 overrun=o == "1", late=lt == "1", ledger_id=lid, state=state)
-        return CommitOutcome(status=status, cost=int(cost), released=int(released),
-                             overrun=int(overrun) == 1, late=int(late) == 1,
-                             ledger_id=str(ledger_id), state=str(state))
+            return CommitOutcome(
+                status="replay",
+                cost=int(c),
+                released=int(r),
+                overrun=o == "1",
+                late=lt == "1",
+                ledger_id=lid,
+                state=state,
+            )
+        return CommitOutcome(
+            status=status,
+            cost=int(cost),
+            released=int(released),
+            overrun=int(overrun) == 1,
+            late=int(late) == 1,
+            ledger_id=str(ledger_id),
+            state=str(state),
+        )
 
     async def release(self, org: str, reservation_id: str, keep_ms: int) -> ReleaseOutcome:
         status, released, state = await self._run(
-            "release", [keys.reservation(org, reservation_id), keys.holds(org)],
+            "release",
+            [keys.reservation(org, reservation_id), keys.holds(org)],
             [reservation_id, keep_ms],
         )
         return ReleaseOutcome(status=status, released=int(released), state=str(state))
@@ -158,8 +203,13 @@ class ScriptStore:
     async def record(self, call: RecordCall) -> RecordOutcome:
         key_list = [keys.usage_record(call.org, call.record_id), keys.ledger(call.org)]
         args: list[str | int] = [
-            call.record_id, call.fingerprint, call.cost, call.keep_ms,
-            len(call.budgets), len(call.buckets), len(call.ledger_fields),
+            call.record_id,
+            call.fingerprint,
+            call.cost,
+            call.keep_ms,
+            len(call.budgets),
+            len(call.buckets),
+            len(call.ledger_fields),
         ]
         for b in call.budgets:
             key_list += [b.charge_key, b.held_key]
@@ -171,8 +221,9 @@ class ScriptStore:
             args += [field, value]
         status, ledger_id, result = await self._run("record", key_list, args)
         lid, _, after = str(result).partition("|")
-        return RecordOutcome(status=status, ledger_id=lid or str(ledger_id),
-                             budgets_after=_pairs(after))
+        return RecordOutcome(
+            status=status, ledger_id=lid or str(ledger_id), budgets_after=_pairs(after)
+        )
 
     async def status(
         self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]
@@ -188,8 +239,9 @@ class ScriptStore:
         out = await self._run("status", key_list, args)
         values = [int(v) for v in out[1:]]
         pairs = tuple((values[2 * i], values[2 * i + 1]) for i in range(len(budgets)))
-        return StatusOutcome(now_ms=int(out[0]), budgets=pairs,
-                             buckets=tuple(values[2 * len(budgets):]))
+        return StatusOutcome(
+            now_ms=int(out[0]), budgets=pairs, buckets=tuple(values[2 * len(budgets) :])
+        )
 
     async def reservation(self, org: str, reservation_id: str) -> ReservationView | None:
         try:
@@ -229,4 +281,3 @@ class ScriptStore:
 
     async def close(self) -> None:
         await self.client.aclose()
-
