@@ -18,9 +18,15 @@ HAIKU = "claude-haiku-test"
 
 
 def req(rid: str, **kw: object) -> ReserveRequest:
-    base: dict[str, object] = {"org": "acme", "model": HAIKU, "input_tokens": 100,
-                               "max_tokens": 100, "user": "bob", "feature": "chat",
-                               "reservation_id": rid}
+    base: dict[str, object] = {
+        "org": "acme",
+        "model": HAIKU,
+        "input_tokens": 100,
+        "max_tokens": 100,
+        "user": "bob",
+        "feature": "chat",
+        "reservation_id": rid,
+    }
     base.update(kw)
     return ReserveRequest(**base)  # type: ignore[arg-type]
 

@@ -16,8 +16,16 @@ HAIKU = "claude-haiku-test"
 
 
 def req(rid: str, ttl_s: int = 1) -> ReserveRequest:
-    return ReserveRequest(org="acme", model=HAIKU, input_tokens=100, max_tokens=100, user="bob",
-                          feature="chat", reservation_id=rid, ttl_s=ttl_s)
+    return ReserveRequest(
+        org="acme",
+        model=HAIKU,
+        input_tokens=100,
+        max_tokens=100,
+        user="bob",
+        feature="chat",
+        reservation_id=rid,
+        ttl_s=ttl_s,
+    )
 
 
 async def _held(engine: Engine) -> list[int | None]:
@@ -37,8 +45,7 @@ async def _until_swept(engine: Engine, deadline_s: float = 5.0) -> int:
     return total
 
 
-async def test_abandoned_hold_is_reclaimed_by_the_sweep(engine: Engine,
-                                                        store: ScriptStore) -> None:
+async def test_abandoned_hold_is_reclaimed_by_the_sweep(engine: Engine, store: ScriptStore) -> None:
     assert isinstance(await engine.reserve(req("r1")), Grant)
     assert await _held(engine) == [600, 600, 600]
     assert await _until_swept(engine) == 1
@@ -51,12 +58,14 @@ async def test_abandoned_hold_is_reclaimed_by_the_sweep(engine: Engine,
 async def test_late_commit_records_spend_as_overrun(engine: Engine, store: ScriptStore) -> None:
     assert isinstance(await engine.reserve(req("r1")), Grant)
     await _until_swept(engine)
-    result = await engine.commit("acme", "r1", CommitRequest(
-        usage=Usage(input_tokens=50, output_tokens=10)))
+    result = await engine.commit(
+        "acme", "r1", CommitRequest(usage=Usage(input_tokens=50, output_tokens=10))
+    )
     assert (result.cost_micros, result.overrun, result.late) == (100, True, True)
     view = await engine.budgets("acme", "bob", "chat", None)
     assert [(s.spent_micros, s.held_micros) for s in view.scopes if s.kind == "budget"] == [
-        (100, 0)] * 3
+        (100, 0)
+    ] * 3
     entry = (await store.client.xrange(keys.ledger("acme")))[-1][1]
     assert (entry["overrun"], entry["late"], entry["cost_micros"]) == ("1", "1", "100")
 
@@ -71,17 +80,31 @@ async def test_commit_past_lease_before_sweep_is_late_too(engine: Engine) -> Non
 
 async def test_lazy_expiry_on_reserve_frees_stale_holds(engine: Engine) -> None:
     # bob has $1; a stale hold of 0.9 $ must not deny a fresh 0.5 $ once its lease ran out.
-    stale = ReserveRequest(org="acme", model=HAIKU, input_tokens=0, max_tokens=180_000,
-                           user="bob", reservation_id="stale", ttl_s=1)
+    stale = ReserveRequest(
+        org="acme",
+        model=HAIKU,
+        input_tokens=0,
+        max_tokens=180_000,
+        user="bob",
+        reservation_id="stale",
+        ttl_s=1,
+    )
     assert isinstance(await engine.reserve(stale), Grant)
     await asyncio.sleep(1.1)
-    fresh = ReserveRequest(org="acme", model=HAIKU, input_tokens=0, max_tokens=100_000,
-                           user="bob", reservation_id="fresh")
+    fresh = ReserveRequest(
+        org="acme",
+        model=HAIKU,
+        input_tokens=0,
+        max_tokens=100_000,
+        user="bob",
+        reservation_id="fresh",
+    )
     assert isinstance(await engine.reserve(fresh), Grant)
 
 
 async def test_overrun_commit_beyond_hold_is_flagged(engine: Engine) -> None:
     assert isinstance(await engine.reserve(req("r1", ttl_s=60)), Grant)
-    result = await engine.commit("acme", "r1", CommitRequest(
-        usage=Usage(input_tokens=100, output_tokens=200)))  # 1,100 µ$ > 600 µ$ held
+    result = await engine.commit(
+        "acme", "r1", CommitRequest(usage=Usage(input_tokens=100, output_tokens=200))
+    )  # 1,100 µ$ > 600 µ$ held
     assert (result.cost_micros, result.overrun, result.late) == (1_100, True, False)

@@ -1,0 +1,117 @@
+"""API keys: an app key acts on its own org only; every other org is 403 on every endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from budgetd.app import create_app
+from budgetd.auth import key_line, new_key
+from budgetd.store.connect import embedded_store
+from tests.api.conftest import asgi_client, settings_for, write_policy
+from tests.engine.conftest import ACME
+
+OTHER = ACME.replace("org: acme", "org: globex")
+RESERVE = {"model": "claude-haiku-test", "input_tokens": 10, "max_tokens": 10}
+USAGE = {"usage": {"input_tokens": 1}}
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    made = {"app": new_key(), "admin": new_key(), "globex": new_key()}
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        "keys:\n"
+        + "\n".join(
+            [
+                key_line(made["app"], "acme", "app"),
+                key_line(made["admin"], "acme", "admin", "ops"),
+                key_line(made["globex"], "globex", "app"),
+            ]
+        )
+        + "\n"
+    )
+    return path, made
+
+
+def _app(tmp_path: Path, keys: Path):  # type: ignore[no-untyped-def]
+    directory = tmp_path / "policies"
+    write_policy(directory, ACME, "acme.yaml")
+    write_policy(directory, OTHER, "globex.yaml")
+    return create_app(settings_for(directory, keys_file=keys), store=embedded_store())
+
+
+async def test_cross_org_is_403_on_every_endpoint(
+    tmp_path: Path, keys_file: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys_file
+    auth = {"Authorization": f"Bearer {made['app']}"}
+    async with asgi_client(_app(tmp_path, path)) as client:
+        # Own org works.
+        ok = await client.post("/v1/reservations", json={"org": "acme", **RESERVE}, headers=auth)
+        assert ok.status_code == 201
+        rid = ok.json()["reservation_id"]
+        attempts = [
+            client.post("/v1/reservations", json={"org": "globex", **RESERVE}, headers=auth),
+            client.post(f"/v1/reservations/{rid}/commit?org=globex", json=USAGE, headers=auth),
+            client.post(f"/v1/reservations/{rid}/release?org=globex", headers=auth),
+            client.post(
+                "/v1/usage",
+                json={"org": "globex", "model": "claude-haiku-test", **USAGE},
+                headers=auth,
+            ),
+            client.post(
+                "/v1/cost",
+                json={"org": "globex", "model": "claude-haiku-test", **USAGE},
+                headers=auth,
+            ),
+            client.get("/v1/budgets?org=globex", headers=auth),
+        ]
+        for attempt in attempts:
+            response = await attempt
+            assert response.status_code == 403, response.text
+            body = response.json()
+            assert body["type"].endswith("/forbidden")
+            assert body["field"] == "org"
+        # The hold in acme is untouched by the refused commit and release.
+        view = await client.get("/v1/budgets?org=acme", headers=auth)
+        assert view.json()["scopes"][0]["held_micros"] == 60
+
+
+async def test_missing_and_unknown_keys_are_401(
+    tmp_path: Path, keys_file: tuple[Path, dict[str, str]]
+) -> None:
+    path, _ = keys_file
+    async with asgi_client(_app(tmp_path, path)) as client:
+        none = await client.get("/v1/budgets?org=acme")
+        wrong = await client.get(
+            "/v1/budgets?org=acme", headers={"Authorization": "Bearer bdk_nope"}
+        )
+        assert (none.status_code, wrong.status_code) == (401, 401)
+        assert none.headers["content-type"].startswith("application/problem+json")
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_admin_key_reads_its_own_org_only(
+    tmp_path: Path, keys_file: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys_file
+    admin = {"Authorization": f"Bearer {made['admin']}"}
+    async with asgi_client(_app(tmp_path, path)) as client:
+        assert (await client.get("/v1/budgets?org=acme", headers=admin)).status_code == 200
+        assert (await client.get("/v1/budgets?org=globex", headers=admin)).status_code == 403
+
+
+async def test_path_only_calls_take_the_org_from_the_key(
+    tmp_path: Path, keys_file: tuple[Path, dict[str, str]]
+) -> None:
+    path, made = keys_file
+    auth = {"Authorization": f"Bearer {made['app']}"}
+    async with asgi_client(_app(tmp_path, path)) as client:
+        rid = (
+            await client.post("/v1/reservations", json={"org": "acme", **RESERVE}, headers=auth)
+        ).json()["reservation_id"]
+        done = await client.post(f"/v1/reservations/{rid}/commit", json=USAGE, headers=auth)
+        assert done.status_code == 200
+        assert done.json()["cost_micros"] == 1

@@ -1,0 +1,67 @@
+"""Every key one reserve or commit touches hashes to one Redis Cluster slot."""
+
+from __future__ import annotations
+
+import msgspec
+from redis.crc import key_slot
+
+from budgetd.contract import ReserveRequest
+from budgetd.engine import Engine
+from budgetd.store import keys
+from budgetd.store.base import ReserveCall
+from budgetd.store.scripted import ScriptStore
+
+ROLLING = """
+org: acme
+timezone: America/New_York
+budgets:
+  - {name: org-month, scope: org, limit_usd: 100, period: month}
+  - {name: feat-7d, scope: feature, limit_usd: 10, period: 7d}
+  - {name: user-day, scope: user, limit_usd: 1, period: day}
+rate_limits:
+  - {name: rate, scope: user, requests_per_minute: 10, input_tokens_per_minute: 10000,
+     output_tokens_per_minute: 10000}
+"""
+
+
+async def test_all_keys_of_a_reserve_share_the_org_slot(
+    make_engine,
+    store: ScriptStore,  # type: ignore[no-untyped-def]
+) -> None:
+    engine: Engine = make_engine(ROLLING)
+    seen: list[ReserveCall] = []
+    original = store.reserve
+
+    async def spy(call: ReserveCall):  # type: ignore[no-untyped-def]
+        seen.append(call)
+        return await original(call)
+
+    store.reserve = spy  # type: ignore[method-assign]
+    await engine.reserve(
+        ReserveRequest(
+            org="acme",
+            model="claude-haiku-test",
+            input_tokens=10,
+            max_tokens=10,
+            user="u:{weird}",
+            feature="chat",
+            reservation_id="r1",
+        )
+    )
+    call = seen[0]
+    touched = [
+        keys.reservation("acme", "r1"),
+        keys.holds("acme"),
+        keys.ledger("acme"),
+        keys.usage_record("acme", "x"),
+    ]
+    for b in call.budgets:
+        touched += [b.held_key, b.charge_key, *b.spent_keys]
+    touched += [t.key for t in call.buckets]
+    assert len(touched) > 30  # the 7-day window alone has 25 sub-buckets
+    assert {key_slot(k.encode()) for k in touched} == {key_slot(keys.tag("acme").encode())}
+    # The commit script reads its keys from the stored plan: those share the slot too.
+    plan = msgspec.json.decode(await store.client.hget(keys.reservation("acme", "r1"), "plan"))
+    planned = [b["h"] for b in plan["b"]] + [b["c"] for b in plan["b"]]
+    planned += [t["k"] for t in plan["t"]]
+    assert {key_slot(k.encode()) for k in planned} == {key_slot(keys.tag("acme").encode())}
