@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from budgetd import __version__, background
-from budgetd.api import budgets, health, reservations
+from budgetd import __version__
+from budgetd.api import admin, budgets, health, reservations
 from budgetd.api.deps import provide_engine, provide_principal
 from budgetd.api.problems import HANDLERS
 from budgetd.auth import KeyRing
 from budgetd.clock import Clock, SystemClock
 from budgetd.engine import Engine
+from budgetd.jobs.clock_sync import sync_clock
+from budgetd.jobs.scheduler import Jobs
 from budgetd.metrics import Metrics
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.settings import Settings
-from budgetd.store.base import Store, StoreUnavailable
+from budgetd.store.base import StoreUnavailable
 from budgetd.store.connect import embedded_store, redis_store
+from budgetd.store.events import EventQueue
 from budgetd.store.scripted import ScriptStore
 
 log = logging.getLogger("budgetd")
@@ -32,7 +33,7 @@ log = logging.getLogger("budgetd")
 def create_app(
     settings: Settings,
     *,
-    store: Store | None = None,
+    store: ScriptStore | None = None,
     clock: Clock | None = None,
     registry: PolicyRegistry | None = None,
 ) -> Litestar:
@@ -48,6 +49,10 @@ def create_app(
         )
     period_clock: Clock = clock if clock is not None else SystemClock()
     engine = Engine(registry, store, period_clock, metrics)
+    queue = EventQueue(store)
+    jobs = Jobs(
+        engine, queue, settings, period_clock if isinstance(period_clock, SystemClock) else None
+    )
     keyring = KeyRing.load(settings.keys_file) if settings.keys_file else None
     if keyring is None:
         log.warning(
@@ -57,56 +62,26 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        signature: list[Any] = []
-        await background.reload_if_changed(engine, signature)
-        if isinstance(store, ScriptStore):
-            policy = await store.eviction_policy()
-            if policy is not None and policy != "noeviction":
-                log.warning(
-                    "redis maxmemory-policy is %r: it may evict budget counters. "
-                    "Set maxmemory-policy noeviction.",
-                    policy,
-                )
-        tasks = []
+        policy = await store.eviction_policy()
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "redis maxmemory-policy is %r: it may evict budget counters. "
+                "Set maxmemory-policy noeviction.",
+                policy,
+            )
         if isinstance(period_clock, SystemClock):
             with contextlib.suppress(StoreUnavailable):
-                await background.sync_clock(engine, period_clock)
-            if settings.clock_sync_s > 0:
-                tasks.append(
-                    background.every(
-                        settings.clock_sync_s,
-                        lambda: background.sync_clock(engine, period_clock),
-                        "clock sync",
-                    )
-                )
-        if settings.policy_poll_s > 0:
-            tasks.append(
-                background.every(
-                    settings.policy_poll_s,
-                    lambda: background.reload_if_changed(engine, signature),
-                    "policy reload",
-                )
-            )
-        if settings.sweep_interval_s > 0:
-            tasks.append(
-                background.every(
-                    settings.sweep_interval_s,
-                    lambda: background.sweep_expired(engine),
-                    "expiry sweep",
-                )
-            )
-        running = [asyncio.create_task(t) for t in tasks]
+                await sync_clock(engine, period_clock)
+        await jobs.start()
         log.info("budgetd %s ready: store %s", __version__, store.description)
         try:
             yield
         finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await jobs.stop()
             await store.close()
 
     app = Litestar(
-        route_handlers=[*reservations.ROUTES, *budgets.ROUTES, *health.ROUTES],
+        route_handlers=[*reservations.ROUTES, *budgets.ROUTES, *health.ROUTES, *admin.ROUTES],
         dependencies={
             "engine": Provide(provide_engine, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
@@ -118,4 +93,6 @@ def create_app(
     app.state.engine = engine
     app.state.keyring = keyring
     app.state.metrics = metrics
+    app.state.jobs = jobs
+    app.state.queue = queue
     return app

@@ -227,7 +227,8 @@ def _pricing(args: argparse.Namespace) -> int:
         if not row[1] and row[0].startswith("  = "):
             print(row[0])
             continue
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
     return 0
 
 

@@ -11,7 +11,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -35,6 +35,7 @@ from budgetd.pricing_table import UnknownModelError
 from budgetd.store import keys
 from budgetd.store.base import (
     BucketSlot,
+    BudgetLabel,
     BudgetSlot,
     CommitCall,
     RecordCall,
@@ -68,6 +69,12 @@ class _DegradedSubject(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None
     feature: str | None
     model: str
+
+
+def _mode(applied: AppliedBudget) -> Literal["block", "warn", "shadow"]:
+    if applied.rule.mode == "shadow":
+        return "shadow"
+    return "block" if applied.rule.on_hard_limit == "block" else "warn"
 
 
 def _fingerprint(value: msgspec.Struct) -> str:
@@ -133,7 +140,15 @@ class Engine:
                     charge_key=counters[-1],
                     spent_keys=counters,
                     limit=b.limit,
-                    enforce=b.rule.mode == "enforce" and b.rule.on_hard_limit == "block",
+                    mode=_mode(b),
+                    thresholds_pct=b.rule.thresholds_pct,
+                    label=BudgetLabel(
+                        name=name,
+                        scope=b.rule.scope,
+                        entity=entity,
+                        period=win.charge_id,
+                        period_end_ms=_ms(win.end),
+                    ),
                     expire_at_ms=_ms(win.expire_at),
                 )
             )

@@ -37,6 +37,32 @@ class Metrics:
         self.policy_loaded = Gauge(
             "budgetd_policy_loaded", "1 when a valid policy is active", registry=self.registry
         )
+        self.events_read = Counter(
+            "budgetd_events_emitted_total",
+            "Events read from the org streams for delivery",
+            registry=self.registry,
+        )
+        self.events_delivered = Counter(
+            "budgetd_events_delivered_total",
+            "Event deliveries, by channel kind",
+            ["channel_kind"],
+            registry=self.registry,
+        )
+        self.events_retried = Counter(
+            "budgetd_events_retried_total",
+            "Failed deliveries scheduled for a retry",
+            registry=self.registry,
+        )
+        self.events_dead = Counter(
+            "budgetd_events_dead_lettered_total",
+            "Deliveries given up after the last attempt",
+            registry=self.registry,
+        )
+        self.sweep_lag = Gauge(
+            "budgetd_sweep_lag_seconds",
+            "Seconds between a sweep's scheduled and actual start",
+            registry=self.registry,
+        )
         self.expired_holds = Counter(
             "budgetd_expired_holds_total", "Holds reclaimed by the sweep", registry=self.registry
         )

@@ -28,6 +28,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How often expired holds are reclaimed (0: only lazily, on reserve)."""
     clock_sync_s: float = 30.0
     """How often the period clock re-learns its offset from Redis TIME."""
+    delivery_interval_s: float = 1.0
+    """How often each replica drains the event streams (0: no delivery from this replica)."""
+    forecast_interval_s: float = 300.0
+    spike_interval_s: float = 300.0
 
 
 def _path(value: str | None) -> Path | None:
@@ -49,4 +53,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         policy_poll_s=float(e.get("BUDGETD_POLICY_POLL_S", defaults.policy_poll_s)),
         sweep_interval_s=float(e.get("BUDGETD_SWEEP_INTERVAL_S", defaults.sweep_interval_s)),
         clock_sync_s=float(e.get("BUDGETD_CLOCK_SYNC_S", defaults.clock_sync_s)),
+        delivery_interval_s=float(
+            e.get("BUDGETD_DELIVERY_INTERVAL_S", defaults.delivery_interval_s)
+        ),
+        forecast_interval_s=float(
+            e.get("BUDGETD_FORECAST_INTERVAL_S", defaults.forecast_interval_s)
+        ),
+        spike_interval_s=float(e.get("BUDGETD_SPIKE_INTERVAL_S", defaults.spike_interval_s)),
     )

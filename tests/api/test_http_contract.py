@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from budgetd import background
 from budgetd.app import create_app
 from budgetd.store.connect import embedded_store
 from tests.api.conftest import Client, asgi_client, settings_for, write_policy
@@ -144,7 +143,7 @@ async def test_invalid_policy_reload_keeps_last_good(tmp_path: Path) -> None:
     engine = app.state.engine
     async with asgi_client(app) as client:
         write_policy(directory, ACME.replace("limit_usd: 1,", "limit_usd: -1,"))
-        await background.reload_if_changed(engine, [()])
+        await app.state.jobs.reload_policy()
         assert engine.registry.last_status.ok is False
         assert "must not be negative" in engine.registry.last_status.errors[0]
         r = await client.post("/v1/reservations", json=BODY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from budgetd.background import sweep_expired
+from budgetd.jobs.sweep import sweep_expired
 from budgetd.contract import CommitRequest, Grant, ReserveRequest
 from budgetd.engine import Engine
 from budgetd.store import keys

@@ -4,6 +4,8 @@ directory with any bad file yields no PolicySet at all (the registry keeps the l
 from __future__ import annotations
 
 import fnmatch
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -60,6 +62,11 @@ class _FileChecker:
         return micros
 
 
+def _fraction(value: float | None) -> Fraction | None:
+    """An exact ratio from a YAML number (3.5 → 7/2; via repr, so no binary-float noise)."""
+    return None if value is None else Fraction(Decimal(repr(value)))
+
+
 def _period(text: str) -> PeriodSpec:
     if text in ("hour", "day", "week", "month"):
         return PeriodSpec(text=text, calendar=text)  # type: ignore[arg-type]
@@ -79,8 +86,10 @@ def _check_models(
             )
 
 
-def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable) -> OrgPolicy:
-    defaults = raw.defaults
+def _check_header(
+    raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable
+) -> tuple[ZoneInfo, PricingTable]:
+    """Time zone, channels and aliases; returns the zone and the org's pricing (with aliases)."""
     try:
         tz = ZoneInfo(raw.timezone)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -109,6 +118,12 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
     org_pricing = pricing.with_aliases(
         {a: t for a, t in raw.aliases.items() if t in pricing.models and a not in pricing.models}
     )
+    return tz, org_pricing
+
+
+def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable) -> OrgPolicy:
+    defaults = raw.defaults
+    tz, org_pricing = _check_header(raw, check, pricing)
     seen_names: dict[str, FieldPath] = {}
 
     def claim_name(name: str, path: FieldPath) -> None:
@@ -123,9 +138,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
             if name not in raw.channels:
                 check.fail((*path, i), f"notify names unknown channel {name!r}")
 
-    def check_overrides_match(
-        scope: str, match: str, entities: list[str], path: FieldPath
-    ) -> None:
+    def check_overrides_match(scope: str, match: str, entities: list[str], path: FieldPath) -> None:
         if scope == "org" or match == "*":
             return
         for entity in entities:
@@ -185,6 +198,14 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
                 mode=b.mode or defaults.mode,
                 failure=b.failure or defaults.failure,
                 notify=tuple(b.notify if b.notify is not None else defaults.notify),
+                forecast=b.forecast if b.forecast is not None else defaults.forecast,
+                spike_factor=_fraction(
+                    b.spike_factor if b.spike_factor is not None else defaults.spike_factor
+                ),
+                spike_min=check.usd(
+                    b.spike_min_usd if b.spike_min_usd is not None else defaults.spike_min_usd,
+                    (*path, "spike_min_usd"),
+                ),
             )
         )
     rates: list[RateRule] = []
@@ -197,8 +218,11 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
             output_tokens=r.output_tokens_per_minute,
         )
         if limits == RateLimits():
-            check.fail(path, "a rate limit needs at least one of requests_per_minute, "
-                       "input_tokens_per_minute, output_tokens_per_minute")
+            check.fail(
+                path,
+                "a rate limit needs at least one of requests_per_minute, "
+                "input_tokens_per_minute, output_tokens_per_minute",
+            )
         if r.scope == "org" and (r.overrides or r.match != "*"):
             org_only(path, "rate limit", bool(r.overrides))
         check_overrides_match(r.scope, r.match, list(r.overrides), path)

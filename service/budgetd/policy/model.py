@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -44,6 +45,10 @@ class BudgetRule(msgspec.Struct, frozen=True, kw_only=True):
     mode: Mode
     failure: Failure
     notify: tuple[str, ...]
+    forecast: bool = True
+    spike_factor: Fraction | None = None
+    """None: no spike alerts for this budget."""
+    spike_min: Micros = 0
 
 
 class RateLimits(msgspec.Struct, frozen=True, kw_only=True):

@@ -85,8 +85,8 @@ def _rates(rule: RateRule, subject: Subject, models: tuple[str, ...]) -> list[Ap
     applied: list[AppliedRate] = []
     for kind in RATE_KINDS:
         value = getattr(override, kind) if override is not None else None
-        source: Source = "override" if value is not None else (
-            "org" if rule.scope == "org" else "default"
+        source: Source = (
+            "override" if value is not None else ("org" if rule.scope == "org" else "default")
         )
         if value is None:
             value = getattr(rule.limits, kind)

@@ -38,6 +38,7 @@ Period = Annotated[
         "like 24h or 7d",
     ),
 ]
+SpikeFactor = Annotated[float, msgspec.Meta(ge=1, le=1000)]
 Mode = Literal["enforce", "shadow"]
 Failure = Literal["fail_closed", "fail_open"]
 HardAction = Literal["block", "warn"]
@@ -74,6 +75,13 @@ class Defaults(_Strict, frozen=True):
     rate_failure: Failure = "fail_open"
     notify: list[Name] = msgspec.field(default_factory=list)
     hold_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 300
+    forecast: bool = True
+    """Warn once per period when the recent burn rate would exceed a calendar budget."""
+    spike_factor: SpikeFactor | None = 3.0
+    """Alert when a scope's last-hour spend is above this multiple of its 24-hour hourly
+    average; null turns spike alerts off."""
+    spike_min_usd: Usd = 1
+    """Hours that spend less than this never count as a spike (noise floor)."""
 
 
 class Budget(_Strict, frozen=True):
@@ -92,6 +100,9 @@ class Budget(_Strict, frozen=True):
     mode: Mode | None = None
     failure: Failure | None = None
     notify: list[Name] | None = None
+    forecast: bool | None = None
+    spike_factor: SpikeFactor | None = None
+    spike_min_usd: Usd | None = None
 
 
 class RateOverride(_Strict, frozen=True):

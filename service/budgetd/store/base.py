@@ -8,6 +8,17 @@ from typing import Literal, Protocol
 import msgspec
 
 
+class BudgetLabel(msgspec.Struct, frozen=True, kw_only=True):
+    """What a budget's events say about it."""
+
+    name: str
+    scope: str
+    entity: str
+    period: str
+    """The period id (or the rolling sub-bucket) the hold is charged to."""
+    period_end_ms: int = 0
+
+
 class BudgetSlot(msgspec.Struct, frozen=True, kw_only=True):
     """One cost budget as the store sees it."""
 
@@ -17,8 +28,15 @@ class BudgetSlot(msgspec.Struct, frozen=True, kw_only=True):
     spent_keys: tuple[str, ...]
     """Counters summed for the check: the one period, or every sub-bucket of the window."""
     limit: int
-    enforce: bool
+    mode: Literal["block", "warn", "shadow"]
+    """block: deny past the limit; warn and shadow: allow, and say so in an event."""
     expire_at_ms: int
+    thresholds_pct: tuple[int, ...] = ()
+    label: BudgetLabel | None = None
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode == "block"
 
 
 class BucketSlot(msgspec.Struct, frozen=True, kw_only=True):

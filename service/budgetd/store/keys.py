@@ -28,12 +28,23 @@ def bucket(org: str, rule: str, entity: str, kind: str) -> str:
     return f"{tag(org)}:tb:{rule}:{entity}:{kind}"
 
 
-def reservation_prefix(org: str) -> str:
-    return f"{tag(org)}:r:"
+def org_prefix(org: str) -> str:
+    """Prefix the scripts extend with ``r:<id>`` (reservations) and ``ev:<id>`` (event markers)."""
+    return f"{tag(org)}:"
 
 
 def reservation(org: str, reservation_id: str) -> str:
-    return reservation_prefix(org) + reservation_id
+    return f"{org_prefix(org)}r:{reservation_id}"
+
+
+def events(org: str) -> str:
+    """Stream of budget events (threshold crossings, blocks, overruns), delivered by the jobs."""
+    return f"{tag(org)}:events"
+
+
+def dead_letters(org: str) -> str:
+    """List of events whose delivery gave up after the last retry."""
+    return f"{tag(org)}:dead"
 
 
 def holds(org: str) -> str:

@@ -16,6 +16,7 @@ from redis.commands.core import AsyncScript
 from budgetd.store import keys
 from budgetd.store.base import (
     BucketSlot,
+    BudgetLabel,
     BudgetSlot,
     CommitCall,
     CommitOutcome,
@@ -74,10 +75,27 @@ def _denials(rows: Sequence[Sequence[Any]]) -> tuple[Denial, ...]:
     return tuple(out)
 
 
+def _plan_budget(b: BudgetSlot) -> dict[str, object]:
+    label = b.label or BudgetLabel(name="", scope="", entity="", period="")
+    return {
+        "h": b.held_key,
+        "c": b.charge_key,
+        "x": b.expire_at_ms,
+        "l": b.limit,
+        "m": b.mode,
+        "th": list(b.thresholds_pct),
+        "n": label.name,
+        "s": label.scope,
+        "en": label.entity,
+        "p": label.period,
+        "pe": label.period_end_ms,
+    }
+
+
 def _plan(call: ReserveCall) -> str:
     plan = {
         "a": call.amount,
-        "b": [{"h": b.held_key, "c": b.charge_key, "x": b.expire_at_ms} for b in call.budgets],
+        "b": [_plan_budget(b) for b in call.budgets],
         "t": [
             {"k": t.key, "r": t.per_minute, "c": t.capacity, "n": t.amount, "q": t.kind}
             for t in call.buckets
@@ -105,7 +123,11 @@ class ScriptStore:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def reserve(self, call: ReserveCall) -> ReserveOutcome:
-        key_list = [keys.reservation(call.org, call.reservation_id), keys.holds(call.org)]
+        key_list = [
+            keys.reservation(call.org, call.reservation_id),
+            keys.holds(call.org),
+            keys.events(call.org),
+        ]
         args: list[str | int] = [
             call.reservation_id,
             call.fingerprint,
@@ -114,13 +136,14 @@ class ScriptStore:
             call.keep_ms,
             _plan(call),
             call.meta,
-            keys.reservation_prefix(call.org),
+            keys.org_prefix(call.org),
             len(call.budgets),
             len(call.buckets),
         ]
         for b in call.budgets:
             key_list += [b.held_key, b.charge_key, *b.spent_keys]
-            args += [len(b.spent_keys), b.limit, int(b.enforce), b.expire_at_ms]
+            thresholds = ",".join(str(t) for t in b.thresholds_pct)
+            args += [len(b.spent_keys), b.limit, int(b.enforce), b.expire_at_ms, thresholds]
         for t in call.buckets:
             key_list.append(t.key)
             args += [t.per_minute, t.capacity, t.amount, int(t.enforce)]
@@ -149,6 +172,7 @@ class ScriptStore:
             keys.reservation(call.org, call.reservation_id),
             keys.holds(call.org),
             keys.ledger(call.org),
+            keys.events(call.org),
         ]
         args: list[str | int] = [
             call.reservation_id,
@@ -157,7 +181,7 @@ class ScriptStore:
             call.keep_ms,
             call.input_tokens,
             call.output_tokens,
-            keys.reservation_prefix(call.org),
+            keys.org_prefix(call.org),
         ]
         for field, value in call.ledger_fields:
             args += [field, value]
@@ -196,7 +220,7 @@ class ScriptStore:
 
     async def expire(self, org: str, limit: int) -> tuple[int, int]:
         reclaimed, remaining = await self._run(
-            "expire", [keys.holds(org)], [keys.reservation_prefix(org), limit]
+            "expire", [keys.holds(org)], [keys.org_prefix(org) + "r:", limit]
         )
         return int(reclaimed), int(remaining)
 

@@ -1,17 +1,19 @@
 -- commit.lua: settle a reservation's actual cost into the periods of its hold, exactly once.
 --
 -- KEYS[1] reservation hash   KEYS[2] org's hold index   KEYS[3] org's ledger stream
+-- KEYS[4] org's event stream
 -- (budget and bucket keys come from the reservation's plan; same hash tag, same slot)
 -- ARGV[1] reservation id  ARGV[2] cost (micros)  ARGV[3] commit fingerprint
 -- ARGV[4] record ttl ms   ARGV[5] actual input tokens  ARGV[6] actual output tokens
--- ARGV[7] reservation key prefix   ARGV[8..] ledger field/value pairs
+-- ARGV[7] org key prefix "bd:{o:<org>}:"   ARGV[8..] ledger field/value pairs
 --
 -- Returns {status, cost, released, overrun, late, ledger_id, after, state}
 --   status: 'committed' | 'replay' | 'conflict' | 'missing'
 --   after: "spent,held;..." of every budget after the commit
 -- A commit after the lease ran out (swept or not) still records the spend, flagged late+overrun.
+-- Emits threshold events the settled spend crosses, and one overrun event per reservation.
 
-local rkey, holds, ledger = KEYS[1], KEYS[2], KEYS[3]
+local rkey, holds, ledger, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid, cost, cfp = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local keep = tonumber(ARGV[4])
 local now = now_ms()
@@ -33,6 +35,11 @@ if state == 'released' then
 end
 
 local plan = cjson.decode(r[2])
+local before = {}
+for i, b in ipairs(plan.b) do
+  before[i] = tonumber(redis.call('HGET', b.c, 'spent') or '0')
+    + tonumber(redis.call('HGET', b.h, 'held') or '0')
+end
 local late = 0
 if state == 'held' and now > tonumber(r[3]) then
   -- Race: the lease ran out before the sweep reached it; expire it here, then settle late.
@@ -66,6 +73,15 @@ for i, b in ipairs(plan.b) do
   local spent = redis.call('HGET', b.c, 'spent')
   local held = redis.call('HGET', b.h, 'held') or '0'
   after[i] = spent .. ',' .. held
+  budget_events(events, ARGV[7], b, before[i], tonumber(spent) + tonumber(held), now, rid)
+end
+if overrun == 1 then
+  local b = plan.b[1]
+  emit(events, ARGV[7], 'overrun|' .. rid, now + keep,
+    {'type', 'overrun', 'budget', b and b.n or '', 'scope', b and b.s or '',
+     'entity', b and b.en or '', 'period', b and b.p or '', 'threshold', '0',
+     'used_micros', int(cost), 'limit_micros', int(plan.a), 'late', int(late),
+     'at_ms', int(now), 'reservation_id', rid})
 end
 local after_s = table.concat(after, ';')
 redis.call('ZREM', holds, rid)

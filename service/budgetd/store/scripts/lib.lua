@@ -95,3 +95,41 @@ local function expire_due(holds_key, reservation_prefix, now, limit)
   end
   return #due
 end
+
+-- Append an event to the org's stream, once per `id` for as long as `keep_until` (ms): the
+-- marker key is the dedupe, so every replica and every restart agrees it was sent.
+local function emit(events_key, tag_prefix, id, keep_until, fields)
+  local marker = tag_prefix .. 'ev:' .. id
+  if redis.call('SET', marker, '1', 'NX', 'PXAT', int(keep_until)) then
+    local entry = {'id', id}
+    for _, v in ipairs(fields) do
+      table.insert(entry, v)
+    end
+    redis.call('XADD', events_key, 'MAXLEN', '~', '100000', '*', unpack(entry))
+    return true
+  end
+  return false
+end
+
+-- Budget events for one plan entry `b` whose usage went from `before` to `after` (micros).
+local function budget_events(events_key, tag_prefix, b, before, after, now, rid)
+  local base = b.n .. '|' .. b.en .. '|' .. b.p
+  local function fields(kind, threshold)
+    return {'type', kind, 'budget', b.n, 'scope', b.s, 'entity', b.en, 'period', b.p,
+      'threshold', int(threshold), 'used_micros', int(after), 'limit_micros', int(b.l),
+      'at_ms', int(now), 'reservation_id', rid, 'period_end_ms', int(b.pe or 0)}
+  end
+  for _, pct in ipairs(b.th) do
+    -- Crossed now: below the mark before, at or above it after.
+    if before * 100 < pct * b.l and after * 100 >= pct * b.l then
+      emit(events_key, tag_prefix, base .. '|t' .. pct, b.x, fields('threshold', pct))
+    end
+  end
+  if after > b.l then
+    if b.m == 'warn' then
+      emit(events_key, tag_prefix, base .. '|over', b.x, fields('over_limit', 100))
+    elseif b.m == 'shadow' then
+      emit(events_key, tag_prefix, base .. '|shadow', b.x, fields('shadow_would_deny', 100))
+    end
+  end
+end

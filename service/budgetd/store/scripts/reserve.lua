@@ -1,13 +1,18 @@
 -- reserve.lua: check every limit, then hold on all of them at once, or change nothing.
 --
--- KEYS[1]  reservation hash            KEYS[2]  org's hold index (zset: lease deadline ms)
--- KEYS[3..] per budget: held key, charge key, then its spent keys; then one key per bucket
+-- KEYS[1]  reservation hash   KEYS[2]  org's hold index (zset: lease deadline ms)
+-- KEYS[3]  org's event stream
+-- KEYS[4..] per budget: held key, charge key, then its spent keys; then one key per bucket
 -- ARGV[1] reservation id   ARGV[2] request fingerprint   ARGV[3] amount (micros)
 -- ARGV[4] lease ms         ARGV[5] record ttl ms (after the lease)   ARGV[6] plan JSON
--- ARGV[7] meta JSON        ARGV[8] reservation key prefix            ARGV[9] budget count B
+-- ARGV[7] meta JSON        ARGV[8] org key prefix "bd:{o:<org>}:"    ARGV[9] budget count B
 -- ARGV[10] bucket count T
--- then per budget: spent-key count, limit, enforce (1/0), expire-at ms
+-- then per budget: spent-key count, limit, enforce (1/0), expire-at ms, thresholds ("50,80,100")
 -- then per bucket: per minute, capacity, amount, enforce (1/0)
+--
+-- Events (threshold crossings, first hard-limit denial, warn-only and shadow overages) go to
+-- the event stream once per budget, entity, period and kind: a marker key dedupes them. They
+-- are the only write a denial makes; no counter, bucket or reservation changes.
 --
 -- Returns {status, now_ms, deadline_ms, result, denials, shadow}
 --   status: 'granted' | 'denied' | 'replay' | 'conflict'
@@ -15,14 +20,15 @@
 --   denials/shadow: {{'b', index, spent, held} | {'t', index, level, wait_ms (-1: never)}}
 -- A replay returns the stored result and deadline with the reservation's state in `denials`.
 
-local rkey, holds = KEYS[1], KEYS[2]
+local rkey, holds, events = KEYS[1], KEYS[2], KEYS[3]
+local tag_prefix = ARGV[8]
 local rid, fp, amount = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local lease, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
 local nb, nt = tonumber(ARGV[9]), tonumber(ARGV[10])
 local now = now_ms()
 
 -- Lazy expiry first, so stale holds of this org never deny a request.
-expire_due(holds, ARGV[8], now, 8)
+expire_due(holds, tag_prefix .. 'r:', now, 8)
 
 local prior = redis.call('HMGET', rkey, 'fp', 'res', 'dl', 'st')
 if prior[1] then
@@ -35,7 +41,7 @@ end
 
 -- Phase 1: check everything; write nothing.
 local budgets, buckets, denials, shadow = {}, {}, {}, {}
-local k, a = 3, 11
+local k, a = 4, 11
 for i = 1, nb do
   local held_key, charge_key = KEYS[k], KEYS[k + 1]
   local n = tonumber(ARGV[a])
@@ -45,13 +51,14 @@ for i = 1, nb do
   end
   local held = tonumber(redis.call('HGET', held_key, 'held') or '0')
   local limit, enforce = tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
-  budgets[i] = {held_key, charge_key, tonumber(ARGV[a + 3]), spent, held}
+  budgets[i] = {held_key, charge_key, tonumber(ARGV[a + 3]), spent, held, ARGV[a + 4], limit,
+    enforce}
   if spent + held + amount > limit then
     local row = {'b', i, int(spent), int(held)}
     if enforce then table.insert(denials, row) else table.insert(shadow, row) end
   end
   k = k + 2 + n
-  a = a + 4
+  a = a + 5
 end
 for i = 1, nt do
   local key = KEYS[k]
@@ -70,7 +77,20 @@ for i = 1, nt do
   k = k + 1
   a = a + 4
 end
+local plan = nil
 if #denials > 0 then
+  plan = cjson.decode(ARGV[6])
+  for _, row in ipairs(denials) do
+    if row[1] == 'b' then
+      local b = plan.b[row[2]]
+      local used = tonumber(row[3]) + tonumber(row[4])
+      emit(events, tag_prefix, b.n .. '|' .. b.en .. '|' .. b.p .. '|block', b.x,
+        {'type', 'hard_limit', 'budget', b.n, 'scope', b.s, 'entity', b.en, 'period', b.p,
+         'threshold', '100', 'used_micros', int(used), 'limit_micros', int(b.l),
+         'requested_micros', int(amount), 'at_ms', int(now), 'reservation_id', rid,
+         'period_end_ms', int(b.pe or 0)})
+    end
+  end
   return {'denied', now, 0, '', denials, shadow}
 end
 
@@ -85,6 +105,20 @@ for i, b in ipairs(budgets) do
     redis.call('PEXPIREAT', charge_key, int(expire_at))
   end
   parts[i] = int(b[4]) .. ',' .. int(b[5] + amount)
+  local before = b[4] + b[5]
+  local after = before + amount
+  -- Decode the plan only when this hold emits an event (most holds do not).
+  local eventful = after > b[7] and not b[8]
+  for pct in string.gmatch(b[6], '%d+') do
+    local mark = tonumber(pct) * b[7]
+    if before * 100 < mark and after * 100 >= mark then
+      eventful = true
+    end
+  end
+  if eventful then
+    plan = plan or cjson.decode(ARGV[6])
+    budget_events(events, tag_prefix, plan.b[i], before, after, now, rid)
+  end
 end
 local levels = {}
 for i, t in ipairs(buckets) do

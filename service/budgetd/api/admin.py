@@ -1,0 +1,72 @@
+"""Admin views (admin keys only): recent events with their delivery state, dead letters, and
+the scheduler's jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, get
+from litestar.params import FromQuery
+
+from budgetd.api.deps import Caller
+from budgetd.errors import Forbidden
+from budgetd.jobs.scheduler import Jobs, JobStatus
+from budgetd.store.events import EventQueue
+
+
+class EventView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    stream_id: str
+    fields: dict[str, str]
+    delivery: dict[str, dict[str, str]]
+    """Per channel: state (done, retry, dead), attempts, last error."""
+
+
+class EventsResult(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    events: list[EventView]
+    dead_letters: list[dict[str, Any]]
+
+
+def _admin(principal: Caller, org: str) -> None:
+    principal.require_org(org)
+    if principal.role != "admin":
+        raise Forbidden("admin endpoints need an admin key")
+
+
+@get("/v1/admin/events", summary="Recent events and their delivery state")
+async def events(
+    request: Request[Any, Any, Any],
+    principal: Caller,
+    org: FromQuery[str],
+    limit: FromQuery[int] = 50,
+) -> EventsResult:
+    _admin(principal, org)
+    queue: EventQueue = request.app.state.queue
+    policy = request.app.state.engine.policy(org)
+    views = []
+    for event in await queue.recent(org, min(max(limit, 1), 500)):
+        channels = next(
+            (r.notify for r in policy.budgets if r.name == event.fields.get("budget")), ()
+        )
+        delivery = {ch: await queue.delivery_state(org, event.id, ch) for ch in channels}
+        views.append(
+            EventView(
+                id=event.id, stream_id=event.stream_id, fields=event.fields, delivery=delivery
+            )
+        )
+    return EventsResult(
+        org=org, events=views, dead_letters=await queue.dead_letters(org, min(max(limit, 1), 500))
+    )
+
+
+@get("/v1/admin/scheduler", summary="Jobs of this replica: last run, next run, lag")
+async def scheduler(request: Request[Any, Any, Any], principal: Caller) -> list[JobStatus]:
+    if principal.role != "admin":
+        raise Forbidden("admin endpoints need an admin key")
+    jobs: Jobs = request.app.state.jobs
+    return jobs.snapshot()
+
+
+ROUTES = [events, scheduler]

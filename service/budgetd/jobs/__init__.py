@@ -1,0 +1,1 @@
+"""Scheduled work: expiry sweep, event delivery, forecasts, spikes, period close."""

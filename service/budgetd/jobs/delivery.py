@@ -1,0 +1,163 @@
+"""Drain each org's event stream and deliver every event to its budget's channels.
+
+At-least-once from the stream (a consumer group; an entry is acknowledged only when every
+channel is done), and at-most-once per (event, channel) in practice: a delivery lock and a
+``done`` mark make a second send happen only if a replica dies between the receiver's 2xx and
+writing the mark. Receivers can dedupe on ``X-Budgetd-Event-Id`` for that window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import httpx
+import msgspec
+
+from budgetd.jobs.channels import send
+from budgetd.metrics import Metrics
+from budgetd.policy.model import OrgPolicy
+from budgetd.policy.registry import PolicyRegistry
+from budgetd.store.events import Event, EventQueue
+
+log = logging.getLogger(__name__)
+STATE_KEEP_S = 7 * 86_400
+
+
+class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True):
+    max_attempts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 60.0
+    timeout_s: float = 3.0
+    claim_idle_ms: int = 1_000
+    batch: int = 100
+
+
+def backoff_s(attempt: int, config: DeliveryConfig) -> float:
+    """Exponential backoff with jitter: half fixed, half random, so retries spread out."""
+    ceiling: float = min(config.backoff_cap_s, config.backoff_base_s * 2.0 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Deliverer:
+    def __init__(
+        self,
+        queue: EventQueue,
+        registry: PolicyRegistry,
+        metrics: Metrics,
+        consumer: str,
+        config: DeliveryConfig | None = None,
+    ) -> None:
+        self.queue = queue
+        self.registry = registry
+        self.metrics = metrics
+        self.consumer = consumer
+        self.config = config or DeliveryConfig()
+        self.http = httpx.AsyncClient(timeout=self.config.timeout_s)
+        self._groups: set[str] = set()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def run_once(self) -> int:
+        """One pass over every org; returns how many events were fully settled."""
+        if not self.registry.loaded:
+            return 0
+        settled = 0
+        for org, policy in self.registry.current.orgs.items():
+            if org not in self._groups:
+                await self.queue.ensure_group(org)
+                self._groups.add(org)
+            events = await self.queue.claim_stale(
+                org, self.consumer, self.config.claim_idle_ms, self.config.batch
+            )
+            fresh = await self.queue.read_new(org, self.consumer, self.config.batch)
+            self.metrics.events_read.inc(len(fresh))
+            results = await asyncio.gather(*(self._settle(policy, e) for e in events + fresh))
+            settled += sum(results)
+        return settled
+
+    def _channels(self, policy: OrgPolicy, event: Event) -> tuple[str, ...]:
+        name = event.fields.get("budget", "")
+        for rule in policy.budgets:
+            if rule.name == name:
+                return rule.notify
+        return ()
+
+    async def _settle(self, policy: OrgPolicy, event: Event) -> bool:
+        fields = {"org": policy.org, **event.fields}
+        done = True
+        for name in self._channels(policy, event):
+            if name not in policy.channels:
+                continue  # the channel left the policy: nothing to deliver to
+            if not await self._deliver(policy, event, name, fields):
+                done = False
+        if done:
+            await self.queue.ack(policy.org, event)
+        return done
+
+    async def _deliver(
+        self, policy: OrgPolicy, event: Event, name: str, fields: dict[str, str]
+    ) -> bool:
+        """True when this channel is finished with the event (delivered or dead-lettered)."""
+        org, eid = policy.org, event.id
+        state = await self.queue.delivery_state(org, eid, name)
+        if state.get("state") in ("done", "dead"):
+            return True
+        now = time.time()
+        if float(state.get("next_at", "0")) > now:
+            return False  # in backoff; the entry stays pending and is claimed again later
+        lease_ms = int((self.config.timeout_s + 5) * 1000)
+        if not await self.queue.lock_delivery(org, eid, name, lease_ms, self.consumer):
+            return False  # another replica is sending it right now
+        attempts = int(state.get("attempts", "0")) + 1
+        result = await send(self.http, name, policy.channels[name], eid, fields, policy.tz)
+        if result.ok:
+            await self.queue.set_delivery_state(
+                org, eid, name, STATE_KEEP_S, state="done", attempts=attempts
+            )
+            self.metrics.events_delivered.labels(channel_kind=_kind(policy, name)).inc()
+            return True
+        if not result.retry or attempts >= self.config.max_attempts:
+            await self.queue.dead_letter(
+                org,
+                {
+                    "event_id": eid,
+                    "channel": name,
+                    "attempts": attempts,
+                    "error": result.error,
+                    "event": fields,
+                    "at": now,
+                },
+            )
+            await self.queue.set_delivery_state(
+                org, eid, name, STATE_KEEP_S, state="dead", attempts=attempts, error=result.error
+            )
+            self.metrics.events_dead.inc()
+            log.warning(
+                "event %s to %s dead-lettered after %d attempt(s): %s",
+                eid,
+                name,
+                attempts,
+                result.error,
+            )
+            return True
+        await self.queue.set_delivery_state(
+            org,
+            eid,
+            name,
+            STATE_KEEP_S,
+            state="retry",
+            attempts=attempts,
+            error=result.error,
+            next_at=now + backoff_s(attempts, self.config),
+        )
+        self.metrics.events_retried.inc()
+        return False
+
+
+def _kind(policy: OrgPolicy, name: str) -> str:
+    channel = policy.channels[name]
+    return "log" if channel.log else "slack" if channel.slack else "webhook"

@@ -1,0 +1,80 @@
+"""At each period end in the org's zone: one summary event per calendar budget, exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+
+import msgspec
+
+from budgetd.engine import Engine
+from budgetd.jobs.spend import entity_of, parse, totals_by
+from budgetd.money import format_usd
+from budgetd.periods import COUNTER_GRACE, calendar_bounds
+from budgetd.policy.model import CalendarUnit
+from budgetd.store import keys
+from budgetd.store.base import BudgetSlot
+from budgetd.store.events import EventQueue
+
+TOP = 5
+
+
+def _top(totals: Counter[str]) -> str:
+    return msgspec.json.encode(totals.most_common(TOP)).decode()
+
+
+async def _counter(engine: Engine, org: str, budget: str, period_id: str) -> int:
+    key = keys.period_counter(org, budget, org, period_id)
+    slot = BudgetSlot(
+        held_key=key, charge_key=key, spent_keys=(key,), limit=0, mode="block", expire_at_ms=0
+    )
+    status = await engine.store.status((slot,), ())
+    return status.budgets[0][0]
+
+
+async def close_periods(
+    engine: Engine, queue: EventQueue, org: str, unit: CalendarUnit, fired_at: datetime
+) -> int:
+    """Summarise the ``unit`` periods of ``org`` that ended at ``fired_at``; returns how many
+    summary events were newly emitted (0 when another replica already did)."""
+    policy = engine.policy(org)
+    period_id, start, end = calendar_bounds(unit, policy.tz, fired_at - timedelta(seconds=1))
+    start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    spends = [s for s in map(parse, await queue.ledger_since(org, start_ms)) if s.at_ms < end_ms]
+    emitted = 0
+    for rule in policy.budgets:
+        if rule.period.calendar != unit:
+            continue
+        mine = [s for s in spends if entity_of(s, rule.scope, org)]
+        by_entity = totals_by(mine, "user" if rule.scope == "user" else "feature")
+        spent = sum(s.cost for s in mine)
+        if rule.scope == "org":
+            # The counter, not the ledger: a commit settles into its hold's period, which the
+            # ledger's timestamps (commit time) cannot tell.
+            spent = await _counter(engine, org, rule.name, period_id)
+        summary = (
+            f"{rule.scope} budget '{rule.name}' closed period {period_id}: "
+            f"{format_usd(spent)} spent"
+        )
+        if rule.scope == "org":
+            summary += f" of {format_usd(rule.default_limit)}"
+        fields = {
+            "type": "period_close",
+            "budget": rule.name,
+            "scope": rule.scope,
+            "entity": org if rule.scope == "org" else "*",
+            "period": period_id,
+            "used_micros": str(spent),
+            "limit_micros": str(rule.default_limit),
+            "top_entities": _top(by_entity) if rule.scope != "org" else "[]",
+            "top_users": _top(totals_by(mine, "user")),
+            "top_features": _top(totals_by(mine, "feature")),
+            "top_models": _top(totals_by(mine, "model")),
+            "overruns": str(sum(s.overrun for s in mine)),
+            "summary": summary,
+            "at_ms": str(end_ms),
+        }
+        keep = int((end + COUNTER_GRACE).timestamp() * 1000)
+        if await queue.emit(org, f"close|{rule.name}|{period_id}", keep, fields):
+            emitted += 1
+    return emitted

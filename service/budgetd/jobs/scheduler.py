@@ -1,0 +1,222 @@
+"""APScheduler (3.x, AsyncIOScheduler) runs every job in every process; each run of a job that
+must happen once claims its firing in Redis first (SET NX keyed by job and fire time)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from budgetd.clock import SystemClock
+from budgetd.engine import Engine
+from budgetd.jobs.clock_sync import sync_clock
+from budgetd.jobs.delivery import Deliverer
+from budgetd.jobs.forecast import forecast
+from budgetd.jobs.period_close import close_periods
+from budgetd.jobs.policy_reload import PolicyWatcher
+from budgetd.jobs.spike import detect_spikes
+from budgetd.jobs.sweep import sweep_expired
+from budgetd.policy.model import CalendarUnit
+from budgetd.settings import Settings
+from budgetd.store.base import StoreUnavailable
+from budgetd.store.events import EventQueue
+
+log = logging.getLogger(__name__)
+
+CRON_OF: dict[CalendarUnit, dict[str, Any]] = {
+    "hour": {"minute": 0},
+    "day": {"hour": 0, "minute": 0},
+    "week": {"day_of_week": "mon", "hour": 0, "minute": 0},
+    "month": {"day": 1, "hour": 0, "minute": 0},
+}
+
+
+class JobStatus(msgspec.Struct, kw_only=True):
+    id: str
+    trigger: str
+    next_run: datetime | None
+    last_run: datetime | None = None
+    last_lag_s: float | None = None
+    """How late the last run started after its scheduled time."""
+    last_error: str | None = None
+    runs: int = 0
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Jobs:
+    """Owns the scheduler of one process and the state its admin view reports."""
+
+    def __init__(
+        self, engine: Engine, queue: EventQueue, settings: Settings, clock: SystemClock | None
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.settings = settings
+        self.clock = clock
+        self.watcher = PolicyWatcher(engine)
+        self.deliverer = Deliverer(queue, engine.registry, engine.metrics, consumer_name())
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            # A paused replica that resumes runs a missed job once (coalesce), and only if it is
+            # not too late; other replicas covered the gap, so nothing floods on resume.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        )
+        self.status: dict[str, JobStatus] = {}
+        self._close_jobs: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.watcher.reload_if_changed()
+        s = self.settings
+        self._every("policy-reload", s.policy_poll_s, self.reload_policy)
+        if self.clock is not None:
+            self._every("clock-sync", s.clock_sync_s, self.sync_clock)
+        self._every("sweep", s.sweep_interval_s, self.sweep, claim=True)
+        self._every("delivery", s.delivery_interval_s, self.deliver)
+        self._every("forecast", s.forecast_interval_s, self.forecast, claim=True)
+        self._every("spike", s.spike_interval_s, self.spikes, claim=True)
+        self.schedule_period_close()
+        self.scheduler.add_listener(
+            self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
+        )
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        await self.deliverer.close()
+
+    def _every(
+        self, job_id: str, seconds: float, run: Callable[[], Awaitable[Any]], *, claim: bool = False
+    ) -> None:
+        if seconds <= 0:
+            return
+        func = self._claimed(job_id, seconds, run) if claim else run
+        self.scheduler.add_job(
+            self._guard(job_id, func),
+            IntervalTrigger(seconds=seconds),
+            id=job_id,
+            replace_existing=True,
+        )
+
+    def _claimed(
+        self, job_id: str, seconds: float, run: Callable[[], Awaitable[Any]]
+    ) -> Callable[[], Awaitable[Any]]:
+        async def once_per_firing() -> Any:
+            fire = int(time.time() // seconds)
+            if await self.queue.claim_firing(job_id, str(fire), max(1, int(seconds * 2))):
+                return await run()
+            return None
+
+        return once_per_firing
+
+    def _guard(
+        self, job_id: str, run: Callable[[], Awaitable[Any]]
+    ) -> Callable[[], Awaitable[None]]:
+        async def guarded() -> None:
+            try:
+                await run()
+            except StoreUnavailable as exc:
+                log.warning("job %s skipped: %s", job_id, exc)
+                self.status[job_id].last_error = str(exc)
+
+        return guarded
+
+    def _on_event(self, event: Any) -> None:
+        job = self.scheduler.get_job(event.job_id)
+        status = self.status.setdefault(
+            event.job_id,
+            JobStatus(id=event.job_id, trigger=str(job.trigger) if job else "", next_run=None),
+        )
+        status.next_run = job.next_run_time if job else None
+        if event.code == EVENT_JOB_SUBMITTED:
+            now = datetime.now(UTC)
+            status.last_run = now
+            scheduled = event.scheduled_run_times[-1]
+            status.last_lag_s = max(0.0, (now - scheduled).total_seconds())
+            status.runs += 1
+            if event.job_id == "sweep":
+                self.engine.metrics.sweep_lag.set(status.last_lag_s)
+        elif event.code == EVENT_JOB_ERROR:
+            status.last_error = repr(event.exception)
+            log.error("job %s failed: %r", event.job_id, event.exception)
+        else:
+            status.last_error = None
+
+    def snapshot(self) -> list[JobStatus]:
+        for job in self.scheduler.get_jobs():
+            status = self.status.setdefault(
+                job.id, JobStatus(id=job.id, trigger=str(job.trigger), next_run=None)
+            )
+            status.next_run = job.next_run_time
+        return sorted(self.status.values(), key=lambda s: s.id)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def reload_policy(self) -> None:
+        if await self.watcher.reload_if_changed():
+            self.schedule_period_close()
+
+    async def sync_clock(self) -> None:
+        assert self.clock is not None
+        await sync_clock(self.engine, self.clock)
+
+    async def sweep(self) -> int:
+        return await sweep_expired(self.engine)
+
+    async def deliver(self) -> int:
+        return await self.deliverer.run_once()
+
+    def _orgs(self) -> list[str]:
+        registry = self.engine.registry
+        return list(registry.current.orgs) if registry.loaded else []
+
+    async def forecast(self) -> int:
+        now = self.engine.clock.now()
+        return sum([await forecast(self.engine, self.queue, org, now) for org in self._orgs()])
+
+    async def spikes(self) -> int:
+        now = self.engine.clock.now()
+        return sum([await detect_spikes(self.engine, self.queue, org, now) for org in self._orgs()])
+
+    def schedule_period_close(self) -> None:
+        """One cron job per (org, calendar unit in use), in the org's zone; rebuilt on reload."""
+        wanted: dict[str, tuple[str, CalendarUnit]] = {}
+        registry = self.engine.registry
+        for org, policy in registry.current.orgs.items() if registry.loaded else []:
+            for rule in policy.budgets:
+                if rule.period.calendar is not None:
+                    wanted[f"close:{org}:{rule.period.calendar}"] = (org, rule.period.calendar)
+        for job_id in self._close_jobs - set(wanted):
+            self.scheduler.remove_job(job_id)
+        for job_id, (org, unit) in wanted.items():
+            tz = registry.current.orgs[org].tz
+            self.scheduler.add_job(
+                self._guard(job_id, self._closer(org, unit)),
+                CronTrigger(timezone=tz, **CRON_OF[unit]),
+                id=job_id,
+                replace_existing=True,
+                # Late is fine for a summary (an hour); the event id keeps it to one per period.
+                misfire_grace_time=3600,
+            )
+        self._close_jobs = set(wanted)
+
+    def _closer(self, org: str, unit: CalendarUnit) -> Callable[[], Awaitable[int]]:
+        async def close() -> int:
+            return await close_periods(self.engine, self.queue, org, unit, self.engine.clock.now())
+
+        return close

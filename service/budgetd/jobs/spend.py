@@ -1,0 +1,68 @@
+"""Spend history from the org's ledger: who spent what, when. Forecasts, spike alerts and period
+summaries read it; enforcement never does (counters are the truth for limits)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import msgspec
+
+from budgetd.store.events import Event
+
+
+class Spend(msgspec.Struct, frozen=True, kw_only=True):
+    at_ms: int
+    cost: int
+    user: str
+    feature: str
+    model: str
+    overrun: bool
+
+
+def parse(entry: Event) -> Spend:
+    f = entry.fields
+    meta: dict[str, object] = {}
+    if f.get("reservation"):
+        try:
+            meta = msgspec.json.decode(f["reservation"])
+        except msgspec.DecodeError:
+            meta = {}
+    return Spend(
+        at_ms=int(entry.stream_id.split("-")[0]),
+        cost=int(f.get("cost_micros", "0")),
+        user=str(meta.get("user") or f.get("user") or ""),
+        feature=str(meta.get("feature") or f.get("feature") or ""),
+        model=f.get("model", ""),
+        overrun=f.get("overrun") == "1",
+    )
+
+
+def entity_of(spend: Spend, scope: str, org: str) -> str:
+    """The entity a ledger entry counts for in a budget of ``scope`` ('' when none)."""
+    if scope == "org":
+        return org
+    return spend.user if scope == "user" else spend.feature
+
+
+def totals_by(spends: list[Spend], attribute: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for s in spends:
+        key = getattr(s, attribute)
+        if key:
+            out[key] += s.cost
+    return out
+
+
+def hourly(
+    spends: list[Spend], scope: str, org: str, now_ms: int, hours: int
+) -> dict[str, list[int]]:
+    """Per entity: spend in each of the last ``hours`` hours, oldest first; the last slot is
+    the hour ending now."""
+    out: dict[str, list[int]] = defaultdict(lambda: [0] * hours)
+    for s in spends:
+        age = (now_ms - s.at_ms) // 3_600_000
+        if 0 <= age < hours:
+            entity = entity_of(s, scope, org)
+            if entity:
+                out[entity][hours - 1 - age] += s.cost
+    return dict(out)

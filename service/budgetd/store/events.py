@@ -1,0 +1,129 @@
+"""The event queue: each org's event stream, read through one consumer group by the delivery
+job on every replica, with per-(event, channel) delivery state beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import redis.exceptions
+
+from budgetd.store import keys
+from budgetd.store.scripted import ScriptStore
+
+GROUP = "delivery"
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    stream_id: str
+    """Position in the org's stream."""
+    fields: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        """The stable event id: the same crossing always has the same id."""
+        return self.fields.get("id", self.stream_id)
+
+
+def _events(rows: Any) -> list[Event]:
+    return [Event(stream_id=str(sid), fields=dict(fields)) for sid, fields in rows or []]
+
+
+class EventQueue:
+    """Stream operations for the delivery job. Reads and bookkeeping, no enforcement."""
+
+    def __init__(self, store: ScriptStore) -> None:
+        self.store = store
+        self.client = store.client
+
+    async def emit(
+        self, org: str, event_id: str, keep_until_ms: int, fields: dict[str, str]
+    ) -> bool:
+        args: list[str | int] = [keys.org_prefix(org), event_id, keep_until_ms]
+        for name, value in fields.items():
+            args += [name, value]
+        return bool(await self.store._run("emit", [keys.events(org)], args))
+
+    async def ensure_group(self, org: str) -> None:
+        try:
+            await self.client.xgroup_create(keys.events(org), GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self, org: str, consumer: str, count: int) -> list[Event]:
+        reply: Any = await self.client.xreadgroup(
+            GROUP, consumer, {keys.events(org): ">"}, count=count
+        )
+        if not reply:
+            return []
+        # RESP2 answers [[stream, rows]]; RESP3 answers {stream: [rows]}.
+        rows = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        return _events(rows)
+
+    async def claim_stale(self, org: str, consumer: str, idle_ms: int, count: int) -> list[Event]:
+        """Take over entries another consumer (a crashed replica, or a retry in backoff) has
+        held for ``idle_ms``; a claim resets the idle time, so no two consumers take one."""
+        reply = await self.client.xautoclaim(
+            keys.events(org), GROUP, consumer, idle_ms, start_id="0-0", count=count
+        )
+        return _events(reply[1])
+
+    async def ack(self, org: str, event: Event) -> None:
+        await self.client.xack(keys.events(org), GROUP, event.stream_id)
+
+    async def recent(self, org: str, count: int) -> list[Event]:
+        return _events(await self.client.xrevrange(keys.events(org), count=count))
+
+    # Delivery state of one (event, channel): a hash {state, attempts, next_at_ms, error}.
+
+    def _state_key(self, org: str, event_id: str, channel: str) -> str:
+        return f"{keys.tag(org)}:dl:{event_id}:{channel}"
+
+    async def delivery_state(self, org: str, event_id: str, channel: str) -> dict[str, str]:
+        state = await self.client.hgetall(self._state_key(org, event_id, channel))
+        return {str(k): str(v) for k, v in state.items()}
+
+    async def set_delivery_state(
+        self, org: str, event_id: str, channel: str, keep_s: int, **values: str | float
+    ) -> None:
+        key = self._state_key(org, event_id, channel)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={k: str(v) for k, v in values.items()})
+            pipe.expire(key, keep_s)
+            await pipe.execute()
+
+    async def lock_delivery(
+        self, org: str, event_id: str, channel: str, lease_ms: int, owner: str
+    ) -> bool:
+        """Race: two replicas holding one event after a claim; only the lock holder sends."""
+        key = f"{keys.tag(org)}:dlock:{event_id}:{channel}"
+        return bool(await self.client.set(key, owner, nx=True, px=lease_ms))
+
+    async def dead_letter(self, org: str, record: dict[str, Any]) -> None:
+        await self.client.lpush(keys.dead_letters(org), msgspec.json.encode(record))
+
+    async def dead_letters(self, org: str, count: int) -> list[dict[str, Any]]:
+        rows = await self.client.lrange(keys.dead_letters(org), 0, count - 1)
+        return [msgspec.json.decode(r) for r in rows]
+
+    async def claim_firing(self, job: str, fire_key: str, ttl_s: int) -> bool:
+        """One run per job firing across all replicas (APScheduler runs one scheduler in every
+        process): the first to set the marker runs it."""
+        return bool(
+            await self.client.set(f"{keys.PREFIX}:job:{job}:{fire_key}", "1", nx=True, ex=ttl_s)
+        )
+
+    async def ledger_since(self, org: str, since_ms: int, page: int = 1000) -> list[Event]:
+        """Ledger entries since ``since_ms`` (by stream id time), oldest first."""
+        out: list[Event] = []
+        start = f"{since_ms}-0"
+        while True:
+            rows = _events(await self.client.xrange(keys.ledger(org), min=start, count=page))
+            out += rows
+            if len(rows) < page:
+                return out
+            ms, seq = rows[-1].stream_id.split("-")
+            start = f"{ms}-{int(seq) + 1}"
+            await asyncio.sleep(0)
