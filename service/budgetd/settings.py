@@ -30,6 +30,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How often the period clock re-learns its offset from Redis TIME."""
     delivery_interval_s: float = 1.0
     """How often each replica drains the event streams (0: no delivery from this replica)."""
+    delivery_attempts: int = 5
+    """Attempts per (event, channel) before it goes to the dead-letter list."""
+    delivery_backoff_s: float = 0.5
+    """First retry delay; doubles per attempt (with jitter), capped at a minute."""
+    delivery_timeout_s: float = 3.0
     forecast_interval_s: float = 300.0
     spike_interval_s: float = 300.0
 
@@ -56,6 +61,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         delivery_interval_s=float(
             e.get("BUDGETD_DELIVERY_INTERVAL_S", defaults.delivery_interval_s)
         ),
+        delivery_attempts=int(e.get("BUDGETD_DELIVERY_ATTEMPTS", defaults.delivery_attempts)),
+        delivery_backoff_s=float(e.get("BUDGETD_DELIVERY_BACKOFF_S", defaults.delivery_backoff_s)),
+        delivery_timeout_s=float(e.get("BUDGETD_DELIVERY_TIMEOUT_S", defaults.delivery_timeout_s)),
         forecast_interval_s=float(
             e.get("BUDGETD_FORECAST_INTERVAL_S", defaults.forecast_interval_s)
         ),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from budgetd.jobs.sweep import sweep_expired
 from budgetd.contract import CommitRequest, Grant, ReserveRequest
 from budgetd.engine import Engine
+from budgetd.jobs.sweep import sweep_expired
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import Usage

@@ -109,7 +109,8 @@ class Deliverer:
         now = time.time()
         if float(state.get("next_at", "0")) > now:
             return False  # in backoff; the entry stays pending and is claimed again later
-        lease_ms = int((self.config.timeout_s + 5) * 1000)
+        # Longer than one send can take (its timeout), so the lock outlives the attempt.
+        lease_ms = int((self.config.timeout_s + 1) * 1000)
         if not await self.queue.lock_delivery(org, eid, name, lease_ms, self.consumer):
             return False  # another replica is sending it right now
         attempts = int(state.get("attempts", "0")) + 1

@@ -56,7 +56,7 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
                 "period": win.charge_id,
                 "used_micros": str(used),
                 "limit_micros": str(scope.limit),
-                "runs_out_at": runs_out.astimezone(UTC).isoformat(),
+                "runs_out_at": runs_out.astimezone(UTC).isoformat(timespec="seconds"),
                 "period_end_ms": str(int(scope.period_end.timestamp() * 1000)),
                 "summary": (
                     f"{rule.scope} {entity}: at this rate budget '{rule.name}' "
@@ -65,7 +65,7 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
                 ),
                 "at_ms": str(int(now.timestamp() * 1000)),
             }
-            keep = int((win.end + COUNTER_GRACE).timestamp() * 1000)
+            keep = (win.end - now) + COUNTER_GRACE
             event_id = f"forecast|{rule.name}|{entity}|{win.charge_id}"
             if await queue.emit(org, event_id, keep, fields):
                 emitted += 1

@@ -74,7 +74,7 @@ async def close_periods(
             "summary": summary,
             "at_ms": str(end_ms),
         }
-        keep = int((end + COUNTER_GRACE).timestamp() * 1000)
+        keep = (end - start) + COUNTER_GRACE
         if await queue.emit(org, f"close|{rule.name}|{period_id}", keep, fields):
             emitted += 1
     return emitted

@@ -3,10 +3,12 @@ must happen once claims its firing in Redis first (SET NX keyed by job and fire 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from budgetd.clock import SystemClock
 from budgetd.engine import Engine
 from budgetd.jobs.clock_sync import sync_clock
-from budgetd.jobs.delivery import Deliverer
+from budgetd.jobs.delivery import Deliverer, DeliveryConfig
 from budgetd.jobs.forecast import forecast
 from budgetd.jobs.period_close import close_periods
 from budgetd.jobs.policy_reload import PolicyWatcher
@@ -53,7 +55,8 @@ class JobStatus(msgspec.Struct, kw_only=True):
 
 
 def consumer_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Unique per scheduler, even with several apps in one process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Jobs:
@@ -67,7 +70,17 @@ class Jobs:
         self.settings = settings
         self.clock = clock
         self.watcher = PolicyWatcher(engine)
-        self.deliverer = Deliverer(queue, engine.registry, engine.metrics, consumer_name())
+        self.deliverer = Deliverer(
+            queue,
+            engine.registry,
+            engine.metrics,
+            consumer_name(),
+            DeliveryConfig(
+                max_attempts=settings.delivery_attempts,
+                backoff_base_s=settings.delivery_backoff_s,
+                timeout_s=settings.delivery_timeout_s,
+            ),
+        )
         self.scheduler = AsyncIOScheduler(
             timezone=UTC,
             # A paused replica that resumes runs a missed job once (coalesce), and only if it is
@@ -76,6 +89,7 @@ class Jobs:
         )
         self.status: dict[str, JobStatus] = {}
         self._close_jobs: set[str] = set()
+        self._running: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -98,6 +112,11 @@ class Jobs:
     async def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        # Cancel runs in flight (a delivery mid-send is then like a crash: its lock expires and
+        # another replica redelivers), and only then close what they use.
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
         await self.deliverer.close()
 
     def _every(
@@ -128,11 +147,16 @@ class Jobs:
         self, job_id: str, run: Callable[[], Awaitable[Any]]
     ) -> Callable[[], Awaitable[None]]:
         async def guarded() -> None:
+            task = asyncio.current_task()
+            assert task is not None  # APScheduler runs coroutine jobs as tasks
+            self._running.add(task)
             try:
                 await run()
             except StoreUnavailable as exc:
                 log.warning("job %s skipped: %s", job_id, exc)
                 self.status[job_id].last_error = str(exc)
+            finally:
+                self._running.discard(task)
 
         return guarded
 

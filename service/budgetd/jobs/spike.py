@@ -50,7 +50,8 @@ async def detect_spikes(engine: Engine, queue: EventQueue, org: str, now: dateti
                 ),
                 "at_ms": str(now_ms),
             }
-            keep = now_ms + int(timedelta(days=2).total_seconds() * 1000)
-            if await queue.emit(org, f"spike|{rule.name}|{entity}|{hour_id}", keep, fields):
+            if await queue.emit(
+                org, f"spike|{rule.name}|{entity}|{hour_id}", timedelta(days=2), fields
+            ):
                 emitted += 1
     return emitted

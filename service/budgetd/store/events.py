@@ -4,6 +4,7 @@ job on every replica, with per-(event, channel) delivery state beside it."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -37,10 +38,10 @@ class EventQueue:
         self.store = store
         self.client = store.client
 
-    async def emit(
-        self, org: str, event_id: str, keep_until_ms: int, fields: dict[str, str]
-    ) -> bool:
-        args: list[str | int] = [keys.org_prefix(org), event_id, keep_until_ms]
+    async def emit(self, org: str, event_id: str, keep: timedelta, fields: dict[str, str]) -> bool:
+        """Append once per ``event_id``; the dedupe marker lives for ``keep``."""
+        keep_ms = int(keep.total_seconds() * 1000)
+        args: list[str | int] = [keys.org_prefix(org), event_id, keep_ms]
         for name, value in fields.items():
             args += [name, value]
         return bool(await self.store._run("emit", [keys.events(org)], args))

@@ -2,7 +2,7 @@
 -- closes: events the jobs find, as opposed to those reserve and commit emit themselves).
 --
 -- KEYS[1] org's event stream
--- ARGV[1] org key prefix "bd:{o:<org>}:"   ARGV[2] event id   ARGV[3] keep marker until (ms)
+-- ARGV[1] org key prefix "bd:{o:<org>}:"   ARGV[2] event id   ARGV[3] keep the marker this long (ms)
 -- ARGV[4..] field/value pairs
 --
 -- Returns 1 when the event was appended, 0 when an event with this id already was.
@@ -11,7 +11,8 @@ local fields = {}
 for i = 4, #ARGV do
   table.insert(fields, ARGV[i])
 end
-if emit(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), fields) then
+-- A duration, not an instant: the caller's idea of time may differ from Redis's.
+if emit(KEYS[1], ARGV[1], ARGV[2], now_ms() + tonumber(ARGV[3]), fields) then
   return 1
 end
 return 0

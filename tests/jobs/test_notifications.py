@@ -1,0 +1,198 @@
+"""Events reach receivers exactly once per threshold across replicas, with valid signatures;
+retries, dead letters, slow receivers and restarts behave."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from budgetd.app import create_app
+from budgetd.jobs.channels import sign
+from budgetd.store.connect import redis_store
+from tests.api.conftest import Client, asgi_client, settings_for, write_policy
+from tests.jobs.receiver import Receiver, wait_for
+
+SECRET = "s3cret"
+POLICY = """
+org: acme
+timezone: UTC
+channels:
+  hook: {{webhook: "{url}", secret_env: BUDGETD_TEST_HOOK_SECRET}}
+defaults:
+  notify: [hook]
+  forecast: false
+  spike_factor: null
+budgets:
+  - {{name: org-day, scope: org, limit_usd: 0.01, period: day}}
+"""
+# claude-haiku-test: 995 input + 1 output token = 1,000 µ$ = 10 % of the $0.01 budget.
+CALL = {"org": "acme", "model": "claude-haiku-test", "input_tokens": 995, "max_tokens": 1}
+FAST = {"delivery_interval_s": 0.1, "delivery_backoff_s": 0.1, "delivery_timeout_s": 1.0}
+
+
+@pytest.fixture(autouse=True)
+def hook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUDGETD_TEST_HOOK_SECRET", SECRET)
+
+
+@contextlib.asynccontextmanager
+async def instances(
+    tmp_path: Path, redis_url: str, url: str, count: int, **settings: Any
+) -> AsyncIterator[list[Client]]:
+    directory = tmp_path / "policies"
+    write_policy(directory, POLICY.format(url=url))
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for _ in range(count):
+            app = create_app(
+                settings_for(directory, **{**FAST, **settings}),
+                store=redis_store(redis_url, timeout_s=5),
+            )
+            clients.append(await stack.enter_async_context(asgi_client(app)))
+        yield clients
+
+
+@pytest.fixture
+async def clean_redis(redis_url: str) -> str:
+    store = redis_store(redis_url)
+    await store.client.flushdb()
+    await store.close()
+    return redis_url
+
+
+async def _spend_to_the_limit(clients: list[Client]) -> None:
+    statuses = []
+    for i in range(11):  # 10 fit; the 11th hits the hard limit
+        r = await clients[i % len(clients)].post("/v1/reservations", json=CALL)
+        statuses.append(r.status_code)
+    assert statuses == [201] * 10 + [429]
+
+
+def _verify(received: Any) -> None:
+    headers = received.headers
+    stamp = headers["x-budgetd-timestamp"]
+    assert headers["x-budgetd-signature"] == sign(SECRET, stamp, received.body)
+    assert headers["x-budgetd-event-id"] == received.json()["id"]
+
+
+async def test_three_instances_deliver_each_event_exactly_once(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    async with Receiver().running() as hook, instances(tmp_path, clean_redis, hook.url, 3) as apps:
+        await _spend_to_the_limit(apps)
+        await wait_for(lambda: len(hook.received) >= 4)
+        await asyncio.sleep(0.5)  # room for a duplicate to show up, if there were one
+    kinds = sorted((r.json()["type"], r.json()["threshold"]) for r in hook.received)
+    assert kinds == [
+        ("hard_limit", "100"),
+        ("threshold", "100"),
+        ("threshold", "50"),
+        ("threshold", "80"),
+    ]
+    for received in hook.received:
+        _verify(received)
+    assert len({r.json()["id"] for r in hook.received}) == 4
+
+
+async def test_retry_until_success_then_dead_letter(tmp_path: Path, clean_redis: str) -> None:
+    async with (
+        Receiver(statuses=[500, 500]).running() as hook,
+        instances(tmp_path, clean_redis, hook.url, 1) as (app,),
+    ):
+        for _ in range(5):  # 50 %: one event
+            await app.post("/v1/reservations", json=CALL)
+        assert await wait_for(lambda: len(hook.received) == 1)
+        assert hook.attempts == 3
+    async with (
+        Receiver(then=500).running() as dead,
+        instances(tmp_path, clean_redis, dead.url, 1, delivery_attempts=3) as (app,),
+    ):
+        for _ in range(3):  # 80 %: a new event
+            await app.post("/v1/reservations", json=CALL)
+
+        async def dead_letters() -> list[dict[str, Any]]:
+            r = await app.get("/v1/admin/events?org=acme")
+            letters: list[dict[str, Any]] = r.json()["dead_letters"]
+            return letters
+
+        for _ in range(100):  # up to 10 s
+            if await dead_letters():
+                break
+            await asyncio.sleep(0.1)
+        letters = await dead_letters()
+        assert len(letters) == 1
+        assert (letters[0]["attempts"], letters[0]["error"]) == (3, "HTTP 500")
+        assert dead.attempts == 3
+
+
+async def test_a_hanging_receiver_does_not_slow_reserve(tmp_path: Path, clean_redis: str) -> None:
+    async with (
+        Receiver(hang=True).running() as hook,
+        instances(tmp_path, clean_redis, hook.url, 1, delivery_timeout_s=3.0) as (app,),
+    ):
+        for _ in range(5):
+            await app.post("/v1/reservations", json=CALL)
+        assert await wait_for(lambda: hook.attempts >= 1)  # a delivery is now stuck
+        slowest = 0.0
+        for _ in range(20):
+            started = time.monotonic()
+            r = await app.get("/v1/budgets?org=acme")
+            assert r.status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+        # Each call finished while the 3-second delivery was still hanging.
+        assert slowest < 1.0
+        assert hook.received == []
+
+
+async def test_restart_mid_delivery_loses_and_duplicates_nothing(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    hook = Receiver(statuses=[200], hang=False)
+    async with hook.running():
+        # First life: the receiver answers the first event, then hangs on the next ones.
+        async with instances(tmp_path, clean_redis, hook.url, 2) as apps:
+            hook.then = 200
+            await _spend_to_the_limit(apps)
+            await wait_for(lambda: len(hook.received) >= 1)
+            hook.hang = True
+            await asyncio.sleep(0.3)
+        # Every instance stopped mid-delivery. Second life: the receiver is healthy again.
+        hook.hang = False
+        async with instances(tmp_path, clean_redis, hook.url, 2):
+            assert await wait_for(
+                lambda: len({r.json()["id"] for r in hook.received}) == 4, timeout_s=15
+            )
+            await asyncio.sleep(0.5)
+    ids = [r.json()["id"] for r in hook.received]
+    assert len(ids) == len(set(ids)) == 4
+
+
+async def test_abandoned_holds_are_reclaimed_within_lease_plus_one_sweep(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    async with (
+        Receiver().running() as hook,
+        instances(tmp_path, clean_redis, hook.url, 1, sweep_interval_s=0.5) as (app,),
+    ):
+        r = await app.post("/v1/reservations", json={**CALL, "ttl_s": 1})
+        assert r.status_code == 201
+        started = time.monotonic()
+
+        async def held() -> int:
+            view = await app.get("/v1/budgets?org=acme")
+            value: int = view.json()["scopes"][0]["held_micros"]
+            return value
+
+        for _ in range(100):  # up to 5 s
+            if not await held():
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - started
+        assert await held() == 0
+        assert elapsed <= 1 + 0.5 + 0.5  # lease + one sweep interval (+ scheduling slack)
