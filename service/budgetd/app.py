@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 
 from budgetd import __version__
 from budgetd.api import admin, budgets, health, reservations
-from budgetd.api.deps import provide_engine, provide_principal
+from budgetd.api.deps import provide_principal
 from budgetd.api.problems import HANDLERS
 from budgetd.auth import KeyRing
 from budgetd.clock import Clock, SystemClock
@@ -82,10 +82,7 @@ def create_app(
 
     app = Litestar(
         route_handlers=[*reservations.ROUTES, *budgets.ROUTES, *health.ROUTES, *admin.ROUTES],
-        dependencies={
-            "engine": Provide(provide_engine, sync_to_thread=False),
-            "principal": Provide(provide_principal, sync_to_thread=False),
-        },
+        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="budgetd", version=__version__, path="/schema"),

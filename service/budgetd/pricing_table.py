@@ -14,7 +14,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from budgetd.money import Picos, usd_per_mtok_to_picos_per_token, usd_to_micros
+from budgetd.money import (
+    MoneyFormatError,
+    Picos,
+    usd_per_mtok_to_picos_per_token,
+    usd_to_micros,
+)
 from budgetd.yaml_errors import YamlDocument, describe_pattern, located_validation_error
 
 DecimalStr = Annotated[
@@ -196,10 +201,15 @@ def parse_pricing(text: str, filename: str = "pricing.yaml") -> PricingTable:
                 line = document.line_of(("models", index, "id"))
                 raise PricingFileError(f"{filename}:{line}: model id {name!r} is listed twice")
             models[name] = pricing
+    try:
+        search_micros_per_1000 = usd_to_micros(raw.web_search_usd_per_1000)
+    except MoneyFormatError as exc:
+        line = document.line_of(("web_search_usd_per_1000",))
+        raise PricingFileError(f"{filename}:{line}: web_search_usd_per_1000: {exc}") from None
     return PricingTable(
         version=raw.version,
         source=raw.source,
-        web_search_picos_per_request=usd_to_micros(raw.web_search_usd_per_1000) * 1_000,
+        web_search_picos_per_request=search_micros_per_1000 * 1_000,
         batch_discount_pct=raw.batch_discount_pct,
         models=models,
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 from litestar import get, post
 from litestar.params import FromQuery, JSONBody
 
-from budgetd.api.deps import Caller, EngineDep
+from budgetd.api.deps import AnyRequest, Caller, engine_of
 from budgetd.contract import BudgetsResult, CostRequest, CostResult
 
 
 @get("/v1/budgets", summary="Each limit that applies to a scope: limit, spent, held, remaining")
 async def budgets(
-    engine: EngineDep,
+    request: AnyRequest,
     principal: Caller,
     org: FromQuery[str],
     user: FromQuery[str | None] = None,
@@ -19,14 +19,14 @@ async def budgets(
     model: FromQuery[str | None] = None,
 ) -> BudgetsResult:
     principal.require_org(org)
-    return await engine.budgets(org, user, feature, model)
+    return await engine_of(request).budgets(org, user, feature, model)
 
 
 @post("/v1/cost", status_code=200, summary="The cost of a usage object, recorded nowhere")
-async def price(data: JSONBody[CostRequest], engine: EngineDep, principal: Caller) -> CostResult:
+async def price(data: JSONBody[CostRequest], request: AnyRequest, principal: Caller) -> CostResult:
     if data.org is not None:
         principal.require_org(data.org)
-    return engine.price(data)
+    return engine_of(request).price(data)
 
 
 ROUTES = [budgets, price]

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from budgetd.api.deps import EngineDep
+from budgetd.api.deps import AnyRequest, engine_of
 
 
 @get("/healthz", summary="Liveness", include_in_schema=True)
@@ -16,7 +16,8 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", summary="Readiness: store reachable and a policy loaded")
-async def readyz(engine: EngineDep) -> Response[dict[str, Any]]:
+async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
+    engine = engine_of(request)
     store_ok = await engine.store.ping()
     policy = engine.registry.last_status
     ready = store_ok and engine.registry.loaded

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Response, post
 from litestar.params import FromQuery, JSONBody, PathParameter
 
-from budgetd.api.deps import Caller, EngineDep, org_of
+from budgetd.api.deps import AnyRequest, Caller, engine_of, org_of
 from budgetd.api.problems import denied
 from budgetd.contract import (
     CommitRequest,
@@ -27,10 +27,10 @@ ReservationId = Annotated[
 
 @post("/v1/reservations", status_code=201, summary="Reserve the worst-case cost of a call")
 async def reserve(
-    data: JSONBody[ReserveRequest], engine: EngineDep, principal: Caller
+    data: JSONBody[ReserveRequest], request: AnyRequest, principal: Caller
 ) -> Response[Any]:
     principal.require_org(data.org)
-    result = await engine.reserve(data)
+    result = await engine_of(request).reserve(data)
     if isinstance(result, Denied):
         return denied(result)
     # A replay answers exactly as the original did (201), flagged ``replayed``.
@@ -45,11 +45,11 @@ async def reserve(
 async def commit(
     reservation_id: ReservationId,
     data: JSONBody[CommitRequest],
-    engine: EngineDep,
+    request: AnyRequest,
     principal: Caller,
     org: FromQuery[str | None] = None,
 ) -> CommitResult:
-    return await engine.commit(org_of(principal, org), reservation_id, data)
+    return await engine_of(request).commit(org_of(principal, org), reservation_id, data)
 
 
 @post(
@@ -59,19 +59,19 @@ async def commit(
 )
 async def release(
     reservation_id: ReservationId,
-    engine: EngineDep,
+    request: AnyRequest,
     principal: Caller,
     org: FromQuery[str | None] = None,
 ) -> ReleaseResult:
-    return await engine.release(org_of(principal, org), reservation_id)
+    return await engine_of(request).release(org_of(principal, org), reservation_id)
 
 
 @post("/v1/usage", status_code=201, summary="Record a call made without a reservation")
 async def record_usage(
-    data: JSONBody[UsageRequest], engine: EngineDep, principal: Caller
+    data: JSONBody[UsageRequest], request: AnyRequest, principal: Caller
 ) -> Response[Any]:
     principal.require_org(data.org)
-    result = await engine.record(data)
+    result = await engine_of(request).record(data)
     return Response[RecordResult](result, status_code=201)
 
 

@@ -1,0 +1,81 @@
+"""Agent SDK ingestion: de-duplication by message id, per-model records, idempotency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from budgetd_client import AsyncBudgetdClient, arecord_agent_result
+
+from conftest import HAIKU
+
+SONNET = "claude-sonnet-test"
+
+
+@dataclass
+class AssistantMessage:
+    """Shaped like claude_agent_sdk.AssistantMessage (the SDK itself is not needed here)."""
+
+    content: list[Any]
+    model: str
+    message_id: str | None = None
+    usage: dict[str, Any] | None = None
+    session_id: str | None = None
+
+
+@dataclass
+class ResultMessage:
+    session_id: str
+    total_cost_usd: float | None = None
+    usage: dict[str, Any] | None = None
+    model_usage: dict[str, Any] = field(default_factory=dict)
+
+
+def run() -> list[Any]:
+    step1 = {"input_tokens": 100, "cache_read_input_tokens": 10_000, "output_tokens": 10}
+    step1_final = {**step1, "output_tokens": 50}
+    step2 = {"input_tokens": 2000, "cache_creation_input_tokens": 1000, "output_tokens": 300}
+    return [
+        # Parallel tool calls: three messages of one call, output counts growing.
+        AssistantMessage([], HAIKU, "msg_1", step1),
+        AssistantMessage([], HAIKU, "msg_1", step1_final),
+        AssistantMessage([], HAIKU, "msg_1", step1),
+        {"type": "user", "message": {"content": "tool result"}},
+        # stream-json shape for the next call, on another model.
+        {"type": "assistant", "message": {"id": "msg_2", "model": SONNET, "usage": step2}},
+        ResultMessage("sess-1", total_cost_usd=0.0123, model_usage={}),
+    ]
+
+
+# haiku: 100×1 + 10000×0.1 + 50×5 = 1350; sonnet: 2000×3 + 1000×3.75 + 300×15 = 14250.
+HAIKU_COST, SONNET_COST = 1350, 14250
+
+
+async def test_records_each_call_once_at_the_exact_price(budgetd: AsyncBudgetdClient) -> None:
+    result = await arecord_agent_result(budgetd, run(), org="acme", user="alice", feature="agent")
+    assert result.source == "assistant_messages"
+    assert [r.record_id for r in result.records] == ["agent.msg_1", "agent.msg_2"]
+    assert result.by_model == {HAIKU: HAIKU_COST, SONNET: SONNET_COST}
+    assert result.charged_micros == result.cost_micros == HAIKU_COST + SONNET_COST
+    assert result.sdk_cost_micros == 12_300
+    state = (await budgetd.budgets(org="acme", user="alice")).budget("user-day")
+    assert state.spent_micros == HAIKU_COST + SONNET_COST
+
+    again = await arecord_agent_result(budgetd, run(), org="acme", user="alice", feature="agent")
+    assert all(r.replayed for r in again.records)
+    state = (await budgetd.budgets(org="acme", user="alice")).budget("user-day")
+    assert state.spent_micros == HAIKU_COST + SONNET_COST
+
+
+async def test_sdk_cost_and_model_usage_fallback(budgetd: AsyncBudgetdClient) -> None:
+    result_only = [
+        ResultMessage(
+            "sess-2",
+            total_cost_usd=0.01,
+            model_usage={HAIKU: {"inputTokens": 1000, "outputTokens": 200, "costUSD": 0.01}},
+        )
+    ]
+    result = await arecord_agent_result(budgetd, result_only, org="acme", prefer_sdk_cost=True)
+    assert result.source == "model_usage"
+    assert result.charged_micros == 2000
+    assert result.cost_micros == result.sdk_cost_micros == 10_000
