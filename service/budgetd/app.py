@@ -47,6 +47,7 @@ def create_app(
             if settings.redis_url
             else embedded_store()
         )
+        store.durability = settings.durability
     period_clock: Clock = clock if clock is not None else SystemClock()
     engine = Engine(registry, store, period_clock, metrics)
     queue = EventQueue(store)
@@ -62,6 +63,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Fail fast: a strict deployment on a server that cannot confirm fsyncs must not start.
+        log.info("durability %s", await store.check_durability())
         policy = await store.eviction_policy()
         if policy is not None and policy != "noeviction":
             log.warning(

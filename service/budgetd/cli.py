@@ -1,4 +1,5 @@
-"""``budgetd`` command line: policy validation, the schema, cost of a usage object, the price list.
+"""``budgetd`` command line: policy validation, the schema, cost of a usage object, the price list;
+``serve``, ``keys`` and ``ledger`` live in :mod:`budgetd.cli_ops`.
 
 Each subcommand sets a ``handler(args) -> int`` default on its parser; :func:`main` calls it.
 Add a subcommand by writing an ``_add_<name>(subparsers)`` function and calling it from
@@ -17,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from budgetd.cli_ops import add_keys, add_ledger, add_serve
 from budgetd.money import MICROS_PER_USD, PICOS_PER_MICRO, format_usd
 from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
 from budgetd.policy.schema import json_schema
@@ -249,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(subparsers)
     _add_cost(subparsers)
     _add_pricing(subparsers)
+    add_serve(subparsers)
+    add_keys(subparsers)
+    add_ledger(subparsers)
     return parser
 
 

@@ -104,6 +104,8 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     replayed: bool = False
     degraded: bool = False
     """True when Redis was unreachable and every applicable limit fails open: nothing is held."""
+    durability: str = "fast"
+    """What acknowledged this answer: ``fast`` (the script ran) or ``strict`` (on disk too)."""
 
 
 class DeniedScope(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,12 +138,14 @@ class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
     ledger_id: str
     pricing_version: str
     replayed: bool = False
+    durability: str = "fast"
 
 
 class ReleaseResult(msgspec.Struct, frozen=True, kw_only=True):
     reservation_id: str
     state: str
     released_micros: int
+    durability: str = "fast"
 
 
 class RecordResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,6 +154,7 @@ class RecordResult(msgspec.Struct, frozen=True, kw_only=True):
     ledger_id: str
     pricing_version: str
     replayed: bool = False
+    durability: str = "fast"
 
 
 class CostLineOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -389,6 +389,7 @@ class Engine:
             scopes=self._scopes(limits, outcome.budgets_after, outcome.buckets_after),
             warnings=self._warnings(limits, outcome, amount),
             replayed=replayed,
+            durability=self.store.durability,
         )
 
     def _fail_open_or_closed(
@@ -434,6 +435,7 @@ class Engine:
             scopes=[],
             warnings=[],
             degraded=True,
+            durability=self.store.durability,
         )
 
     def _remember_model(self, org: str, rid: str, model: str) -> None:
@@ -512,6 +514,7 @@ class Engine:
             ledger_id=outcome.ledger_id,
             pricing_version=policy.pricing.version,
             replayed=outcome.status == "replay",
+            durability=self.store.durability,
         )
 
     async def _commit_degraded(
@@ -547,12 +550,18 @@ class Engine:
             ledger_id=recorded.ledger_id,
             pricing_version=recorded.pricing_version,
             replayed=recorded.replayed,
+            durability=self.store.durability,
         )
 
     async def release(self, org: str, rid: str) -> c.ReleaseResult:
         self.policy(org)
         if rid.startswith(DEGRADED_PREFIX):
-            return c.ReleaseResult(reservation_id=rid, state="released", released_micros=0)
+            return c.ReleaseResult(
+                reservation_id=rid,
+                state="released",
+                released_micros=0,
+                durability=self.store.durability,
+            )
         outcome = await self._store_call(
             self.store.release(org, rid, int(KEEP_RESOLVED.total_seconds() * 1000))
         )
@@ -560,7 +569,10 @@ class Engine:
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
         self._models.pop((org, rid), None)
         return c.ReleaseResult(
-            reservation_id=rid, state=outcome.state, released_micros=outcome.released
+            reservation_id=rid,
+            state=outcome.state,
+            released_micros=outcome.released,
+            durability=self.store.durability,
         )
 
     async def record(self, request: c.UsageRequest) -> c.RecordResult:
@@ -609,6 +621,7 @@ class Engine:
             ledger_id=outcome.ledger_id,
             pricing_version=policy.pricing.version,
             replayed=outcome.status == "replay",
+            durability=self.store.durability,
         )
 
     def price(self, request: c.CostRequest) -> c.CostResult:

@@ -12,6 +12,8 @@ from budgetd.settings import Settings
 
 def run(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Every job run is logged at INFO by APScheduler: once a second is noise, not news.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     if settings.workers > 1 and settings.redis_url is None:
         raise SystemExit(

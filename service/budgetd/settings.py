@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -20,6 +21,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    durability: Literal["fast", "strict"] = "fast"
+    """strict: acknowledge writes only after WAITAOF confirms them on disk (Redis 7.2+)."""
     redis_timeout_s: float = 0.5
     """Bound on every store call; past it fail-closed budgets answer 503."""
     policy_poll_s: float = 5.0
@@ -39,6 +42,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     spike_interval_s: float = 300.0
 
 
+def _durability(value: str) -> Literal["fast", "strict"]:
+    if value not in ("fast", "strict"):
+        raise ValueError(f"BUDGETD_DURABILITY must be fast or strict, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -54,6 +63,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         host=e.get("BUDGETD_HOST", defaults.host),
         port=int(e.get("BUDGETD_PORT", defaults.port)),
         workers=int(e.get("BUDGETD_WORKERS", defaults.workers)),
+        durability=_durability(e.get("BUDGETD_DURABILITY", defaults.durability)),
         redis_timeout_s=float(e.get("BUDGETD_REDIS_TIMEOUT_S", defaults.redis_timeout_s)),
         policy_poll_s=float(e.get("BUDGETD_POLICY_POLL_S", defaults.policy_poll_s)),
         sweep_interval_s=float(e.get("BUDGETD_SWEEP_INTERVAL_S", defaults.sweep_interval_s)),

@@ -129,6 +129,7 @@ class Jobs:
             self._guard(job_id, func),
             IntervalTrigger(seconds=seconds),
             id=job_id,
+            name=job_id,
             replace_existing=True,
         )
 
@@ -233,6 +234,7 @@ class Jobs:
                 self._guard(job_id, self._closer(org, unit)),
                 CronTrigger(timezone=tz, **CRON_OF[unit]),
                 id=job_id,
+                name=job_id,
                 replace_existing=True,
                 # Late is fine for a summary (an hour); the event id keeps it to one per period.
                 misfire_grace_time=3600,

@@ -7,6 +7,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
+Durability = Literal["fast", "strict"]
+"""fast: acknowledged once the script ran; strict: once the AOF is fsynced too."""
+
 
 class BudgetLabel(msgspec.Struct, frozen=True, kw_only=True):
     """What a budget's events say about it."""
@@ -151,6 +154,7 @@ class Store(Protocol):
     """What the engine needs from Redis. One implementation; two ways to connect."""
 
     description: str
+    durability: Durability
 
     async def reserve(self, call: ReserveCall) -> ReserveOutcome: ...
     async def commit(self, call: CommitCall) -> CommitOutcome: ...

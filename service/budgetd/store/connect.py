@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.typing import EncodableT
 
 from budgetd.store.scripted import ScriptStore
 
 log = logging.getLogger(__name__)
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+class QueuingCluster(RedisCluster):
+    """A cluster client whose calls queue for a free connection instead of failing.
+
+    redis-py's async cluster client has no blocking pool: once a node has ``max_connections``
+    in use, the next call raises ``MaxConnectionsError`` at once. A burst of requests (or an org
+    whose traffic all lands on one shard) would then fail calls that a moment's wait would have
+    served. One semaphore of ``max_connections`` in front of every command gives the same
+    behaviour as the single-server ``BlockingConnectionPool``: past the limit a call waits, and
+    the store's per-call timeout bounds the wait.
+
+    Everything else is redis-py's: EVALSHA is routed by the slot of its first key, NOSCRIPT
+    loads the script (``SCRIPT LOAD`` goes to every primary) and calls again, MOVED/ASK follow
+    the redirect, TRYAGAIN is retried after a short sleep.
+    """
+
+    def __init__(self, *args: Any, max_connections: int = 64, **kwargs: Any) -> None:
+        super().__init__(*args, max_connections=max_connections, **kwargs)
+        self._in_flight = asyncio.Semaphore(max_connections)
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        async with self._in_flight:
+            return await super().execute_command(*args, **kwargs)
 
 
 def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> ScriptStore:
@@ -25,7 +52,7 @@ def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) 
     for scheme in CLUSTER_SCHEMES:
         if url.startswith(scheme):
             plain = url.replace("+cluster", "", 1)
-            cluster = RedisCluster.from_url(plain, **common)
+            cluster = QueuingCluster.from_url(plain, max_connections=max_connections, **common)
             return ScriptStore(cluster, description=f"redis cluster {plain}", timeout_s=timeout_s)
     # A blocking pool: past ``max_connections`` a call waits (within its timeout) for a free
     # connection instead of failing, so a burst of requests queues rather than erroring.

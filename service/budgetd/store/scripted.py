@@ -21,6 +21,7 @@ from budgetd.store.base import (
     CommitCall,
     CommitOutcome,
     Denial,
+    Durability,
     RecordCall,
     RecordOutcome,
     ReleaseOutcome,
@@ -104,13 +105,33 @@ def _plan(call: ReserveCall) -> str:
     return msgspec.json.encode(plan).decode()
 
 
-class ScriptStore:
-    """Store over any redis-py asyncio client; ``timeout_s`` bounds every call."""
+READ_ONLY = frozenset({"status"})
 
-    def __init__(self, client: Client, *, description: str, timeout_s: float = 1.0) -> None:
+
+class NotDurable(StoreUnavailable):
+    """Strict mode: the write ran but Redis could not confirm it reached the AOF on disk."""
+
+
+class ScriptStore:
+    """Store over any redis-py asyncio client; ``timeout_s`` bounds every call.
+
+    ``durability``: ``fast`` answers once the script ran (what a crash can lose is Redis's AOF
+    policy: up to a second with ``appendfsync everysec``); ``strict`` also waits, on the same
+    connection, for ``WAITAOF 1 0`` to confirm the write is fsynced to the local AOF.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        description: str,
+        timeout_s: float = 1.0,
+        durability: Durability = "fast",
+    ) -> None:
         self.client = client
         self.description = description
         self.timeout_s = timeout_s
+        self.durability: Durability = durability
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(source(name)) for name in SCRIPT_NAMES
         }
@@ -118,9 +139,46 @@ class ScriptStore:
     async def _run(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
             async with asyncio.timeout(self.timeout_s):
+                if self.durability == "strict" and name not in READ_ONLY:
+                    return await self._run_durably(name, keys_, args)
                 return await self._scripts[name](keys=list(keys_), args=list(args))
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def _run_durably(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+        # Race: WAITAOF confirms the writes of *its connection*; sent through the pool on its
+        # own it could land on another connection and confirm nothing. A pipeline sends both
+        # on one connection, in order.
+        if not isinstance(self.client, Redis):
+            raise RuntimeError("durability=strict is not supported on Redis Cluster yet")
+        pipe = self.client.pipeline(transaction=False)
+        await self._scripts[name](keys=list(keys_), args=list(args), client=pipe)
+        pipe.waitaof(1, 0, int(self.timeout_s * 1000))
+        result, (local, _replicas) = await pipe.execute()
+        if int(local) < 1:
+            raise NotDurable("the write was not confirmed on disk (WAITAOF) in time")
+        return result
+
+    async def check_durability(self) -> str:
+        """Verify the server can give what ``durability`` promises; returns a description.
+
+        Raises RuntimeError when strict mode cannot be honoured (no AOF, no WAITAOF)."""
+        if self.durability == "fast":
+            return "fast: acknowledged after the script; loss window = the AOF fsync policy"
+        if not isinstance(self.client, Redis):
+            # A cluster client routes a keyless WAITAOF to any node, not the one that wrote.
+            raise RuntimeError("durability=strict is not supported on Redis Cluster yet")
+        config = await self.client.config_get("appendonly")
+        if str(config.get("appendonly")) != "yes":
+            raise RuntimeError("durability=strict needs Redis with appendonly yes")
+        try:
+            await self.client.waitaof(0, 0, 1)
+        except redis.exceptions.ResponseError as exc:
+            raise RuntimeError(
+                "durability=strict needs WAITAOF (Redis 7.2+ or Valkey 8+); this server "
+                f"answered: {exc}"
+            ) from None
+        return "strict: acknowledged after WAITAOF confirms the write is fsynced to the AOF"
 
     async def reserve(self, call: ReserveCall) -> ReserveOutcome:
         key_list = [

@@ -86,7 +86,12 @@ end
 local after_s = table.concat(after, ';')
 redis.call('ZREM', holds, rid)
 
+local charged = {}
+for i, b in ipairs(plan.b) do
+  charged[i] = b.c
+end
 local fields = {'kind', 'commit', 'reservation_id', rid, 'cost_micros', int(cost),
+  'charged', table.concat(charged, ' '),
   'held_micros', int(plan.a), 'overrun', int(overrun), 'late', int(late), 'at_ms', int(now),
   'reservation', r[6]}
 for i = 8, #ARGV do

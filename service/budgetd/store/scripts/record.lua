@@ -39,7 +39,12 @@ for i = 1, nt do
   k = k + 1
   a = a + 3
 end
-local fields = {'kind', 'record', 'reservation_id', rid, 'cost_micros', int(cost), 'at_ms', int(now)}
+local charged = {}
+for i = 1, nb do
+  charged[i] = KEYS[1 + 2 * i]
+end
+local fields = {'kind', 'record', 'reservation_id', rid, 'cost_micros', int(cost), 'at_ms', int(now),
+  'charged', table.concat(charged, ' ')}
 for i = a, a + 2 * nf - 1 do
   table.insert(fields, ARGV[i])
 end

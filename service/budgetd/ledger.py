@@ -1,0 +1,165 @@
+"""The org's ledger stream: export it, trim it (export first), and reconcile it against the
+counters. Conservation: every counter's ``spent`` equals the sum of the ledger entries charged
+to it, and every ``held`` equals the sum of the open holds on it."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import msgspec
+
+from budgetd.store import keys
+from budgetd.store.scripted import ScriptStore
+
+Format = Literal["jsonl", "csv"]
+CSV_COLUMNS = (
+    "id",
+    "kind",
+    "reservation_id",
+    "cost_micros",
+    "held_micros",
+    "overrun",
+    "late",
+    "model",
+    "pricing_version",
+    "user",
+    "feature",
+    "usage",
+    "charged",
+    "at_ms",
+)
+
+
+COUNTER_FIELDS: tuple[Literal["spent", "held"], ...] = ("spent", "held")
+
+
+class Difference(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    field: Literal["spent", "held"]
+    counter: int
+    expected: int
+
+
+class Reconciliation(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    entries: int
+    counters: int
+    open_holds: int
+    differences: list[Difference]
+    ledger_starts_ms: int | None
+    """Spend before the first ledger entry (trimmed history) cannot be checked."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+async def entries(
+    store: ScriptStore, org: str, since_ms: int = 0, until_ms: int | None = None, page: int = 1000
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Ledger entries with stream id in [since, until), oldest first, a page at a time."""
+    start = f"{since_ms}-0"
+    end = "+" if until_ms is None else f"{until_ms - 1}-18446744073709551615"
+    while True:
+        rows: Any = await store.client.xrange(keys.ledger(org), min=start, max=end, count=page)
+        for entry_id, fields in rows:
+            yield str(entry_id), dict(fields)
+        if len(rows) < page:
+            return
+        ms, seq = str(rows[-1][0]).split("-")
+        start = f"{ms}-{int(seq) + 1}"
+
+
+def _flat(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": entry_id, **fields}
+    meta = fields.get("reservation")
+    if meta:
+        decoded = msgspec.json.decode(meta)
+        row.setdefault("user", decoded.get("user") or "")
+        row.setdefault("feature", decoded.get("feature") or "")
+    return row
+
+
+async def export(
+    store: ScriptStore, org: str, fmt: Format, since_ms: int = 0, until_ms: int | None = None
+) -> AsyncIterator[str]:
+    """The ledger as JSON lines or CSV text, chunk by chunk."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        yield buffer.getvalue()
+    async for entry_id, fields in entries(store, org, since_ms, until_ms):
+        row = _flat(entry_id, fields)
+        if fmt == "jsonl":
+            yield msgspec.json.encode(row).decode() + "\n"
+        else:
+            buffer = io.StringIO()
+            csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore").writerow(row)
+            yield buffer.getvalue()
+
+
+async def trim(store: ScriptStore, org: str, before_ms: int) -> int:
+    """Drop entries older than ``before_ms``; returns how many went. Export them first."""
+    return int(
+        await store.client.xtrim(keys.ledger(org), minid=f"{before_ms}-0", approximate=False)
+    )
+
+
+async def reconcile(store: ScriptStore, org: str) -> Reconciliation:
+    spent: Counter[str] = Counter()
+    count, first_ms = 0, None
+    async for entry_id, fields in entries(store, org):
+        count += 1
+        first_ms = first_ms if first_ms is not None else int(entry_id.split("-")[0])
+        for key in fields.get("charged", "").split():
+            spent[key] += int(fields.get("cost_micros", "0"))
+    held: Counter[str] = Counter()
+    open_ids: Any = await store.client.zrange(keys.holds(org), 0, -1)
+    open_holds = 0
+    for rid in open_ids:
+        state, plan = await store.client.hmget(keys.reservation(org, rid), ["st", "plan"])
+        if state != "held" or plan is None:
+            continue
+        open_holds += 1
+        decoded = msgspec.json.decode(plan)
+        for budget in decoded["b"]:
+            held[budget["h"]] += int(decoded["a"])
+    differences: list[Difference] = []
+    counters = 0
+    prefix = keys.tag(org)
+    for pattern in (f"{prefix}:b:*", f"{prefix}:h:*"):
+        async for key in store.client.scan_iter(match=pattern, count=1000):
+            counters += 1
+            values = await store.client.hmget(key, ["spent", "held"])
+            actual = {"spent": int(values[0] or 0), "held": int(values[1] or 0)}
+            expected = {"spent": spent.pop(key, 0), "held": held.pop(key, 0)}
+            for field in COUNTER_FIELDS:
+                if actual[field] != expected[field]:
+                    differences.append(
+                        Difference(
+                            key=key,
+                            field=field,
+                            counter=actual[field],
+                            expected=expected[field],
+                        )
+                    )
+    # Ledger entries or holds pointing at counters that no longer exist (expired, or lost).
+    for key, value in spent.items():
+        if value:
+            differences.append(Difference(key=key, field="spent", counter=0, expected=value))
+    for key, value in held.items():
+        if value:
+            differences.append(Difference(key=key, field="held", counter=0, expected=value))
+    return Reconciliation(
+        org=org,
+        entries=count,
+        counters=counters,
+        open_holds=open_holds,
+        differences=differences,
+        ledger_starts_ms=first_ms,
+    )
