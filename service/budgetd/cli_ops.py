@@ -78,6 +78,10 @@ async def _export(args: argparse.Namespace) -> int:
 async def _trim(args: argparse.Namespace) -> int:
     before = _ms(args.before)
     assert before is not None
+    if before > dt.datetime.now(dt.UTC).timestamp() * 1000:
+        # Entries are appended at the current time: a future cut-off could trim a new entry
+        # between the export and the trim.
+        raise SystemExit("budgetd: --before must be in the past")
     store = redis_store(_redis_url(), timeout_s=10)
     try:
         with args.export.open("w", encoding="utf-8") as out:

@@ -51,7 +51,7 @@ class Reconciliation(msgspec.Struct, frozen=True, kw_only=True):
     open_holds: int
     differences: list[Difference]
     ledger_starts_ms: int | None
-    """Spend before the first ledger entry (trimmed history) cannot be checked."""
+    """The oldest entry still in the stream; older ones were trimmed into the archive."""
 
     @property
     def ok(self) -> bool:
@@ -103,15 +103,26 @@ async def export(
             yield buffer.getvalue()
 
 
-async def trim(store: ScriptStore, org: str, before_ms: int) -> int:
-    """Drop entries older than ``before_ms``; returns how many went. Export them first."""
-    return int(
-        await store.client.xtrim(keys.ledger(org), minid=f"{before_ms}-0", approximate=False)
-    )
+async def trim(store: ScriptStore, org: str, before_ms: int, batch: int = 1000) -> int:
+    """Drop entries older than ``before_ms`` (export them first); returns how many went.
+
+    What they charged moves to the org's archive hash in the same script, so reconcile stays
+    exact. ``before_ms`` must be in the past: entries are appended at the current time."""
+    removed = 0
+    while True:
+        count = int(
+            await store.run_script(
+                "trim", [keys.ledger(org), keys.ledger_archive(org)], [f"{before_ms}-0", batch]
+            )
+        )
+        removed += count
+        if count < batch:
+            return removed
 
 
 async def reconcile(store: ScriptStore, org: str) -> Reconciliation:
-    spent: Counter[str] = Counter()
+    archived = await store.client.hgetall(keys.ledger_archive(org))
+    spent: Counter[str] = Counter({str(k): int(v) for k, v in archived.items()})
     count, first_ms = 0, None
     async for entry_id, fields in entries(store, org):
         count += 1

@@ -52,7 +52,13 @@ def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) 
     for scheme in CLUSTER_SCHEMES:
         if url.startswith(scheme):
             plain = url.replace("+cluster", "", 1)
-            cluster = QueuingCluster.from_url(plain, max_connections=max_connections, **common)
+            # reinitialize_steps=0: on MOVED, patch the slot table from the redirect and go on.
+            # redis-py's default (a full re-discovery every 5th MOVED) closes every node's
+            # connections, including those other calls are using at that moment: after a
+            # reshard, concurrent calls then fail with errors that are not ConnectionErrors.
+            cluster = QueuingCluster.from_url(
+                plain, max_connections=max_connections, reinitialize_steps=0, **common
+            )
             return ScriptStore(cluster, description=f"redis cluster {plain}", timeout_s=timeout_s)
     # A blocking pool: past ``max_connections`` a call waits (within its timeout) for a free
     # connection instead of failing, so a burst of requests queues rather than erroring.

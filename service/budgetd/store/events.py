@@ -44,7 +44,7 @@ class EventQueue:
         args: list[str | int] = [keys.org_prefix(org), event_id, keep_ms]
         for name, value in fields.items():
             args += [name, value]
-        return bool(await self.store._run("emit", [keys.events(org)], args))
+        return bool(await self.store.run_script("emit", [keys.events(org)], args))
 
     async def ensure_group(self, org: str) -> None:
         try:

@@ -57,6 +57,11 @@ def ledger(org: str) -> str:
     return f"{tag(org)}:ledger"
 
 
+def ledger_archive(org: str) -> str:
+    """Hash: counter key → micros charged by ledger entries since trimmed away."""
+    return f"{tag(org)}:archive"
+
+
 def usage_record(org: str, record_id: str) -> str:
     """Idempotency record of one reservation-less usage record."""
     return f"{tag(org)}:u:{record_id}"

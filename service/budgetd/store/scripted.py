@@ -136,7 +136,7 @@ class ScriptStore:
             name: client.register_script(source(name)) for name in SCRIPT_NAMES
         }
 
-    async def _run(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def run_script(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
             async with asyncio.timeout(self.timeout_s):
                 if self.durability == "strict" and name not in READ_ONLY:
@@ -205,7 +205,9 @@ class ScriptStore:
         for t in call.buckets:
             key_list.append(t.key)
             args += [t.per_minute, t.capacity, t.amount, int(t.enforce)]
-        status, now, deadline, result, extra, shadow = await self._run("reserve", key_list, args)
+        status, now, deadline, result, extra, shadow = await self.run_script(
+            "reserve", key_list, args
+        )
         budgets_text, _, buckets_text = str(result).partition("|")
         if status == "denied":
             return ReserveOutcome(
@@ -243,7 +245,7 @@ class ScriptStore:
         ]
         for field, value in call.ledger_fields:
             args += [field, value]
-        status, cost, released, overrun, late, ledger_id, after, state = await self._run(
+        status, cost, released, overrun, late, ledger_id, after, state = await self.run_script(
             "commit", key_list, args
         )
         if status == "replay":
@@ -269,7 +271,7 @@ class ScriptStore:
         )
 
     async def release(self, org: str, reservation_id: str, keep_ms: int) -> ReleaseOutcome:
-        status, released, state = await self._run(
+        status, released, state = await self.run_script(
             "release",
             [keys.reservation(org, reservation_id), keys.holds(org)],
             [reservation_id, keep_ms],
@@ -277,7 +279,7 @@ class ScriptStore:
         return ReleaseOutcome(status=status, released=int(released), state=str(state))
 
     async def expire(self, org: str, limit: int) -> tuple[int, int]:
-        reclaimed, remaining = await self._run(
+        reclaimed, remaining = await self.run_script(
             "expire", [keys.holds(org)], [keys.org_prefix(org) + "r:", limit]
         )
         return int(reclaimed), int(remaining)
@@ -301,7 +303,7 @@ class ScriptStore:
             args += [t.per_minute, t.capacity, t.amount]
         for field, value in call.ledger_fields:
             args += [field, value]
-        status, ledger_id, result = await self._run("record", key_list, args)
+        status, ledger_id, result = await self.run_script("record", key_list, args)
         lid, _, after = str(result).partition("|")
         return RecordOutcome(
             status=status, ledger_id=lid or str(ledger_id), budgets_after=_pairs(after)
@@ -318,7 +320,7 @@ class ScriptStore:
         for t in buckets:
             key_list.append(t.key)
             args += [t.per_minute, t.capacity]
-        out = await self._run("status", key_list, args)
+        out = await self.run_script("status", key_list, args)
         values = [int(v) for v in out[1:]]
         pairs = tuple((values[2 * i], values[2 * i + 1]) for i in range(len(budgets)))
         return StatusOutcome(

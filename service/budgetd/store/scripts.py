@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-SCRIPT_NAMES = ("reserve", "commit", "release", "expire", "record", "status", "emit")
+SCRIPT_NAMES = ("reserve", "commit", "release", "expire", "record", "status", "emit", "trim")
 
 
 def _read(name: str) -> str:
