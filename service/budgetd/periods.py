@@ -4,6 +4,7 @@ starts at zero by construction and no reset job can be late or race."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -60,20 +61,31 @@ def calendar_bounds(
 
 
 def window(spec: PeriodSpec, tz: ZoneInfo, now: datetime) -> PeriodWindow:
+    """The window of ``spec`` that contains ``now`` (cached: every request asks for it)."""
     if spec.calendar is not None:
-        period_id, start, end = calendar_bounds(spec.calendar, tz, now)
-        return PeriodWindow(
-            charge_id=period_id,
-            spent_ids=(period_id,),
-            start=start,
-            end=end,
-            expire_at=end + COUNTER_GRACE,
-        )
+        # Period boundaries fall on whole minutes in every modern zone, so all instants of one
+        # minute share one window.
+        return _calendar_window(spec.calendar, tz, int(now.timestamp()) // 60)
+    return _rolling_window(spec.window_s, spec.bucket_s, int(now.timestamp()) // spec.bucket_s)
+
+
+@lru_cache(maxsize=4096)
+def _calendar_window(unit: CalendarUnit, tz: ZoneInfo, minute: int) -> PeriodWindow:
+    period_id, start, end = calendar_bounds(unit, tz, datetime.fromtimestamp(minute * 60, UTC))
+    return PeriodWindow(
+        charge_id=period_id,
+        spent_ids=(period_id,),
+        start=start,
+        end=end,
+        expire_at=end + COUNTER_GRACE,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _rolling_window(window_s: int, width: int, index: int) -> PeriodWindow:
     # A rolling window is ROLLING_SUB_BUCKETS sub-buckets plus the current, partial one: it
     # counts a little more than the window, never less, so it cannot admit more than the limit
     # in any window of the stated length.
-    width = spec.bucket_s
-    index = int(now.timestamp()) // width
     ids = tuple(f"r{i}" for i in range(index - ROLLING_SUB_BUCKETS, index + 1))
     start = datetime.fromtimestamp((index - ROLLING_SUB_BUCKETS) * width, tz=UTC)
     end = datetime.fromtimestamp((index + 1) * width, tz=UTC)
@@ -82,5 +94,5 @@ def window(spec: PeriodSpec, tz: ZoneInfo, now: datetime) -> PeriodWindow:
         spent_ids=ids,
         start=start,
         end=end,
-        expire_at=end + timedelta(seconds=spec.window_s) + COUNTER_GRACE,
+        expire_at=end + timedelta(seconds=window_s) + COUNTER_GRACE,
     )

@@ -58,17 +58,18 @@ def _band_rates(
     return entry.rates, "standard"
 
 
-def _modifier(table: PricingTable, entry: PriceEntry, batch: bool, us: bool) -> Fraction:
+def _modifier(table: PricingTable, entry: PriceEntry, batch: bool, us: bool) -> tuple[int, int]:
+    """The serving modifiers as an exact ratio (numerator, denominator) of integers."""
     factor = Fraction(1)
     if batch:
         factor *= Fraction(100 - table.batch_discount_pct, 100)
     if us and entry.us_inference_multiplier is not None:
         factor *= entry.us_inference_multiplier
-    return factor
+    return factor.numerator, factor.denominator
 
 
-def _ceil(value: Fraction) -> int:
-    return -(-value.numerator // value.denominator)
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
 
 
 def cost(
@@ -89,7 +90,7 @@ def cost(
     is_batch = batch or usage.service_tier == "batch"
     is_us = usage.inference_geo == "us"
     rates, band = _band_rates(pricing, entry, usage.prompt_tokens, usage.speed == "fast")
-    factor = _modifier(table, entry, is_batch, is_us)
+    num, den = _modifier(table, entry, is_batch, is_us)
     five, hour = usage.cache_writes
     quantities = {
         "input": usage.uncached_input,
@@ -98,19 +99,20 @@ def cost(
         "cache_write_1h": hour,
         "cache_read": usage.cache_read,
     }
-    exact_total = Fraction(0)
+    # Everything is kept over the common denominator ``den`` until the single rounding.
+    total = 0
     lines: list[CostLine] = []
     for kind in TOKEN_KINDS:
-        exact = quantities[kind] * getattr(rates, kind) * factor
-        exact_total += exact
-        lines.append(CostLine(kind=kind, quantity=quantities[kind], picos=_ceil(exact)))
+        scaled = quantities[kind] * getattr(rates, kind) * num
+        total += scaled
+        lines.append(CostLine(kind=kind, quantity=quantities[kind], picos=_ceil_div(scaled, den)))
     searches = usage.web_searches
     search_picos = searches * table.web_search_picos_per_request
-    exact_total += search_picos
+    total += search_picos * den
     lines.append(CostLine(kind="web_search", quantity=searches, picos=search_picos))
     return Cost(
         model=pricing.id,
-        cost_micros=picos_to_micros_ceil(_ceil(exact_total)),
+        cost_micros=picos_to_micros_ceil(_ceil_div(total, den)),
         lines=tuple(lines),
         pricing_version=table.version,
         price_effective=entry.effective,
@@ -150,7 +152,7 @@ def worst_case(
         prompt_rates.append(rates.cache_write_5m)
     if cache_ttl == "1h":
         prompt_rates.append(rates.cache_write_1h)
-    factor = _modifier(table, entry, batch, us_inference)
-    exact = (input_tokens * max(prompt_rates) + max_tokens * rates.output) * factor
-    exact += web_searches * table.web_search_picos_per_request
-    return picos_to_micros_ceil(_ceil(exact))
+    num, den = _modifier(table, entry, batch, us_inference)
+    total = (input_tokens * max(prompt_rates) + max_tokens * rates.output) * num
+    total += web_searches * table.web_search_picos_per_request * den
+    return picos_to_micros_ceil(_ceil_div(total, den))

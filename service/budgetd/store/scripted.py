@@ -31,6 +31,7 @@ from budgetd.store.base import (
     StatusOutcome,
     StoreUnavailable,
 )
+from budgetd.store.pipeline import ScriptPipeline
 from budgetd.store.scripts import SCRIPT_NAMES, source
 
 Client = Redis | RedisCluster
@@ -127,8 +128,11 @@ class ScriptStore:
         description: str,
         timeout_s: float = 1.0,
         durability: Durability = "fast",
+        pipeline: ScriptPipeline | None = None,
     ) -> None:
         self.client = client
+        self.pipeline = pipeline
+        """Hot path for script calls on a single server (see store/pipeline.py)."""
         self.description = description
         self.timeout_s = timeout_s
         self.durability: Durability = durability
@@ -141,6 +145,11 @@ class ScriptStore:
             async with asyncio.timeout(self.timeout_s):
                 if self.durability == "strict" and name not in READ_ONLY:
                     return await self._run_durably(name, keys_, args)
+                if self.pipeline is not None:
+                    script = self._scripts[name]
+                    return await self.pipeline.call(
+                        script.sha, source(name), list(keys_), list(args)
+                    )
                 return await self._scripts[name](keys=list(keys_), args=list(args))
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
@@ -364,4 +373,6 @@ class ScriptStore:
         return str(value) if value is not None else None
 
     async def close(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.close()
         await self.client.aclose()

@@ -1,0 +1,145 @@
+"""The hot path to a single Redis server: one connection, every script call pipelined on it.
+
+redis-py takes a pooled connection per call, packs the command in Python and waits for the reply
+before the connection is reused: most of a reserve's Redis cost was that bookkeeping, not Redis.
+Here each call is packed by hiredis (C), appended to a write buffer that is flushed once per
+event-loop turn, and answered from one read stream: Redis replies to a connection's commands in
+order, so a FIFO of futures pairs each reply with its call. Concurrent requests thus share one
+write and one read per loop turn (coalescing), and a call costs one round trip at most.
+
+A call whose caller gave up (timeout, cancellation) keeps its place in the FIFO, so the replies
+after it still go to the right callers. A lost connection fails every call in flight; the next
+call reconnects. Plain TCP only (no TLS, no cluster): ``connect.py`` falls back to redis-py there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, cast
+
+import hiredis
+
+from budgetd.store.base import StoreUnavailable
+
+
+def _pack(*parts: Any) -> bytes:
+    """One command in RESP, packed in C."""
+    packed: bytes = hiredis.pack_command(parts)
+    return packed
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(encoding="utf-8")
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.buffer: list[bytes] = []
+        self.flush_scheduled = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            future = self.waiting.popleft()
+            if not future.done():  # a caller that gave up is skipped, its reply dropped
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        error = StoreUnavailable(f"redis connection lost: {exc or 'closed by server'}")
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.buffer.append(packed)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        return future
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.transport is not None and self.buffer:
+            self.transport.write(b"".join(self.buffer))
+        self.buffer.clear()
+
+
+class ScriptPipeline:
+    """Script calls (EVALSHA, EVAL on NOSCRIPT) over one pipelined connection."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout_s: float = 1.0,
+    ) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.username, self.password = username, password
+        self.connect_timeout_s = connect_timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connection(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and not protocol.closed:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            # Race: another caller may have reconnected while this one waited for the lock.
+            if self._protocol is not None and not self._protocol.closed:
+                return self._protocol
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    _, made = await loop.create_connection(_Protocol, self.host, self.port)
+                    setup = []
+                    if self.password is not None:
+                        auth = (
+                            ("AUTH", self.username, self.password)
+                            if self.username
+                            else ("AUTH", self.password)
+                        )
+                        setup.append(made.send(_pack(*auth)))
+                    if self.db:
+                        setup.append(made.send(_pack("SELECT", self.db)))
+                    for reply in await asyncio.gather(*setup):
+                        if isinstance(reply, hiredis.ReplyError):
+                            raise StoreUnavailable(f"redis refused the connection: {reply}")
+            except (OSError, TimeoutError) as exc:
+                raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+            self._protocol = made
+            return made
+
+    async def call(self, sha: str, source: str, keys: list[str], args: list[str | int]) -> Any:
+        protocol = await self._connection()
+        reply = await protocol.send(_pack("EVALSHA", sha, len(keys), *keys, *args))
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            # The server lost its script cache (restart, failover, SCRIPT FLUSH): EVAL sends the
+            # text once and caches it again.
+            reply = await protocol.send(_pack("EVAL", source, len(keys), *keys, *args))
+        if isinstance(reply, hiredis.ReplyError):
+            raise ScriptError(str(reply))
+        return reply
+
+    async def close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+
+
+class ScriptError(Exception):
+    """Redis answered a script call with an error (a bug, not an outage)."""
