@@ -271,7 +271,6 @@ class Engine:
         limits: _Limits,
         outcome: ReserveOutcome,
         amount: int,
-        request: c.ReserveRequest,
         now: datetime,
     ) -> c.Denied:
         scopes: list[c.DeniedScope] = []
@@ -378,7 +377,7 @@ class Engine:
                 f"reservation {rid!r} exists with a different request", state=outcome.state
             )
         if outcome.status == "denied":
-            return self._denied(limits, outcome, amount, request, now)
+            return self._denied(limits, outcome, amount, now)
         self._remember_model(request.org, rid, model)
         replayed = outcome.status == "replay"
         self.metrics.reservations.labels(result="replay" if replayed else "granted").inc()
