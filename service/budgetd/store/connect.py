@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError
 from redis.typing import EncodableT
 
+from budgetd.store.pipeline import ScriptPipeline
 from budgetd.store.scripted import ScriptStore
 
 log = logging.getLogger(__name__)
@@ -28,18 +32,40 @@ class QueuingCluster(RedisCluster):
     behaviour as the single-server ``BlockingConnectionPool``: past the limit a call waits, and
     the store's per-call timeout bounds the wait.
 
+    Slot migration: while an org's slot is being moved, every call that would create a key
+    there (each fresh reserve creates its reservation hash) or whose keys are split between the
+    two nodes is answered TRYAGAIN, for as long as the slot stays open. redis-py retries that
+    16 times within about 0.4 s and then gives up with ``ClusterError("TTL exhausted.")``. That
+    error means no node ran the command (every attempt was redirected or refused), so the call
+    is tried again here with a short backoff for up to ``retry_for_s`` (the store's timeout), and
+    the caller gets either the answer or a timeout, never a half-done call.
+
     Everything else is redis-py's: EVALSHA is routed by the slot of its first key, NOSCRIPT
     loads the script (``SCRIPT LOAD`` goes to every primary) and calls again, MOVED/ASK follow
-    the redirect, TRYAGAIN is retried after a short sleep.
+    the redirect.
     """
 
-    def __init__(self, *args: Any, max_connections: int = 64, **kwargs: Any) -> None:
-        super().__init__(*args, max_connections=max_connections, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        max_connections = int(kwargs.pop("max_connections", 64))
+        self._retry_for_s = float(kwargs.pop("retry_for_s", 1.0))
+        kwargs["max_connections"] = max_connections
+        super().__init__(*args, **kwargs)
         self._in_flight = asyncio.Semaphore(max_connections)
 
     async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
         async with self._in_flight:
-            return await super().execute_command(*args, **kwargs)
+            give_up = time.monotonic() + self._retry_for_s
+            delay = 0.01
+            while True:
+                try:
+                    return await super().execute_command(*args, **kwargs)
+                except ClusterError as exc:
+                    # Only the redirect/TRYAGAIN budget running out (not ClusterDownError and
+                    # other subclasses): the command ran nowhere, so calling again is safe.
+                    if type(exc) is not ClusterError or time.monotonic() + delay > give_up:
+                        raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
 
 def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> ScriptStore:
@@ -57,7 +83,11 @@ def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) 
             # connections, including those other calls are using at that moment: after a
             # reshard, concurrent calls then fail with errors that are not ConnectionErrors.
             cluster = QueuingCluster.from_url(
-                plain, max_connections=max_connections, reinitialize_steps=0, **common
+                plain,
+                max_connections=max_connections,
+                retry_for_s=timeout_s,
+                reinitialize_steps=0,
+                **common,
             )
             return ScriptStore(cluster, description=f"redis cluster {plain}", timeout_s=timeout_s)
     # A blocking pool: past ``max_connections`` a call waits (within its timeout) for a free
@@ -66,7 +96,24 @@ def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) 
         url, max_connections=max_connections, timeout=timeout_s, **common
     )
     client = Redis(connection_pool=pool)
-    return ScriptStore(client, description=f"redis {url}", timeout_s=timeout_s)
+    return ScriptStore(
+        client, description=f"redis {url}", timeout_s=timeout_s, pipeline=_pipeline(url, timeout_s)
+    )
+
+
+def _pipeline(url: str, timeout_s: float) -> ScriptPipeline | None:
+    """The pipelined hot path for ``redis://host:port/db`` (TLS and sockets stay on redis-py)."""
+    parsed = urlsplit(url)
+    if parsed.scheme != "redis" or not parsed.hostname:
+        return None
+    return ScriptPipeline(
+        parsed.hostname,
+        parsed.port or 6379,
+        db=int(parsed.path.lstrip("/") or 0),
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        connect_timeout_s=timeout_s,
+    )
 
 
 def embedded_store() -> ScriptStore:
