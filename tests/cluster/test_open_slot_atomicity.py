@@ -7,10 +7,11 @@ declared KEYS are checked before the script starts (the call is redirected or an
 TRYAGAIN), but the keys a script finds itself (the plan's bucket and counter keys in commit, the
 event marker keys in every script that emits) are checked only when they are touched.
 
-This test moves the org's bucket keys first and then commits: commit.lua voids the hold, then
-reads a bucket that is no longer there and fails, leaving the hold voided but the reservation
-still ``held``. After the migration the client retries the commit (as it should) and the hold is
-voided a second time.
+This test moves the org's bucket keys first and then commits. Before the fix, commit.lua voided
+the hold, then touched a bucket that was no longer there and failed, leaving the hold voided
+but the reservation still ``held``; the client's retry voided it a second time (held went
+negative: budget that could be overspent). Every script now reads all the keys it will write
+before its first write, so the failure comes first and the retry settles exactly once.
 """
 
 # redis-py leaves execute_command untyped; the cluster admin commands go through it.
@@ -68,11 +69,6 @@ def _req(rid: str) -> ReserveRequest:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commit.lua writes (void_hold) before it touches the plan's bucket keys; see "
-    "docs/operations.md, Redis Cluster, 'scripts during a migration'",
-)
 async def test_a_commit_that_fails_on_an_open_slot_changes_nothing(
     engine: Engine, redis_cluster: LocalCluster
 ) -> None:

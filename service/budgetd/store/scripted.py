@@ -38,9 +38,13 @@ Client = Redis | RedisCluster
 _UNREACHABLE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterError,  # includes CLUSTERDOWN during a failover
     TimeoutError,
     OSError,
 )
+_MOVED_AWAY = "non local key"
+"""A script touched a key of a migrating slot that already moved. Scripts read every key before
+their first write (lib.lua, ``touch``), so such a call wrote nothing and may run again."""
 
 
 def _pairs(text: str) -> tuple[tuple[int, int], ...]:
@@ -143,16 +147,25 @@ class ScriptStore:
     async def run_script(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
             async with asyncio.timeout(self.timeout_s):
-                if self.durability == "strict" and name not in READ_ONLY:
-                    return await self._run_durably(name, keys_, args)
-                if self.pipeline is not None:
-                    script = self._scripts[name]
-                    return await self.pipeline.call(
-                        script.sha, source(name), list(keys_), list(args)
-                    )
-                return await self._scripts[name](keys=list(keys_), args=list(args))
+                delay = 0.01
+                while True:
+                    try:
+                        return await self._call(name, keys_, args)
+                    except redis.exceptions.ResponseError as exc:
+                        if _MOVED_AWAY not in str(exc):
+                            raise
+                    await asyncio.sleep(delay)  # the slot is moving: retry until it settles
+                    delay = min(delay * 2, 0.1)
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def _call(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+        if self.durability == "strict" and name not in READ_ONLY:
+            return await self._run_durably(name, keys_, args)
+        if self.pipeline is not None:
+            script = self._scripts[name]
+            return await self.pipeline.call(script.sha, source(name), list(keys_), list(args))
+        return await self._scripts[name](keys=list(keys_), args=list(args))
 
     async def _run_durably(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         # Race: WAITAOF confirms the writes of *its connection*; sent through the pool on its

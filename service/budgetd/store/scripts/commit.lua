@@ -35,23 +35,44 @@ if state == 'released' then
 end
 
 local plan = cjson.decode(r[2])
-local before = {}
-for i, b in ipairs(plan.b) do
-  before[i] = tonumber(redis.call('HGET', b.c, 'spent') or '0')
-    + tonumber(redis.call('HGET', b.h, 'held') or '0')
-end
-local late = 0
-if state == 'held' and now > tonumber(r[3]) then
-  -- Race: the lease ran out before the sweep reached it; expire it here, then settle late.
-  void_hold(plan, now, false)
-  state = 'expired'
-end
+touch(plan_keys(plan))
 
+-- Everything this commit will do is decided before its first write.
+local holding = state == 'held'
+local late = 0
+if not holding or now > tonumber(r[3]) then
+  -- Expired (swept, or the lease ran out before the sweep reached it): settle late.
+  late = 1
+end
+local overrun = 0
+if cost > plan.a or late == 1 then overrun = 1 end
 local released = 0
-if state == 'held' then
+if holding and late == 0 then
+  released = math.max(0, plan.a - cost)
+end
+local candidates = {}
+for _, b in ipairs(plan.b) do
+  local spent = tonumber(redis.call('HGET', b.c, 'spent') or '0')
+  local held = tonumber(redis.call('HGET', b.h, 'held') or '0')
+  local freed = 0
+  if holding then freed = plan.a end
+  budget_events(candidates, b, spent + held, spent + held + cost - freed, now, rid)
+end
+if overrun == 1 then
+  local b = plan.b[1]
+  table.insert(candidates, {id = 'overrun|' .. rid, keep = now + keep, fields = {
+    'type', 'overrun', 'budget', b and b.n or '', 'scope', b and b.s or '',
+    'entity', b and b.en or '', 'period', b and b.p or '', 'threshold', '0',
+    'used_micros', int(cost), 'limit_micros', int(plan.a), 'late', int(late),
+    'at_ms', int(now), 'reservation_id', rid}})
+end
+touch_markers(ARGV[7], candidates)
+
+-- Writes.
+if holding then
   void_hold(plan, now, false)
-  released = plan.a - cost
-  if released < 0 then released = 0 end
+end
+if holding and late == 0 then
   -- Token buckets: give back what the estimate over-charged (never above capacity), and
   -- take what it under-charged.
   local actual = {input = tonumber(ARGV[5]), output = tonumber(ARGV[6])}
@@ -60,36 +81,18 @@ if state == 'held' then
       bucket_adjust(t, t.n - actual[t.q], now)
     end
   end
-else
-  late = 1
 end
-
-local overrun = 0
-if cost > plan.a or late == 1 then overrun = 1 end
-local after = {}
+local after, charged = {}, {}
 for i, b in ipairs(plan.b) do
   redis.call('HINCRBY', b.c, 'spent', int(cost))
   redis.call('PEXPIREAT', b.c, int(b.x))
-  local spent = redis.call('HGET', b.c, 'spent')
-  local held = redis.call('HGET', b.h, 'held') or '0'
-  after[i] = spent .. ',' .. held
-  budget_events(events, ARGV[7], b, before[i], tonumber(spent) + tonumber(held), now, rid)
+  after[i] = redis.call('HGET', b.c, 'spent') .. ',' .. (redis.call('HGET', b.h, 'held') or '0')
+  charged[i] = b.c
 end
-if overrun == 1 then
-  local b = plan.b[1]
-  emit(events, ARGV[7], 'overrun|' .. rid, now + keep,
-    {'type', 'overrun', 'budget', b and b.n or '', 'scope', b and b.s or '',
-     'entity', b and b.en or '', 'period', b and b.p or '', 'threshold', '0',
-     'used_micros', int(cost), 'limit_micros', int(plan.a), 'late', int(late),
-     'at_ms', int(now), 'reservation_id', rid})
-end
+emit_all(events, ARGV[7], candidates)
 local after_s = table.concat(after, ';')
 redis.call('ZREM', holds, rid)
 
-local charged = {}
-for i, b in ipairs(plan.b) do
-  charged[i] = b.c
-end
 local fields = {'kind', 'commit', 'reservation_id', rid, 'cost_micros', int(cost),
   'charged', table.concat(charged, ' '),
   'held_micros', int(plan.a), 'overrun', int(overrun), 'late', int(late), 'at_ms', int(now),

@@ -65,6 +65,28 @@ local function bucket_adjust(t, tokens, now)
   bucket_write(t.k, level, at, t.r, t.c)
 end
 
+-- A script that touches keys it did not declare (a plan's keys, event markers) reads every one
+-- of them before its first write. On a cluster slot being migrated, a key that already moved
+-- fails the script when touched, and Redis keeps the writes made before the failure: reading
+-- first means a failed script wrote nothing, so the caller's retry is safe.
+local function touch(keys_list)
+  for _, k in ipairs(keys_list) do
+    redis.call('EXISTS', k)
+  end
+end
+
+local function plan_keys(plan)
+  local out = {}
+  for _, b in ipairs(plan.b) do
+    table.insert(out, b.h)
+    table.insert(out, b.c)
+  end
+  for _, t in ipairs(plan.t) do
+    table.insert(out, t.k)
+  end
+  return out
+end
+
 -- Free a reservation's hold on every budget; with `refund_estimates`, also give back the token
 -- estimates charged to input and output buckets (the call never ran). Request counts stay spent.
 local function void_hold(plan, now, refund_estimates)
@@ -88,7 +110,9 @@ local function expire_due(holds_key, reservation_prefix, now, limit)
     local fields = redis.call('HMGET', rkey, 'st', 'plan')
     -- Race: commit/release may have resolved it after it was indexed; only a 'held' one expires.
     if fields[1] == 'held' then
-      void_hold(cjson.decode(fields[2]), now, false)
+      local plan = cjson.decode(fields[2])
+      touch(plan_keys(plan))
+      void_hold(plan, now, false)
       redis.call('HSET', rkey, 'st', 'expired', 'rt', int(now))
     end
     redis.call('ZREM', holds_key, rid)
@@ -111,25 +135,46 @@ local function emit(events_key, tag_prefix, id, keep_until, fields)
   return false
 end
 
--- Budget events for one plan entry `b` whose usage went from `before` to `after` (micros).
-local function budget_events(events_key, tag_prefix, b, before, after, now, rid)
+-- Add to `out` the events of plan entry `b` whose usage goes from `before` to `after` (micros):
+-- thresholds crossed, and the overage of a warn-only or shadow budget. {id, keep, fields} each.
+local function budget_events(out, b, before, after, now, rid, kind_override)
   local base = b.n .. '|' .. b.en .. '|' .. b.p
-  local function fields(kind, threshold)
-    return {'type', kind, 'budget', b.n, 'scope', b.s, 'entity', b.en, 'period', b.p,
+  local function add(suffix, kind, threshold, extra)
+    local fields = {'type', kind, 'budget', b.n, 'scope', b.s, 'entity', b.en, 'period', b.p,
       'threshold', int(threshold), 'used_micros', int(after), 'limit_micros', int(b.l),
       'at_ms', int(now), 'reservation_id', rid, 'period_end_ms', int(b.pe or 0)}
+    for _, v in ipairs(extra or {}) do
+      table.insert(fields, v)
+    end
+    table.insert(out, {id = base .. suffix, keep = b.x, fields = fields})
+  end
+  if kind_override then
+    add('|block', 'hard_limit', 100, kind_override)
+    return
   end
   for _, pct in ipairs(b.th) do
     -- Crossed now: below the mark before, at or above it after.
     if before * 100 < pct * b.l and after * 100 >= pct * b.l then
-      emit(events_key, tag_prefix, base .. '|t' .. pct, b.x, fields('threshold', pct))
+      add('|t' .. pct, 'threshold', pct)
     end
   end
   if after > b.l then
     if b.m == 'warn' then
-      emit(events_key, tag_prefix, base .. '|over', b.x, fields('over_limit', 100))
+      add('|over', 'over_limit', 100)
     elseif b.m == 'shadow' then
-      emit(events_key, tag_prefix, base .. '|shadow', b.x, fields('shadow_would_deny', 100))
+      add('|shadow', 'shadow_would_deny', 100)
     end
+  end
+end
+
+local function touch_markers(tag_prefix, candidates)
+  for _, e in ipairs(candidates) do
+    redis.call('EXISTS', tag_prefix .. 'ev:' .. e.id)
+  end
+end
+
+local function emit_all(events_key, tag_prefix, candidates)
+  for _, e in ipairs(candidates) do
+    emit(events_key, tag_prefix, e.id, e.keep, e.fields)
   end
 end

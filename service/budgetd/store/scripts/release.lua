@@ -18,6 +18,7 @@ if state ~= 'held' then
   return {'resolved', 0, state}
 end
 local plan = cjson.decode(r[2])
+touch(plan_keys(plan))
 if now > tonumber(r[3]) then
   -- Race: the lease ran out first; the hold expires and is not refunded as a release.
   void_hold(plan, now, false)

@@ -77,22 +77,40 @@ for i = 1, nt do
   k = k + 1
   a = a + 4
 end
-local plan = nil
+local candidates = {}
 if #denials > 0 then
-  plan = cjson.decode(ARGV[6])
+  local plan = cjson.decode(ARGV[6])
   for _, row in ipairs(denials) do
     if row[1] == 'b' then
-      local b = plan.b[row[2]]
       local used = tonumber(row[3]) + tonumber(row[4])
-      emit(events, tag_prefix, b.n .. '|' .. b.en .. '|' .. b.p .. '|block', b.x,
-        {'type', 'hard_limit', 'budget', b.n, 'scope', b.s, 'entity', b.en, 'period', b.p,
-         'threshold', '100', 'used_micros', int(used), 'limit_micros', int(b.l),
-         'requested_micros', int(amount), 'at_ms', int(now), 'reservation_id', rid,
-         'period_end_ms', int(b.pe or 0)})
+      budget_events(candidates, plan.b[row[2]], used, used, now, rid,
+        {'requested_micros', int(amount)})
     end
   end
+  touch_markers(tag_prefix, candidates)
+  emit_all(events, tag_prefix, candidates)
   return {'denied', now, 0, '', denials, shadow}
 end
+
+-- Events this hold will emit, found before the first write (and the plan decoded only when
+-- there are some: most holds emit none).
+local plan = nil
+for i, b in ipairs(budgets) do
+  local before = b[4] + b[5]
+  local after = before + amount
+  local eventful = after > b[7] and not b[8]
+  for pct in string.gmatch(b[6], '%d+') do
+    local mark = tonumber(pct) * b[7]
+    if before * 100 < mark and after * 100 >= mark then
+      eventful = true
+    end
+  end
+  if eventful then
+    plan = plan or cjson.decode(ARGV[6])
+    budget_events(candidates, plan.b[i], before, after, now, rid)
+  end
+end
+touch_markers(tag_prefix, candidates)
 
 -- Phase 2: every check passed; hold on all of them.
 local parts = {}
@@ -105,21 +123,8 @@ for i, b in ipairs(budgets) do
     redis.call('PEXPIREAT', charge_key, int(expire_at))
   end
   parts[i] = int(b[4]) .. ',' .. int(b[5] + amount)
-  local before = b[4] + b[5]
-  local after = before + amount
-  -- Decode the plan only when this hold emits an event (most holds do not).
-  local eventful = after > b[7] and not b[8]
-  for pct in string.gmatch(b[6], '%d+') do
-    local mark = tonumber(pct) * b[7]
-    if before * 100 < mark and after * 100 >= mark then
-      eventful = true
-    end
-  end
-  if eventful then
-    plan = plan or cjson.decode(ARGV[6])
-    budget_events(events, tag_prefix, plan.b[i], before, after, now, rid)
-  end
 end
+emit_all(events, tag_prefix, candidates)
 local levels = {}
 for i, t in ipairs(buckets) do
   local level = t[5] - t[4] * SCALE
