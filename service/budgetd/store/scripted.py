@@ -370,8 +370,17 @@ class ScriptStore:
         return float(seconds) + float(micros) / 1e6
 
     async def ping(self) -> bool:
+        """Every node that holds budgets answers (on a cluster: every primary, since one shard
+        down takes down the orgs it holds)."""
         try:
             async with asyncio.timeout(self.timeout_s):
+                if isinstance(self.client, RedisCluster):
+                    replies: Any = await self.client.execute_command(
+                        "PING", target_nodes=RedisCluster.PRIMARIES
+                    )
+                    if isinstance(replies, dict):
+                        return all(bool(v) for v in replies.values())
+                    return bool(replies)
                 return bool(await self.client.ping())
         except (*_UNREACHABLE, redis.exceptions.RedisError):
             return False
