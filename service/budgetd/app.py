@@ -7,12 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
-from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from budgetd import __version__
 from budgetd.api import admin, budgets, health, reservations
-from budgetd.api.deps import provide_principal
 from budgetd.api.problems import HANDLERS
 from budgetd.auth import KeyRing
 from budgetd.clock import Clock, SystemClock
@@ -85,7 +83,6 @@ def create_app(
 
     app = Litestar(
         route_handlers=[*reservations.ROUTES, *budgets.ROUTES, *health.ROUTES, *admin.ROUTES],
-        dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="budgetd", version=__version__, path="/schema"),

@@ -99,6 +99,8 @@ class Engine:
         self.store = store
         self.clock = clock
         self.metrics = metrics
+        self._slots: dict[tuple[str, str, str, int, str], BudgetSlot] = {}
+        self._slots_for: object = None
         # reservation id → model, so most commits need no extra read to know what to price.
         self._models: OrderedDict[tuple[str, str], str] = OrderedDict()
 
@@ -109,6 +111,43 @@ class Engine:
         if policy is None:
             raise UnknownOrg(f"no policy defines org {org!r}")
         return policy
+
+    def _budget_slot(self, policy: OrgPolicy, b: AppliedBudget, win: PeriodWindow) -> BudgetSlot:
+        """The store's view of one applied budget in one window; the same for every request of
+        that entity in that window, so it is built once (per loaded policy set)."""
+        current = self.registry.current
+        if self._slots_for is not current:
+            self._slots.clear()
+            self._slots_for = current
+        cache_key = (policy.org, b.rule.name, b.entity, b.limit, win.charge_id)
+        slot = self._slots.get(cache_key)
+        if slot is not None:
+            return slot
+        name, entity = b.rule.name, b.entity
+        counters = tuple(keys.period_counter(policy.org, name, entity, p) for p in win.spent_ids)
+        held = (
+            counters[-1] if b.rule.period.calendar else keys.rolling_held(policy.org, name, entity)
+        )
+        slot = BudgetSlot(
+            held_key=held,
+            charge_key=counters[-1],
+            spent_keys=counters,
+            limit=b.limit,
+            mode=_mode(b),
+            thresholds_pct=b.rule.thresholds_pct,
+            label=BudgetLabel(
+                name=name,
+                scope=b.rule.scope,
+                entity=entity,
+                period=win.charge_id,
+                period_end_ms=_ms(win.end),
+            ),
+            expire_at_ms=_ms(win.expire_at),
+        )
+        if len(self._slots) >= 100_000:
+            self._slots.clear()  # a crude bound: rebuilding is cheap, memory is not
+        self._slots[cache_key] = slot
+        return slot
 
     def _limits(
         self,
@@ -125,33 +164,7 @@ class Engine:
         for b in applicable.budgets:
             win = window(b.rule.period, policy.tz, now)
             windows.append(win)
-            name, entity = b.rule.name, b.entity
-            counters = tuple(
-                keys.period_counter(policy.org, name, entity, p) for p in win.spent_ids
-            )
-            held = (
-                counters[-1]
-                if b.rule.period.calendar
-                else keys.rolling_held(policy.org, name, entity)
-            )
-            budgets.append(
-                BudgetSlot(
-                    held_key=held,
-                    charge_key=counters[-1],
-                    spent_keys=counters,
-                    limit=b.limit,
-                    mode=_mode(b),
-                    thresholds_pct=b.rule.thresholds_pct,
-                    label=BudgetLabel(
-                        name=name,
-                        scope=b.rule.scope,
-                        entity=entity,
-                        period=win.charge_id,
-                        period_end_ms=_ms(win.end),
-                    ),
-                    expire_at_ms=_ms(win.expire_at),
-                )
-            )
+            budgets.append(self._budget_slot(policy, b, win))
         amounts = {"requests": 1, "input_tokens": input_tokens, "output_tokens": output_tokens}
         buckets = tuple(
             BucketSlot(

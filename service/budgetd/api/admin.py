@@ -9,7 +9,8 @@ import msgspec
 from litestar import Request, get
 from litestar.params import FromQuery
 
-from budgetd.api.deps import Caller
+from budgetd.api.deps import caller
+from budgetd.auth import Principal
 from budgetd.errors import Forbidden
 from budgetd.jobs.scheduler import Jobs, JobStatus
 from budgetd.store.events import EventQueue
@@ -29,7 +30,7 @@ class EventsResult(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: list[dict[str, Any]]
 
 
-def _admin(principal: Caller, org: str) -> None:
+def _admin(principal: Principal, org: str) -> None:
     principal.require_org(org)
     if principal.role != "admin":
         raise Forbidden("admin endpoints need an admin key")
@@ -38,11 +39,10 @@ def _admin(principal: Caller, org: str) -> None:
 @get("/v1/admin/events", summary="Recent events and their delivery state")
 async def events(
     request: Request[Any, Any, Any],
-    principal: Caller,
     org: FromQuery[str],
     limit: FromQuery[int] = 50,
 ) -> EventsResult:
-    _admin(principal, org)
+    _admin(caller(request), org)
     queue: EventQueue = request.app.state.queue
     policy = request.app.state.engine.policy(org)
     views = []
@@ -62,8 +62,8 @@ async def events(
 
 
 @get("/v1/admin/scheduler", summary="Jobs of this replica: last run, next run, lag")
-async def scheduler(request: Request[Any, Any, Any], principal: Caller) -> list[JobStatus]:
-    if principal.role != "admin":
+async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
+    if caller(request).role != "admin":
         raise Forbidden("admin endpoints need an admin key")
     jobs: Jobs = request.app.state.jobs
     return jobs.snapshot()

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Response, post
 from litestar.params import FromQuery, JSONBody, PathParameter
 
-from budgetd.api.deps import AnyRequest, Caller, engine_of, org_of
+from budgetd.api.deps import AnyRequest, caller, engine_of, org_of
 from budgetd.api.problems import denied
 from budgetd.contract import (
     CommitRequest,
@@ -26,10 +26,8 @@ ReservationId = Annotated[
 
 
 @post("/v1/reservations", status_code=201, summary="Reserve the worst-case cost of a call")
-async def reserve(
-    data: JSONBody[ReserveRequest], request: AnyRequest, principal: Caller
-) -> Response[Any]:
-    principal.require_org(data.org)
+async def reserve(data: JSONBody[ReserveRequest], request: AnyRequest) -> Response[Any]:
+    caller(request).require_org(data.org)
     result = await engine_of(request).reserve(data)
     if isinstance(result, Denied):
         return denied(result)
@@ -46,10 +44,9 @@ async def commit(
     reservation_id: ReservationId,
     data: JSONBody[CommitRequest],
     request: AnyRequest,
-    principal: Caller,
     org: FromQuery[str | None] = None,
 ) -> CommitResult:
-    return await engine_of(request).commit(org_of(principal, org), reservation_id, data)
+    return await engine_of(request).commit(org_of(caller(request), org), reservation_id, data)
 
 
 @post(
@@ -60,17 +57,14 @@ async def commit(
 async def release(
     reservation_id: ReservationId,
     request: AnyRequest,
-    principal: Caller,
     org: FromQuery[str | None] = None,
 ) -> ReleaseResult:
-    return await engine_of(request).release(org_of(principal, org), reservation_id)
+    return await engine_of(request).release(org_of(caller(request), org), reservation_id)
 
 
 @post("/v1/usage", status_code=201, summary="Record a call made without a reservation")
-async def record_usage(
-    data: JSONBody[UsageRequest], request: AnyRequest, principal: Caller
-) -> Response[Any]:
-    principal.require_org(data.org)
+async def record_usage(data: JSONBody[UsageRequest], request: AnyRequest) -> Response[Any]:
+    caller(request).require_org(data.org)
     result = await engine_of(request).record(data)
     return Response[RecordResult](result, status_code=201)
 
