@@ -35,7 +35,7 @@ from budgetd.engine import Engine
 from budgetd.metrics import Metrics
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.store.connect import redis_store
-from budgetd.store.scripted import Durability
+from budgetd.store.base import Durability
 from budgetd.usage import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +146,8 @@ def main() -> None:
             url = f"redis://127.0.0.1:{port}/0"
             print(
                 f"machine: {platform.machine()}, Python {platform.python_version()}, "
-                f"valkey {client.info('server')['valkey_version']}, appendfsync {args.appendfsync}, "
+                f"valkey {client.info('server')['valkey_version']}, "
+                f"appendfsync {args.appendfsync}, "
                 f"{args.concurrency} pairs in flight, {args.duration:.0f} s per mode"
             )
             modes: tuple[Durability, ...] = ("fast", "strict")
