@@ -34,8 +34,8 @@ from budgetd.contract import CommitRequest, Grant, ReserveRequest
 from budgetd.engine import Engine
 from budgetd.metrics import Metrics
 from budgetd.policy.registry import PolicyRegistry
-from budgetd.store.connect import redis_store
 from budgetd.store.base import Durability
+from budgetd.store.connect import redis_store
 from budgetd.usage import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
