@@ -37,3 +37,24 @@ async def test_hold_before_midnight_settles_in_its_own_day(
     yesterday = await engine.budgets("acme", "bob", None, None)
     day = next(s for s in yesterday.scopes if s.name == "user-day")
     assert (day.spent_micros, day.held_micros) == (30, 0)
+
+
+async def test_a_clock_far_behind_redis_does_not_expire_live_counters(
+    engine: Engine, clock: FrozenClock
+) -> None:
+    # Counters expire 8 days after their period ends by the period clock; a clock years behind
+    # Redis TIME must not make them expire at once (Redis keeps them at least a day).
+    clock.set(datetime(2020, 1, 15, 12, 0, tzinfo=UTC))
+    grant = await engine.reserve(
+        ReserveRequest(
+            org="acme",
+            model="claude-haiku-test",
+            input_tokens=100,
+            max_tokens=100,
+            user="bob",
+            reservation_id="old",
+        )
+    )
+    assert isinstance(grant, Grant)
+    view = await engine.budgets("acme", "bob", None, None)
+    assert [s.held_micros for s in view.scopes if s.kind == "budget"] == [600, 600]

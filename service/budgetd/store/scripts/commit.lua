@@ -85,7 +85,7 @@ end
 local after, charged = {}, {}
 for i, b in ipairs(plan.b) do
   redis.call('HINCRBY', b.c, 'spent', int(cost))
-  redis.call('PEXPIREAT', b.c, int(b.x))
+  redis.call('PEXPIREAT', b.c, keep_until(b.x))
   after[i] = redis.call('HGET', b.c, 'spent') .. ',' .. (redis.call('HGET', b.h, 'held') or '0')
   charged[i] = b.c
 end

@@ -22,6 +22,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Expiry instants come from the service's period clock; a key must never expire less than a
+-- day from now by Redis's own clock (a skewed or frozen service clock must not be able to make
+-- a live counter or an event marker vanish at once). In normal operation the instants are
+-- always later than that: a period's counters live 8 days past its end.
+local MIN_KEEP_MS = 86400000
+
+local function keep_until(at)
+  return int(math.max(at, now_ms() + MIN_KEEP_MS))
+end
+
 -- Level of a bucket at `now`, after refill, and the time that level belongs to. A clock that
 -- ran backwards (failover to a replica whose clock is behind) refills nothing, never negative.
 local function bucket_read(key, per_minute, capacity, now)
@@ -120,11 +130,11 @@ local function expire_due(holds_key, reservation_prefix, now, limit)
   return #due
 end
 
--- Append an event to the org's stream, once per `id` for as long as `keep_until` (ms): the
+-- Append an event to the org's stream, once per `id` for as long as `until_ms` (ms): the
 -- marker key is the dedupe, so every replica and every restart agrees it was sent.
-local function emit(events_key, tag_prefix, id, keep_until, fields)
+local function emit(events_key, tag_prefix, id, until_ms, fields)
   local marker = tag_prefix .. 'ev:' .. id
-  if redis.call('SET', marker, '1', 'NX', 'PXAT', int(keep_until)) then
+  if redis.call('SET', marker, '1', 'NX', 'PXAT', keep_until(until_ms)) then
     local entry = {'id', id}
     for _, v in ipairs(fields) do
       table.insert(entry, v)

@@ -28,7 +28,7 @@ local after = {}
 local k, a = 3, 8
 for i = 1, nb do
   redis.call('HINCRBY', KEYS[k], 'spent', int(cost))
-  redis.call('PEXPIREAT', KEYS[k], int(tonumber(ARGV[a])))
+  redis.call('PEXPIREAT', KEYS[k], keep_until(tonumber(ARGV[a])))
   after[i] = redis.call('HGET', KEYS[k], 'spent') .. ',' .. (redis.call('HGET', KEYS[k + 1], 'held') or '0')
   k = k + 2
   a = a + 1

@@ -117,10 +117,10 @@ local parts = {}
 for i, b in ipairs(budgets) do
   local held_key, charge_key, expire_at = b[1], b[2], b[3]
   redis.call('HINCRBY', held_key, 'held', int(amount))
-  redis.call('PEXPIREAT', held_key, int(expire_at))
+  redis.call('PEXPIREAT', held_key, keep_until(expire_at))
   if charge_key ~= held_key and redis.call('EXISTS', charge_key) == 0 then
     redis.call('HSET', charge_key, 'spent', '0')
-    redis.call('PEXPIREAT', charge_key, int(expire_at))
+    redis.call('PEXPIREAT', charge_key, keep_until(expire_at))
   end
   parts[i] = int(b[4]) .. ',' .. int(b[5] + amount)
 end
