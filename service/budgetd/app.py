@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from budgetd import __version__
 from budgetd.api import admin, budgets, health, reservations
+from budgetd.api.fastpath import FastPath
 from budgetd.api.problems import HANDLERS
 from budgetd.auth import KeyRing
 from budgetd.clock import Clock, SystemClock
@@ -26,6 +29,24 @@ from budgetd.store.events import EventQueue
 from budgetd.store.scripted import ScriptStore
 
 log = logging.getLogger("budgetd")
+
+
+class Budgetd(Litestar):
+    """Litestar with the hot routes (reserve, commit, release) served first by the raw-ASGI
+    ``FastPath``, which hands everything else, and every request it does not fully serve, to
+    Litestar's own ``__call__``."""
+
+    @functools.cached_property
+    def fastpath(self) -> FastPath:
+        return FastPath(self, fallback=super().__call__)
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        await self.fastpath(scope, receive, send)
 
 
 def create_app(
@@ -81,7 +102,7 @@ def create_app(
             await jobs.stop()
             await store.close()
 
-    app = Litestar(
+    app = Budgetd(
         route_handlers=[*reservations.ROUTES, *budgets.ROUTES, *health.ROUTES, *admin.ROUTES],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

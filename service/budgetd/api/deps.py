@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.datastructures import State
 
 from budgetd.auth import ANONYMOUS, KeyRing, Principal
 from budgetd.engine import Engine
@@ -22,10 +23,16 @@ def engine_of(request: Request[Any, Any, Any]) -> Engine:
 def caller(request: Request[Any, Any, Any]) -> Principal:
     """Who is calling: the API key's principal (401 without a valid key), or anyone when
     authentication is off."""
-    ring: KeyRing | None = request.app.state.keyring
+    return caller_of(request.app.state, request.headers.get("authorization"))
+
+
+def caller_of(state: State, authorization: str | None) -> Principal:
+    """``caller`` from the app's state and the raw ``Authorization`` header value (the fast
+    path has no Litestar request)."""
+    ring: KeyRing | None = state.keyring
     if ring is None:
         return ANONYMOUS
-    return ring.authenticate(request.headers.get("authorization"))
+    return ring.authenticate(authorization)
 
 
 def org_of(principal: Principal, org: str | None) -> str:

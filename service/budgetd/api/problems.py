@@ -1,8 +1,12 @@
-"""Errors → RFC 9457 problem+json, each with a stable ``type``."""
+"""Errors → RFC 9457 problem+json, each with a stable ``type``.
+
+A problem is built once, as a :class:`Problem` (status, body, headers), and then rendered either
+as a Litestar ``Response`` (the exception handlers below) or as raw ASGI messages (the fast path
+in ``api/fastpath.py``), so both paths answer with the same bytes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -14,18 +18,24 @@ TYPE_BASE = "https://budgetd.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response[Any]:
+class Problem(NamedTuple):
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def problem_of(status: int, slug: str, title: str, detail: str, **extra: Any) -> Problem:
     body = {"type": TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
     body.update({k: v for k, v in extra.items() if v is not None})
     headers = {}
     if "retry_after_s" in extra and extra["retry_after_s"] is not None:
         headers["Retry-After"] = str(extra["retry_after_s"])
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return Problem(status, body, headers)
 
 
-def denied(result: Denied) -> Response[Any]:
+def denied_problem(result: Denied) -> Problem:
     names = ", ".join(f"{s.scope} {s.kind} {s.name!r} ({s.entity})" for s in result.scopes)
-    return problem(
+    return problem_of(
         429,
         "budget-exceeded",
         "Budget or rate limit exceeded",
@@ -35,10 +45,26 @@ def denied(result: Denied) -> Response[Any]:
     )
 
 
-def on_budgetd_error(_: Request[Any, Any, Any], exc: BudgetdError) -> Response[Any]:
+def error_problem(exc: BudgetdError) -> Problem:
     title = exc.type_slug.replace("-", " ").capitalize()
     state = exc.state if isinstance(exc, Conflict) else None
-    return problem(exc.status, exc.type_slug, title, exc.detail, field=exc.field, state=state)
+    return problem_of(exc.status, exc.type_slug, title, exc.detail, field=exc.field, state=state)
+
+
+def response_of(p: Problem) -> Response[Any]:
+    return Response(p.body, status_code=p.status, media_type=PROBLEM_JSON, headers=p.headers)
+
+
+def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response[Any]:
+    return response_of(problem_of(status, slug, title, detail, **extra))
+
+
+def denied(result: Denied) -> Response[Any]:
+    return response_of(denied_problem(result))
+
+
+def on_budgetd_error(_: Request[Any, Any, Any], exc: BudgetdError) -> Response[Any]:
+    return response_of(error_problem(exc))
 
 
 def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
