@@ -59,6 +59,25 @@ async def test_validation_error_is_422_naming_the_field(acme_client: Client) -> 
     assert r.json()["type"].endswith("/invalid-request")
     missing = await acme_client.post("/v1/reservations", json={"org": "acme"})
     assert missing.status_code == 422
+    assert missing.json()["field"] == "model"
+    unknown = await acme_client.post("/v1/reservations", json={**BODY, "colour": "red"})
+    assert (unknown.status_code, unknown.json()["field"]) == (422, "colour")
+    nested = await acme_client.post(
+        "/v1/reservations/r1/commit?org=acme", json={"usage": {"input_tokens": "many"}}
+    )
+    assert (nested.status_code, nested.json()["field"]) == (422, "usage.input_tokens")
+
+
+async def test_malformed_json_is_400_with_a_stable_type(acme_client: Client) -> None:
+    r = await acme_client.post(
+        "/v1/reservations", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith(PROBLEM)
+    assert (r.json()["type"], r.json()["title"]) == (
+        "https://budgetd.dev/problems/malformed-request",
+        "Malformed request",
+    )
 
 
 async def test_unknown_model_is_422_and_charges_nothing(acme_client: Client) -> None:

@@ -6,6 +6,7 @@ in ``api/fastpath.py``), so both paths answer with the same bytes."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 from litestar import Request, Response
@@ -67,9 +68,29 @@ def on_budgetd_error(_: Request[Any, Any, Any], exc: BudgetdError) -> Response[A
     return response_of(error_problem(exc))
 
 
+_AT_PATH = re.compile(r" - at `\$\.([^`]+)`$")
+_NAMED_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `([^`]+)`")
+
+
+def _field_of(error: dict[str, Any]) -> str | None:
+    """The field at fault. Litestar names the whole body ``data`` when msgspec rejects it;
+    msgspec's message says which field (``- at `$.usage.input_tokens```, or the missing or
+    unknown key), so that is what the caller gets."""
+    key = error.get("key")
+    message = str(error.get("message", ""))
+    if key == "data":
+        at = _AT_PATH.search(message)
+        named = _NAMED_FIELD.search(message)
+        if at and named:
+            return f"{at.group(1)}.{named.group(1)}"
+        if at or named:
+            return (at or named).group(1)  # type: ignore[union-attr]
+    return str(key) if key else None
+
+
 def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     errors = exc.extra if isinstance(exc.extra, list) else []
-    fields = [str(e.get("key")) for e in errors if isinstance(e, dict) and e.get("key")]
+    fields = [f for e in errors if isinstance(e, dict) and (f := _field_of(e))]
     messages = [str(e.get("message")) for e in errors if isinstance(e, dict)]
     detail = "; ".join(messages) or str(exc.detail)
     return problem(
@@ -83,8 +104,15 @@ def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> 
 
 
 def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return problem(exc.status_code, slug, str(exc.detail), str(exc.detail))
+    slug, title = _HTTP_PROBLEMS.get(exc.status_code, ("http-error", str(exc.detail)))
+    return problem(exc.status_code, slug, title, str(exc.detail))
+
+
+_HTTP_PROBLEMS = {
+    400: ("malformed-request", "Malformed request"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+}
 
 
 HANDLERS = {
