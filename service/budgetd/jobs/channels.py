@@ -51,6 +51,8 @@ def describe(fields: dict[str, str], tz: ZoneInfo) -> str:
         text = f"{who} is over budget '{budget}' ({share}); warn-only, calls continue"
     elif kind == "shadow_would_deny":
         text = f"shadow budget '{budget}' would have blocked {who} ({share})"
+    elif kind == "shadow_clear":
+        text = f"shadow budget '{budget}' would no longer block {who} ({share})"
     elif kind == "overrun":
         text = (
             f"reservation {fields.get('reservation_id')} of {who} cost {format_usd(used)}, "

@@ -295,8 +295,8 @@ class ScriptStore:
     async def release(self, org: str, reservation_id: str, keep_ms: int) -> ReleaseOutcome:
         status, released, state = await self.run_script(
             "release",
-            [keys.reservation(org, reservation_id), keys.holds(org)],
-            [reservation_id, keep_ms],
+            [keys.reservation(org, reservation_id), keys.holds(org), keys.events(org)],
+            [reservation_id, keep_ms, keys.org_prefix(org)],
         )
         return ReleaseOutcome(status=status, released=int(released), state=str(state))
 

@@ -146,7 +146,8 @@ local function emit(events_key, tag_prefix, id, until_ms, fields)
 end
 
 -- Add to `out` the events of plan entry `b` whose usage goes from `before` to `after` (micros):
--- thresholds crossed, and the overage of a warn-only or shadow budget. {id, keep, fields} each.
+-- thresholds crossed, the overage of a warn-only or shadow budget, and a shadow budget coming
+-- back under its limit. {id, keep, fields} each.
 local function budget_events(out, b, before, after, now, rid, kind_override)
   local base = b.n .. '|' .. b.en .. '|' .. b.p
   local function add(suffix, kind, threshold, extra)
@@ -174,6 +175,9 @@ local function budget_events(out, b, before, after, now, rid, kind_override)
     elseif b.m == 'shadow' then
       add('|shadow', 'shadow_would_deny', 100)
     end
+  elseif b.m == 'shadow' and before > b.l then
+    -- A shadow budget leaving would-deny (a commit or release brought it back under).
+    add('|shadow_clear', 'shadow_clear', 100)
   end
 end
 

@@ -1,13 +1,14 @@
 -- release.lua: void a hold (the call failed), exactly once.
 --
--- KEYS[1] reservation hash   KEYS[2] org's hold index
--- ARGV[1] reservation id     ARGV[2] record ttl ms
+-- KEYS[1] reservation hash   KEYS[2] org's hold index   KEYS[3] org's event stream
+-- ARGV[1] reservation id     ARGV[2] record ttl ms     ARGV[3] org key prefix "bd:{o:<org>}:"
 --
 -- Returns {status, released_micros, state}
 --   status: 'released' | 'resolved' (already committed, released or expired) | 'missing'
 -- Input and output token estimates go back to their buckets; the request itself stays counted.
+-- Emits shadow_clear when the freed hold brings a shadow budget back under its limit.
 
-local rkey, holds = KEYS[1], KEYS[2]
+local rkey, holds, events = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms()
 local r = redis.call('HMGET', rkey, 'st', 'plan', 'dl')
 local state = r[1]
@@ -26,7 +27,15 @@ if now > tonumber(r[3]) then
   redis.call('ZREM', holds, ARGV[1])
   return {'resolved', 0, 'expired'}
 end
+local candidates = {}
+for _, b in ipairs(plan.b) do
+  local used = tonumber(redis.call('HGET', b.c, 'spent') or '0')
+    + tonumber(redis.call('HGET', b.h, 'held') or '0')
+  budget_events(candidates, b, used, used - plan.a, now, ARGV[1])
+end
+touch_markers(ARGV[3], candidates)
 void_hold(plan, now, true)
+emit_all(events, ARGV[3], candidates)
 redis.call('HSET', rkey, 'st', 'released', 'rt', int(now))
 redis.call('PEXPIRE', rkey, int(tonumber(ARGV[2])))
 redis.call('ZREM', holds, ARGV[1])
