@@ -200,4 +200,5 @@ async def test_abandoned_holds_are_reclaimed_within_lease_plus_one_sweep(
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         assert await held() == 0
-        assert elapsed <= 1 + 0.5 + 0.5  # lease + one sweep interval (+ scheduling slack)
+        # lease + one sweep interval, plus slack for a busy loop (the sweep runs on the same one)
+        assert elapsed <= 1 + 0.5 + 1.0
