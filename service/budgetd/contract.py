@@ -55,6 +55,10 @@ class UsageRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Idempotency key: the same id records once."""
     batch: bool = False
     metadata: Metadata | None = None
+    cost_micros: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Charge this reported cost instead of pricing ``usage`` (e.g. the Agent SDK's
+    ``total_cost_usd`` when the caller prefers it). The ledger keeps both, marked
+    ``cost_source=reported``; budgets move by the reported amount."""
 
 
 class CostRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -151,6 +155,9 @@ class ReleaseResult(msgspec.Struct, frozen=True, kw_only=True):
 class RecordResult(msgspec.Struct, frozen=True, kw_only=True):
     record_id: str
     cost_micros: int
+    """What was charged: the price of the usage, or the reported cost when one was given."""
+    priced_micros: int
+    """What the price table says the usage costs."""
     ledger_id: str
     pricing_version: str
     replayed: bool = False

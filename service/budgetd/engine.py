@@ -590,7 +590,9 @@ class Engine:
     async def record(self, request: c.UsageRequest) -> c.RecordResult:
         policy = self.policy(request.org)
         now = self.clock.now()
-        model, amount, lines = self._price(policy, request.model, request.usage, request.batch, now)
+        model, priced, lines = self._price(policy, request.model, request.usage, request.batch, now)
+        reported = request.cost_micros is not None
+        amount = request.cost_micros if request.cost_micros is not None else priced
         usage = request.usage
         five, hour = usage.cache_writes
         limits = self._limits(
@@ -619,6 +621,8 @@ class Engine:
                         ("lines_picos", lines),
                         ("user", request.user or ""),
                         ("feature", request.feature or ""),
+                        ("cost_source", "reported" if reported else "priced"),
+                        ("priced_micros", str(priced)),
                     ),
                 )
             )
@@ -630,6 +634,7 @@ class Engine:
         return c.RecordResult(
             record_id=record_id,
             cost_micros=amount,
+            priced_micros=priced,
             ledger_id=outcome.ledger_id,
             pricing_version=policy.pricing.version,
             replayed=outcome.status == "replay",

@@ -170,3 +170,24 @@ async def test_invalid_policy_reload_keeps_last_good(tmp_path: Path) -> None:
         ready = await client.get("/readyz")
         assert ready.json()["policy"]["last_reload_ok"] is False
         assert "budgetd_config_load_error_total 1.0" in (await client.get("/metrics")).text
+
+
+async def test_usage_with_a_reported_cost_charges_it_and_keeps_the_price(
+    acme_client: Client,
+) -> None:
+    body = {
+        "org": "acme",
+        "model": "claude-haiku-test",
+        "user": "bob",
+        "record_id": "agent-1",
+        "usage": {"input_tokens": 1000},
+        "cost_micros": 1234,
+    }
+    r = await acme_client.post("/v1/usage", json=body)
+    assert r.status_code == 201
+    assert (r.json()["cost_micros"], r.json()["priced_micros"]) == (1234, 1000)
+    view = await acme_client.get("/v1/budgets?org=acme&user=bob")
+    user = next(s for s in view.json()["scopes"] if s["name"] == "user-day")
+    assert user["spent_micros"] == 1234
+    negative = await acme_client.post("/v1/usage", json={**body, "cost_micros": -1})
+    assert (negative.status_code, negative.json()["field"]) == (422, "cost_micros")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from budgetd_client import AsyncBudgetdClient, arecord_agent_result
+from budgetd_client.agent import shares
 
 from conftest import HAIKU
 
@@ -77,5 +78,14 @@ async def test_sdk_cost_and_model_usage_fallback(budgetd: AsyncBudgetdClient) ->
     ]
     result = await arecord_agent_result(budgetd, result_only, org="acme", prefer_sdk_cost=True)
     assert result.source == "model_usage"
-    assert result.charged_micros == 2000
-    assert result.cost_micros == result.sdk_cost_micros == 10_000
+    # The SDK's figure is charged; budgetd's own price of the same tokens is kept beside it.
+    assert result.charged_micros == result.cost_micros == result.sdk_cost_micros == 10_000
+    assert [r.priced_micros for r in result.records] == [2000]
+
+
+def test_sdk_total_is_split_in_proportion_to_the_prices_exactly() -> None:
+    assert shares(10, [1, 1, 1]) == [4, 3, 3]
+    assert sum(shares(12_345, [700, 2_000, 1])) == 12_345
+    assert shares(7, [0, 0]) == [4, 3]
+    assert shares(0, [5, 5]) == [0, 0]
+    assert shares(5, []) == []

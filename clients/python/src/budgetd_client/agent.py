@@ -14,11 +14,13 @@ messages) never double-charges.
 When no assistant message carries usage (older SDKs), the result message's per-model
 ``model_usage`` (``modelUsage`` in stream-json) is recorded instead, one record per model.
 
-``total_cost_usd`` is the SDK's client-side estimate. budgetd charges what its own price table
-says about the usage, and ``/v1/usage`` takes only usage objects, so the SDK's figure cannot be
-charged as such: with ``prefer_sdk_cost=True`` it is reported back as ``AgentRecord.cost_micros``
-and written into every record's metadata (``sdk_total_cost_usd``), while the budgets still move
-by budgetd's price of the same tokens (``charged_micros``); the two are logged when they differ.
+``total_cost_usd`` is the SDK's client-side estimate. By default budgetd charges what its own
+price table says about the usage. With ``prefer_sdk_cost=True`` (and a result message that has
+``total_cost_usd``) the SDK's figure is charged instead: each call is first priced by budgetd
+(``/v1/cost``), the SDK total is split across the calls in proportion to those prices (integer
+micros, largest remainder, so the shares add up to the total exactly), and each call's record
+carries its share as a reported cost (``/v1/usage`` ``cost_micros``). The ledger keeps both the
+reported and the priced amount of every record; the two totals are logged when they differ.
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ class AgentCall(msgspec.Struct, frozen=True, kw_only=True):
 class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
     records: list[RecordResult]
     charged_micros: int
-    """What budgetd charged (its price table, the sum of ``records``)."""
+    """What budgetd charged (the sum of ``records``): its own price of the usage, or the SDK's
+    total with ``prefer_sdk_cost``."""
     cost_micros: int
     """The cost to report: ``sdk_cost_micros`` with ``prefer_sdk_cost`` (when the SDK gave one),
     else ``charged_micros``."""
     by_model: dict[str, int]
-    """budgetd's charge per model, micros."""
+    """The charge per model, micros."""
     sdk_cost_micros: int | None
     """``total_cost_usd`` in micros, rounded up; None when the result message had none."""
     source: Source
@@ -180,6 +183,21 @@ def _sdk_micros(result: Any) -> int | None:
     return math.ceil(Decimal(str(cost)) * 1_000_000)
 
 
+def shares(total: int, weights: list[int]) -> list[int]:
+    """Split ``total`` micros in proportion to ``weights``: integers that add up to ``total``
+    exactly (largest remainder; equal parts when every weight is 0)."""
+    if not weights:
+        return []
+    if sum(weights) == 0:
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    parts = [total * w // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: -(total * weights[i] % whole))
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
 def _summary(
     records: list[RecordResult],
     calls: list[AgentCall],
@@ -191,9 +209,10 @@ def _summary(
     for call, rec in zip(calls, records, strict=True):
         by_model[call.model] = by_model.get(call.model, 0) + rec.cost_micros
     charged = sum(r.cost_micros for r in records)
+    priced = sum(r.priced_micros if r.priced_micros is not None else r.cost_micros for r in records)
     sdk = _sdk_micros(result)
-    if sdk is not None and sdk != charged:
-        log.info("agent run: budgetd charged %d micros, the SDK estimated %d", charged, sdk)
+    if sdk is not None and sdk != priced:
+        log.info("agent run: budgetd prices it at %d micros, the SDK estimated %d", priced, sdk)
     return AgentRecord(
         records=records,
         charged_micros=charged,
@@ -231,6 +250,11 @@ def record_agent_result(
     the result message; others are ignored). SDK objects and stream-json dicts both work."""
     calls, result, source = agent_calls(list(messages))
     meta = _metadata(metadata, result, prefer_sdk_cost)
+    sdk = _sdk_micros(result)
+    reported: list[int | None] = [None] * len(calls)
+    if prefer_sdk_cost and sdk is not None and calls:
+        prices = [client.cost(model=c.model, usage=c.usage, org=org).cost_micros for c in calls]
+        reported = list(shares(sdk, prices))
     records = [
         client.record_usage(
             org=org,
@@ -240,8 +264,9 @@ def record_agent_result(
             feature=feature,
             record_id=call.record_id,
             metadata=meta,
+            cost_micros=share,
         )
-        for call in calls
+        for call, share in zip(calls, reported, strict=True)
     ]
     return _summary(records, calls, result, source, prefer_sdk_cost)
 
@@ -259,6 +284,13 @@ async def arecord_agent_result(
     """The asyncio twin of :func:`record_agent_result`."""
     calls, result, source = agent_calls(list(messages))
     meta = _metadata(metadata, result, prefer_sdk_cost)
+    sdk = _sdk_micros(result)
+    reported: list[int | None] = [None] * len(calls)
+    if prefer_sdk_cost and sdk is not None and calls:
+        prices = [
+            (await client.cost(model=c.model, usage=c.usage, org=org)).cost_micros for c in calls
+        ]
+        reported = list(shares(sdk, prices))
     records = [
         await client.record_usage(
             org=org,
@@ -268,7 +300,8 @@ async def arecord_agent_result(
             feature=feature,
             record_id=call.record_id,
             metadata=meta,
+            cost_micros=share,
         )
-        for call in calls
+        for call, share in zip(calls, reported, strict=True)
     ]
     return _summary(records, calls, result, source, prefer_sdk_cost)

@@ -266,9 +266,11 @@ class BudgetdClient(Base):
         record_id: str | None = None,
         batch: bool = False,
         metadata: dict[str, str] | None = None,
+        cost_micros: int | None = None,
     ) -> RecordResult:
         """Record a call made without a reservation (batch results, agent runs). The same
-        ``record_id`` records once; one is generated when None, so retries are safe."""
+        ``record_id`` records once; one is generated when None, so retries are safe.
+        ``cost_micros`` charges a reported cost instead of budgetd's price of ``usage``."""
         body = body_of(
             org=self._org(org),
             model=model,
@@ -278,6 +280,7 @@ class BudgetdClient(Base):
             record_id=record_id or new_id(),
             batch=batch or None,
             metadata=metadata,
+            cost_micros=cost_micros,
         )
         return self._call("POST", "/v1/usage", RecordResult, body=body)
 
@@ -507,6 +510,7 @@ class AsyncBudgetdClient(Base):
         record_id: str | None = None,
         batch: bool = False,
         metadata: dict[str, str] | None = None,
+        cost_micros: int | None = None,
     ) -> RecordResult:
         """See :meth:`BudgetdClient.record_usage`."""
         body = body_of(
@@ -518,6 +522,7 @@ class AsyncBudgetdClient(Base):
             record_id=record_id or new_id(),
             batch=batch or None,
             metadata=metadata,
+            cost_micros=cost_micros,
         )
         return await self._call("POST", "/v1/usage", RecordResult, body=body)
 

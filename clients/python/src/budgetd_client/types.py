@@ -96,9 +96,12 @@ class ReleaseResult(msgspec.Struct, frozen=True, kw_only=True):
 class RecordResult(msgspec.Struct, frozen=True, kw_only=True):
     record_id: str
     cost_micros: int
+    """What was charged: the usage's price, or the reported cost when one was sent."""
     ledger_id: str
     pricing_version: str
     replayed: bool = False
+    priced_micros: int | None = None
+    """What budgetd's price table says the usage costs (services before 0.1 omit it)."""
 
 
 class CostLine(msgspec.Struct, frozen=True, kw_only=True):
