@@ -131,7 +131,6 @@ class RecordCall(msgspec.Struct, frozen=True, kw_only=True):
 class RecordOutcome(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["recorded", "replay", "conflict"]
     ledger_id: str = ""
-    budgets_after: tuple[tuple[int, int], ...] = ()
 
 
 class StatusOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -314,12 +314,12 @@ class ScriptStore:
         ]
         for field, value in call.ledger_fields:
             args += [field, value]
-        status, cost, released, overrun, late, ledger_id, after, state = await self.run_script(
+        status, cost, released, overrun, late, ledger_id, stored, state = await self.run_script(
             "commit", key_list, args
         )
         if status == "replay":
-            # Stored as cost:released:overrun:late:ledger_id:after
-            c, r, o, lt, lid, _ = str(after).split(":", 5)
+            # Stored as cost:released:overrun:late:ledger_id
+            c, r, o, lt, lid = str(stored).split(":", 4)
             return CommitOutcome(
                 status="replay",
                 cost=int(c),
@@ -365,18 +365,15 @@ class ScriptStore:
             len(call.ledger_fields),
         ]
         for b in call.budgets:
-            key_list += [b.charge_key, b.held_key]
+            key_list.append(b.charge_key)
             args.append(b.expire_at_ms)
         for t in call.buckets:
             key_list.append(t.key)
             args += [t.per_minute, t.capacity, t.amount]
         for field, value in call.ledger_fields:
             args += [field, value]
-        status, ledger_id, result = await self.run_script("record", key_list, args)
-        lid, _, after = str(result).partition("|")
-        return RecordOutcome(
-            status=status, ledger_id=lid or str(ledger_id), budgets_after=_pairs(after)
-        )
+        status, ledger_id, _ = await self.run_script("record", key_list, args)
+        return RecordOutcome(status=status, ledger_id=str(ledger_id))
 
     async def status(
         self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]

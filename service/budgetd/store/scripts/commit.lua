@@ -7,9 +7,9 @@
 -- ARGV[4] record ttl ms   ARGV[5] actual input tokens  ARGV[6] actual output tokens
 -- ARGV[7] org key prefix "bd:{o:<org>}:"   ARGV[8..] ledger field/value pairs
 --
--- Returns {status, cost, released, overrun, late, ledger_id, after, state}
+-- Returns {status, cost, released, overrun, late, ledger_id, stored, state}
 --   status: 'committed' | 'replay' | 'conflict' | 'missing'
---   after: "spent,held;..." of every budget after the commit
+--   stored: on a replay, the first answer as "cost:released:overrun:late:ledger_id"
 -- A commit after the lease ran out (swept or not) still records the spend, flagged late+overrun.
 -- Emits threshold events the settled spend crosses, and one overrun event per reservation.
 
@@ -82,15 +82,13 @@ if holding and late == 0 then
     end
   end
 end
-local after, charged = {}, {}
+local charged = {}
 for i, b in ipairs(plan.b) do
   redis.call('HINCRBY', b.c, 'spent', int(cost))
   redis.call('PEXPIREAT', b.c, keep_until(b.x))
-  after[i] = redis.call('HGET', b.c, 'spent') .. ',' .. (redis.call('HGET', b.h, 'held') or '0')
   charged[i] = b.c
 end
 emit_all(events, ARGV[7], candidates)
-local after_s = table.concat(after, ';')
 redis.call('ZREM', holds, rid)
 
 local fields = {'kind', 'commit', 'reservation_id', rid, 'cost_micros', int(cost),
@@ -103,7 +101,6 @@ end
 local id = redis.call('XADD', ledger, '*', unpack(fields))
 
 redis.call('HSET', rkey, 'st', 'committed', 'cfp', cfp, 'rt', int(now),
-  'cres', int(cost) .. ':' .. int(released) .. ':' .. int(overrun) .. ':' .. int(late) .. ':' .. id
-    .. ':' .. after_s)
+  'cres', int(cost) .. ':' .. int(released) .. ':' .. int(overrun) .. ':' .. int(late) .. ':' .. id)
 redis.call('PEXPIRE', rkey, int(keep))
-return {'committed', cost, released, overrun, late, id, after_s, 'committed'}
+return {'committed', cost, released, overrun, late, id, '', 'committed'}

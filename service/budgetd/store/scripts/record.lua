@@ -1,14 +1,14 @@
 -- record.lua: charge usage that had no reservation (batch results, Agent SDK totals).
 --
 -- KEYS[1] idempotency record   KEYS[2] org's ledger stream
--- KEYS[3..] per budget: charge key, then its held key; then one key per bucket
+-- KEYS[3..] per budget: its charge key; then one key per bucket
 -- ARGV[1] record id   ARGV[2] fingerprint   ARGV[3] cost (micros)   ARGV[4] record ttl ms
 -- ARGV[5] budget count B   ARGV[6] bucket count T   ARGV[7] ledger field count F
 -- then per budget: expire-at ms; per bucket: per minute, capacity, tokens used;
 -- then F ledger field/value pairs
 --
--- Returns {status, ledger_id, after}
---   status: 'recorded' | 'replay' | 'conflict'; after: "spent,held;..." per budget
+-- Returns {status, ledger_id, stored}
+--   status: 'recorded' | 'replay' | 'conflict'; stored: the ledger id of the first recording
 -- Spend already happened, so nothing is checked: it is recorded even past a limit.
 
 local idem, ledger = KEYS[1], KEYS[2]
@@ -21,16 +21,14 @@ if prior[1] then
   if prior[1] ~= fp then
     return {'conflict', '', ''}
   end
-  return {'replay', '', prior[2]}
+  return {'replay', prior[2], prior[2]}
 end
 
-local after = {}
 local k, a = 3, 8
 for i = 1, nb do
   redis.call('HINCRBY', KEYS[k], 'spent', int(cost))
   redis.call('PEXPIREAT', KEYS[k], keep_until(tonumber(ARGV[a])))
-  after[i] = redis.call('HGET', KEYS[k], 'spent') .. ',' .. (redis.call('HGET', KEYS[k + 1], 'held') or '0')
-  k = k + 2
+  k = k + 1
   a = a + 1
 end
 for i = 1, nt do
@@ -41,7 +39,7 @@ for i = 1, nt do
 end
 local charged = {}
 for i = 1, nb do
-  charged[i] = KEYS[1 + 2 * i]
+  charged[i] = KEYS[2 + i]
 end
 local fields = {'kind', 'record', 'reservation_id', rid, 'cost_micros', int(cost), 'at_ms', int(now),
   'charged', table.concat(charged, ' ')}
@@ -49,8 +47,6 @@ for i = a, a + 2 * nf - 1 do
   table.insert(fields, ARGV[i])
 end
 local id = redis.call('XADD', ledger, '*', unpack(fields))
-local after_s = table.concat(after, ';')
-local res = id .. '|' .. after_s
-redis.call('HSET', idem, 'fp', fp, 'res', res)
+redis.call('HSET', idem, 'fp', fp, 'res', id)
 redis.call('PEXPIRE', idem, int(tonumber(ARGV[4])))
-return {'recorded', id, res}
+return {'recorded', id, id}
