@@ -74,14 +74,22 @@ async def entries(
         start = f"{ms}-{int(seq) + 1}"
 
 
-def _flat(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": entry_id, **fields}
+def subject(fields: dict[str, str]) -> tuple[str, str]:
+    """(user, feature) of a ledger entry: a commit carries them in its reservation's JSON, a
+    record in its own fields."""
     meta = fields.get("reservation")
     if meta:
-        decoded = msgspec.json.decode(meta)
-        row.setdefault("user", decoded.get("user") or "")
-        row.setdefault("feature", decoded.get("feature") or "")
-    return row
+        try:
+            decoded = msgspec.json.decode(meta)
+        except msgspec.DecodeError:
+            decoded = {}
+        return str(decoded.get("user") or ""), str(decoded.get("feature") or "")
+    return fields.get("user", ""), fields.get("feature", "")
+
+
+def _flat(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    user, feature = subject(fields)
+    return {"id": entry_id, **fields, "user": user, "feature": feature}
 
 
 async def export(

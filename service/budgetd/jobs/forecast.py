@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from budgetd.engine import Engine
-from budgetd.jobs.spend import entity_of, parse
+from budgetd.jobs.spend import entity_of
+from budgetd.jobs.spend import since as spend_since
 from budgetd.money import format_usd
 from budgetd.periods import COUNTER_GRACE, window
 from budgetd.policy.resolve import Subject
@@ -20,7 +21,7 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
     period; returns how many were newly emitted."""
     policy = engine.policy(org)
     since = now - RATE_WINDOW
-    spends = [parse(e) for e in await queue.ledger_since(org, int(since.timestamp() * 1000))]
+    spends = await spend_since(queue.store, org, int(since.timestamp() * 1000))
     emitted = 0
     for rule in policy.budgets:
         if rule.period.calendar is None or not rule.forecast:

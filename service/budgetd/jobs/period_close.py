@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 import msgspec
 
 from budgetd.engine import Engine
-from budgetd.jobs.spend import entity_of, parse, totals_by
+from budgetd.jobs import spend
+from budgetd.jobs.spend import entity_of, totals_by
 from budgetd.money import format_usd
 from budgetd.periods import COUNTER_GRACE, calendar_bounds
 from budgetd.policy.model import CalendarUnit
@@ -40,7 +41,7 @@ async def close_periods(
     policy = engine.policy(org)
     period_id, start, end = calendar_bounds(unit, policy.tz, fired_at - timedelta(seconds=1))
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-    spends = [s for s in map(parse, await queue.ledger_since(org, start_ms)) if s.at_ms < end_ms]
+    spends = await spend.since(queue.store, org, start_ms, end_ms)
     emitted = 0
     for rule in policy.budgets:
         if rule.period.calendar != unit:

@@ -7,7 +7,8 @@ from collections import Counter, defaultdict
 
 import msgspec
 
-from budgetd.store.events import Event
+from budgetd import ledger
+from budgetd.store.scripted import ScriptStore
 
 
 class Spend(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,22 +20,23 @@ class Spend(msgspec.Struct, frozen=True, kw_only=True):
     overrun: bool
 
 
-def parse(entry: Event) -> Spend:
-    f = entry.fields
-    meta: dict[str, object] = {}
-    if f.get("reservation"):
-        try:
-            meta = msgspec.json.decode(f["reservation"])
-        except msgspec.DecodeError:
-            meta = {}
+def parse(entry_id: str, fields: dict[str, str]) -> Spend:
+    user, feature = ledger.subject(fields)
     return Spend(
-        at_ms=int(entry.stream_id.split("-")[0]),
-        cost=int(f.get("cost_micros", "0")),
-        user=str(meta.get("user") or f.get("user") or ""),
-        feature=str(meta.get("feature") or f.get("feature") or ""),
-        model=f.get("model", ""),
-        overrun=f.get("overrun") == "1",
+        at_ms=int(entry_id.split("-", maxsplit=1)[0]),
+        cost=int(fields.get("cost_micros", "0")),
+        user=user,
+        feature=feature,
+        model=fields.get("model", ""),
+        overrun=fields.get("overrun") == "1",
     )
+
+
+async def since(
+    store: ScriptStore, org: str, since_ms: int, until_ms: int | None = None
+) -> list[Spend]:
+    """The org's ledger entries in [since, until), as spends, oldest first."""
+    return [parse(i, f) async for i, f in ledger.entries(store, org, since_ms, until_ms)]
 
 
 def entity_of(spend: Spend, scope: str, org: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from budgetd.engine import Engine
-from budgetd.jobs.spend import hourly, parse
+from budgetd.jobs.spend import hourly, since
 from budgetd.money import format_usd
 from budgetd.store.events import EventQueue
 
@@ -18,7 +18,7 @@ async def detect_spikes(engine: Engine, queue: EventQueue, org: str, now: dateti
     now_ms = int(now.timestamp() * 1000)
     hours = TRAILING_HOURS + 1
     since_ms = now_ms - hours * 3_600_000
-    spends = [parse(e) for e in await queue.ledger_since(org, since_ms)]
+    spends = await since(queue.store, org, since_ms)
     hour_id = now.strftime("%Y-%m-%dT%H")
     emitted = 0
     for rule in policy.budgets:

@@ -3,7 +3,6 @@ job on every replica, with per-(event, channel) delivery state beside it."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -115,16 +114,3 @@ class EventQueue:
         return bool(
             await self.client.set(f"{keys.PREFIX}:job:{job}:{fire_key}", "1", nx=True, ex=ttl_s)
         )
-
-    async def ledger_since(self, org: str, since_ms: int, page: int = 1000) -> list[Event]:
-        """Ledger entries since ``since_ms`` (by stream id time), oldest first."""
-        out: list[Event] = []
-        start = f"{since_ms}-0"
-        while True:
-            rows = _events(await self.client.xrange(keys.ledger(org), min=start, count=page))
-            out += rows
-            if len(rows) < page:
-                return out
-            ms, seq = rows[-1].stream_id.split("-")
-            start = f"{ms}-{int(seq) + 1}"
-            await asyncio.sleep(0)
