@@ -33,18 +33,6 @@ class SystemClock:
         midpoint = (sent_at + received_at) / 2
         self._offset_s = server_time_s - midpoint
 
-    @property
-    def offset_s(self) -> float:
-        return self._offset_s
-
-    @staticmethod
-    def monotonic() -> float:
-        return time.monotonic()
-
-    @staticmethod
-    def host_time() -> float:
-        return time.time()
-
 
 class FrozenClock:
     """A clock that moves only when a test tells it to."""

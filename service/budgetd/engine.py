@@ -30,8 +30,8 @@ from budgetd.periods import PeriodWindow, window
 from budgetd.policy.model import OrgPolicy
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.policy.resolve import Applicable, AppliedBudget, AppliedRate, Subject, resolve
-from budgetd.pricing import PricingError, cost, worst_case
-from budgetd.pricing_table import UnknownModelError
+from budgetd.pricing import Cost, PricingError, cost, worst_case
+from budgetd.pricing_table import PricingTable, UnknownModelError
 from budgetd.store import keys
 from budgetd.store.base import (
     BucketSlot,
@@ -48,7 +48,7 @@ from budgetd.usage import Usage
 
 log = logging.getLogger(__name__)
 
-KEEP_RESOLVED = timedelta(days=7)
+KEEP_RESOLVED_MS = int(timedelta(days=7).total_seconds() * 1000)
 """How long a reservation or usage record stays for idempotent replays."""
 DEGRADED_PREFIX = "deg."
 T = TypeVar("T")
@@ -75,6 +75,16 @@ def _mode(applied: AppliedBudget) -> Literal["block", "warn", "shadow"]:
     if applied.rule.mode == "shadow":
         return "shadow"
     return "block" if applied.rule.on_hard_limit == "block" else "warn"
+
+
+def _cost(table: PricingTable, model: str, usage: Usage, batch: bool, now: datetime) -> Cost:
+    """The price of a usage object on ``now``'s day, with pricing errors as request errors."""
+    try:
+        return cost(table, model, usage, batch=batch, on=now.date())
+    except UnknownModelError as exc:
+        raise UnknownModel(str(exc)) from None
+    except PricingError as exc:
+        raise InvalidRequest(str(exc), field="usage.speed") from None
 
 
 def _fingerprint(value: msgspec.Struct) -> str:
@@ -376,7 +386,7 @@ class Engine:
             fingerprint=_fingerprint(msgspec.structs.replace(request, reservation_id=None)),
             amount=amount,
             lease_ms=lease_s * 1000,
-            keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
+            keep_ms=KEEP_RESOLVED_MS,
             budgets=limits.budgets,
             buckets=limits.buckets,
             meta=meta,
@@ -467,12 +477,7 @@ class Engine:
     def _price(
         self, policy: OrgPolicy, model: str, usage: Usage, batch: bool, now: datetime
     ) -> tuple[str, int, str]:
-        try:
-            priced = cost(policy.pricing, model, usage, batch=batch, on=now.date())
-        except UnknownModelError as exc:
-            raise UnknownModel(str(exc)) from None
-        except PricingError as exc:
-            raise InvalidRequest(str(exc), field="usage.speed") from None
+        priced = _cost(policy.pricing, model, usage, batch, now)
         lines = msgspec.json.encode({ln.kind: ln.picos for ln in priced.lines}).decode()
         return priced.model, priced.cost_micros, lines
 
@@ -492,7 +497,7 @@ class Engine:
                     reservation_id=rid,
                     cost=amount,
                     fingerprint=_fingerprint(request),
-                    keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
+                    keep_ms=KEEP_RESOLVED_MS,
                     input_tokens=usage.uncached_input + five + hour,
                     output_tokens=usage.output,
                     ledger_fields=(
@@ -574,9 +579,7 @@ class Engine:
                 released_micros=0,
                 durability=self.store.durability,
             )
-        outcome = await self._store_call(
-            self.store.release(org, rid, int(KEEP_RESOLVED.total_seconds() * 1000))
-        )
+        outcome = await self._store_call(self.store.release(org, rid, KEEP_RESOLVED_MS))
         if outcome.status == "missing":
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
         self._models.pop((org, rid), None)
@@ -611,7 +614,7 @@ class Engine:
                     record_id=record_id,
                     fingerprint=_fingerprint(msgspec.structs.replace(request, record_id=None)),
                     cost=amount,
-                    keep_ms=int(KEEP_RESOLVED.total_seconds() * 1000),
+                    keep_ms=KEEP_RESOLVED_MS,
                     budgets=limits.budgets,
                     buckets=limits.buckets,
                     ledger_fields=(
@@ -643,14 +646,7 @@ class Engine:
 
     def price(self, request: c.CostRequest) -> c.CostResult:
         table = self.policy(request.org).pricing if request.org else (self.registry.current.pricing)
-        try:
-            priced = cost(
-                table, request.model, request.usage, batch=request.batch, on=self.clock.now().date()
-            )
-        except UnknownModelError as exc:
-            raise UnknownModel(str(exc)) from None
-        except PricingError as exc:
-            raise InvalidRequest(str(exc), field="usage.speed") from None
+        priced = _cost(table, request.model, request.usage, request.batch, self.clock.now())
         return c.CostResult(
             model=priced.model,
             cost_micros=priced.cost_micros,
