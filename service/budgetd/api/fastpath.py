@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Litestar
@@ -66,6 +66,7 @@ _INTERNAL_ERROR = b'{"status_code":500,"detail":"Internal Server Error"}'
 _reserve_decoder = msgspec.json.Decoder(ReserveRequest, strict=False)
 _commit_decoder = msgspec.json.Decoder(CommitRequest, strict=False)
 _encode = msgspec.json.encode
+T = TypeVar("T")
 
 
 class _Delegate(Exception):
@@ -119,67 +120,62 @@ class FastPath:
     # -- routes (each mirrors its handler in api/reservations.py) ----------------------------
 
     async def _reserve(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
-        try:
-            body = await self._body(scope, receive)
-            try:
-                data = _reserve_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                raise _Delegate([body]) from None
-        except _Delegate as d:
-            return await self.fallback(scope, _replay(d, receive), send)
-        except _Disconnected:
+        data = await self._read(scope, receive, send, _reserve_decoder)
+        if data is None:
             return
         state = self.app.state
-        try:
+
+        async def reserve() -> Any:
             caller_of(state, _authorization(scope)).require_org(data.org)
             engine: Engine = state.engine
-            result = await engine.reserve(data)
-        except BudgetdError as exc:
-            return await _send_problem(send, error_problem(exc))
-        except Exception:
-            return await _internal_error(send, scope)
-        if isinstance(result, Denied):
-            return await _send_problem(send, denied_problem(result))
-        await _send(send, 201, _JSON, _encode(result))
+            return await engine.reserve(data)
+
+        await _answer(scope, send, 201, reserve)
 
     async def _commit(
         self, scope: HTTPScope, receive: Receive, send: Send, rid: str, org: str | None
     ) -> None:
-        try:
-            body = await self._body(scope, receive)
-            try:
-                data = _commit_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                raise _Delegate([body]) from None
-        except _Delegate as d:
-            return await self.fallback(scope, _replay(d, receive), send)
-        except _Disconnected:
+        data = await self._read(scope, receive, send, _commit_decoder)
+        if data is None:
             return
         state = self.app.state
-        try:
+
+        async def commit() -> Any:
             engine: Engine = state.engine
-            result = await engine.commit(
+            return await engine.commit(
                 org_of(caller_of(state, _authorization(scope)), org), rid, data
             )
-        except BudgetdError as exc:
-            return await _send_problem(send, error_problem(exc))
-        except Exception:
-            return await _internal_error(send, scope)
-        await _send(send, 200, _JSON, _encode(result))
+
+        await _answer(scope, send, 200, commit)
 
     async def _release(self, scope: HTTPScope, send: Send, rid: str, org: str | None) -> None:
         # Like the Litestar handler, release has no body and never reads one.
         state = self.app.state
-        try:
+
+        async def release() -> Any:
             engine: Engine = state.engine
-            result = await engine.release(org_of(caller_of(state, _authorization(scope)), org), rid)
-        except BudgetdError as exc:
-            return await _send_problem(send, error_problem(exc))
-        except Exception:
-            return await _internal_error(send, scope)
-        await _send(send, 200, _JSON, _encode(result))
+            return await engine.release(org_of(caller_of(state, _authorization(scope)), org), rid)
+
+        await _answer(scope, send, 200, release)
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    async def _read(
+        self, scope: HTTPScope, receive: Receive, send: Send, decoder: msgspec.json.Decoder[T]
+    ) -> T | None:
+        """The decoded body; None when the request went to Litestar instead (a body that does
+        not decode, or one over the limit) or the client left."""
+        try:
+            body = await self._body(scope, receive)
+            try:
+                return decoder.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                raise _Delegate([body]) from None
+        except _Delegate as d:
+            await self.fallback(scope, _replay(d, receive), send)
+        except _Disconnected:
+            pass
+        return None
 
     async def _body(self, scope: HTTPScope, receive: Receive) -> bytes:
         """The whole body; ``_Delegate`` (with what was read) when it exceeds the limit, which
@@ -253,6 +249,21 @@ async def _send_problem(send: Send, problem: Problem) -> None:
     headers += [(b"content-type", _PROBLEM), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _answer(
+    scope: HTTPScope, send: Send, status: int, call: Callable[[], Awaitable[Any]]
+) -> None:
+    """Run the route's engine call and send its answer, or the problem it raised."""
+    try:
+        result = await call()
+    except BudgetdError as exc:
+        return await _send_problem(send, error_problem(exc))
+    except Exception:
+        return await _internal_error(send, scope)
+    if isinstance(result, Denied):
+        return await _send_problem(send, denied_problem(result))
+    await _send(send, status, _JSON, _encode(result))
 
 
 async def _internal_error(send: Send, scope: HTTPScope) -> None:
