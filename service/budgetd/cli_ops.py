@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,7 @@ from budgetd.auth import key_line, new_key
 from budgetd.serve import run
 from budgetd.settings import from_env
 from budgetd.store.connect import redis_store
+from budgetd.store.scripted import ScriptStore
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -60,9 +63,17 @@ def _redis_url() -> str:
     return url
 
 
-async def _export(args: argparse.Namespace) -> int:
+@contextlib.asynccontextmanager
+async def _ledger_store() -> AsyncIterator[ScriptStore]:
     store = redis_store(_redis_url(), timeout_s=10)
     try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _export(args: argparse.Namespace) -> int:
+    async with _ledger_store() as store:
         out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
         async for chunk in ledger.export(
             store, args.org, args.format, _ms(args.since) or 0, _ms(args.until)
@@ -71,8 +82,6 @@ async def _export(args: argparse.Namespace) -> int:
         if args.output:
             out.close()
         return 0
-    finally:
-        await store.close()
 
 
 async def _trim(args: argparse.Namespace) -> int:
@@ -82,24 +91,18 @@ async def _trim(args: argparse.Namespace) -> int:
         # Entries are appended at the current time: a future cut-off could trim a new entry
         # between the export and the trim.
         raise SystemExit("budgetd: --before must be in the past")
-    store = redis_store(_redis_url(), timeout_s=10)
-    try:
+    async with _ledger_store() as store:
         with args.export.open("w", encoding="utf-8") as out:
             async for chunk in ledger.export(store, args.org, "jsonl", 0, before):
                 out.write(chunk)
         removed = await ledger.trim(store, args.org, before)
-        print(f"exported to {args.export}, then removed {removed} entries before {args.before}")
-        return 0
-    finally:
-        await store.close()
+    print(f"exported to {args.export}, then removed {removed} entries before {args.before}")
+    return 0
 
 
 async def _reconcile(args: argparse.Namespace) -> int:
-    store = redis_store(_redis_url(), timeout_s=10)
-    try:
+    async with _ledger_store() as store:
         report = await ledger.reconcile(store, args.org)
-    finally:
-        await store.close()
     print(
         f"org {report.org}: {report.entries} ledger entries, {report.counters} counters, "
         f"{report.open_holds} open holds"

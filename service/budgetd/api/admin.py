@@ -30,8 +30,9 @@ class EventsResult(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: list[dict[str, Any]]
 
 
-def _admin(principal: Principal, org: str) -> None:
-    principal.require_org(org)
+def _admin(principal: Principal, org: str | None = None) -> None:
+    if org is not None:
+        principal.require_org(org)
     if principal.role != "admin":
         raise Forbidden("admin endpoints need an admin key")
 
@@ -45,26 +46,22 @@ async def events(
     _admin(caller(request), org)
     queue: EventQueue = request.app.state.queue
     policy = request.app.state.engine.policy(org)
+    count = min(max(limit, 1), 500)
     views = []
-    for event in await queue.recent(org, min(max(limit, 1), 500)):
-        channels = next(
-            (r.notify for r in policy.budgets if r.name == event.fields.get("budget")), ()
-        )
+    for event in await queue.recent(org, count):
+        channels = policy.notify_for(event.fields.get("budget", ""))
         delivery = {ch: await queue.delivery_state(org, event.id, ch) for ch in channels}
         views.append(
             EventView(
                 id=event.id, stream_id=event.stream_id, fields=event.fields, delivery=delivery
             )
         )
-    return EventsResult(
-        org=org, events=views, dead_letters=await queue.dead_letters(org, min(max(limit, 1), 500))
-    )
+    return EventsResult(org=org, events=views, dead_letters=await queue.dead_letters(org, count))
 
 
 @get("/v1/admin/scheduler", summary="Jobs of this replica: last run, next run, lag")
 async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
-    if caller(request).role != "admin":
-        raise Forbidden("admin endpoints need an admin key")
+    _admin(caller(request))
     jobs: Jobs = request.app.state.jobs
     return jobs.snapshot()
 

@@ -79,17 +79,10 @@ class Deliverer:
             settled += sum(results)
         return settled
 
-    def _channels(self, policy: OrgPolicy, event: Event) -> tuple[str, ...]:
-        name = event.fields.get("budget", "")
-        for rule in policy.budgets:
-            if rule.name == name:
-                return rule.notify
-        return ()
-
     async def _settle(self, policy: OrgPolicy, event: Event) -> bool:
         fields = {"org": policy.org, **event.fields}
         done = True
-        for name in self._channels(policy, event):
+        for name in policy.notify_for(event.fields.get("budget", "")):
             if name not in policy.channels:
                 continue  # the channel left the policy: nothing to deliver to
             if not await self._deliver(policy, event, name, fields):

@@ -80,6 +80,10 @@ class OrgPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """The pricing table with this org's aliases added."""
     hold_ttl_s: int
 
+    def notify_for(self, budget: str) -> tuple[str, ...]:
+        """The channels that hear about ``budget``'s events (none for an unknown budget)."""
+        return next((rule.notify for rule in self.budgets if rule.name == budget), ())
+
 
 class PolicySet(msgspec.Struct, frozen=True, kw_only=True):
     orgs: dict[str, OrgPolicy]
