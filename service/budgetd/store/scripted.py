@@ -4,8 +4,8 @@ client. The client may be a real Redis, a Redis Cluster, or fakeredis (embedded 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 import redis.exceptions
@@ -35,6 +35,7 @@ from budgetd.store.pipeline import ScriptPipeline
 from budgetd.store.scripts import SCRIPT_NAMES, source
 
 Client = Redis | RedisCluster
+T = TypeVar("T")
 _UNREACHABLE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -146,20 +147,29 @@ class ScriptStore:
             name: client.register_script(source(name)) for name in SCRIPT_NAMES
         }
 
-    async def run_script(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _bounded(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable`` within the store timeout; an unreachable Redis is StoreUnavailable."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                delay = 0.01
-                while True:
-                    try:
-                        return await self._call(name, keys_, args)
-                    except redis.exceptions.ResponseError as exc:
-                        if _MOVED_AWAY not in str(exc):
-                            raise
-                    await asyncio.sleep(delay)  # the slot is moving: retry until it settles
-                    delay = min(delay * 2, 0.1)
+                return await awaitable
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def run_script(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+        return await self._bounded(self._call_until_settled(name, keys_, args))
+
+    async def _call_until_settled(
+        self, name: str, keys_: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
+        delay = 0.01
+        while True:
+            try:
+                return await self._call(name, keys_, args)
+            except redis.exceptions.ResponseError as exc:
+                if _MOVED_AWAY not in str(exc):
+                    raise
+            await asyncio.sleep(delay)  # the slot is moving: retry until it settles
+            delay = min(delay * 2, 0.1)
 
     async def _call(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         if self.durability == "strict" and name not in READ_ONLY:
@@ -394,23 +404,15 @@ class ScriptStore:
         )
 
     async def reservation(self, org: str, reservation_id: str) -> ReservationView | None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                state, meta, deadline = await self.client.hmget(
-                    keys.reservation(org, reservation_id), ["st", "meta", "dl"]
-                )
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        state, meta, deadline = await self._bounded(
+            self.client.hmget(keys.reservation(org, reservation_id), ["st", "meta", "dl"])
+        )
         if state is None:
             return None
         return ReservationView(state=str(state), meta=str(meta), deadline_ms=int(str(deadline)))
 
     async def server_time(self) -> float:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                seconds, micros = await self.client.time()
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        seconds, micros = await self._bounded(self.client.time())
         return float(seconds) + float(micros) / 1e6
 
     async def ping(self) -> bool:
