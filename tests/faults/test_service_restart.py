@@ -85,9 +85,12 @@ async def test_restart_mid_load_leaks_no_hold_and_counts_no_commit_twice(
     acked: set[str] = set()
     async with client_for(POLICY, store=redis_store(server.url, timeout_s=2.0)) as old:
         workers = [asyncio.create_task(_load(old, w, tried, acked)) for w in range(WORKERS)]
-        deadline = time.monotonic() + 10  # load until enough commits went through
-        while len(acked) < 60 and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        # Load until enough commits went through and, at this very step, some commits are in
+        # flight: the cut below follows with no await in between, so they stay unacknowledged.
+        deadline = time.monotonic() + 10
+        while len(acked) < 60 or not tried - acked:
+            assert time.monotonic() < deadline, (len(tried), len(acked))
+            await asyncio.sleep(0.01)
         # The crash: every request in flight is cut off wherever it is (before its script was
         # sent, while Redis ran it, or after, with the answer never read).
         for task in workers:
