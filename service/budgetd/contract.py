@@ -61,6 +61,35 @@ class UsageRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ``cost_source=reported``; budgets move by the reported amount."""
 
 
+class AdjustmentRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An admin's correction of one budget counter in its current period."""
+
+    org: OrgName
+    budget: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    """The budget's name in the org's policy."""
+    amount_micros: Annotated[int, msgspec.Meta(ge=-(10**15), le=10**15)]
+    """Added to the counter's spend; negative for a credit or refund. Never zero."""
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    entity: Identifier | None = None
+    """The user or feature whose counter moves; required unless the budget's scope is org."""
+    adjustment_id: Identifier | None = None
+    """Idempotency key: the same id adjusts once. Generated when absent."""
+
+
+class AdjustmentResult(msgspec.Struct, frozen=True, kw_only=True):
+    adjustment_id: str
+    ledger_id: str
+    budget: str
+    entity: str
+    period: str
+    """The period (or rolling sub-bucket) whose counter moved."""
+    amount_micros: int
+    spent_micros: int
+    """That counter's spend after the adjustment."""
+    replayed: bool = False
+    durability: str = "fast"
+
+
 class CostRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     usage: Usage

@@ -87,7 +87,8 @@ def _cost(table: PricingTable, model: str, usage: Usage, batch: bool, now: datet
         raise InvalidRequest(str(exc), field="usage.speed") from None
 
 
-def _fingerprint(value: msgspec.Struct) -> str:
+def fingerprint(value: msgspec.Struct) -> str:
+    """Identifies a request body for idempotent replays (same id, different body: conflict)."""
     return hashlib.sha256(msgspec.json.encode(value)).hexdigest()[:32]
 
 
@@ -122,7 +123,7 @@ class Engine:
             raise UnknownOrg(f"no policy defines org {org!r}")
         return policy
 
-    def _budget_slot(self, policy: OrgPolicy, b: AppliedBudget, win: PeriodWindow) -> BudgetSlot:
+    def budget_slot(self, policy: OrgPolicy, b: AppliedBudget, win: PeriodWindow) -> BudgetSlot:
         """The store's view of one applied budget in one window; the same for every request of
         that entity in that window, so it is built once (per loaded policy set)."""
         current = self.registry.current
@@ -174,7 +175,7 @@ class Engine:
         for b in applicable.budgets:
             win = window(b.rule.period, policy.tz, now)
             windows.append(win)
-            budgets.append(self._budget_slot(policy, b, win))
+            budgets.append(self.budget_slot(policy, b, win))
         amounts = {"requests": 1, "input_tokens": input_tokens, "output_tokens": output_tokens}
         buckets = tuple(
             BucketSlot(
@@ -383,7 +384,7 @@ class Engine:
         call = ReserveCall(
             org=request.org,
             reservation_id=rid,
-            fingerprint=_fingerprint(msgspec.structs.replace(request, reservation_id=None)),
+            fingerprint=fingerprint(msgspec.structs.replace(request, reservation_id=None)),
             amount=amount,
             lease_ms=lease_s * 1000,
             keep_ms=KEEP_RESOLVED_MS,
@@ -490,13 +491,13 @@ class Engine:
         priced_model, amount, lines = self._price(policy, model, request.usage, request.batch, now)
         usage = request.usage
         five, hour = usage.cache_writes
-        outcome = await self._store_call(
+        outcome = await self.store_call(
             self.store.commit(
                 CommitCall(
                     org=org,
                     reservation_id=rid,
                     cost=amount,
-                    fingerprint=_fingerprint(request),
+                    fingerprint=fingerprint(request),
                     keep_ms=KEEP_RESOLVED_MS,
                     input_tokens=usage.uncached_input + five + hour,
                     output_tokens=usage.output,
@@ -579,7 +580,7 @@ class Engine:
                 released_micros=0,
                 durability=self.store.durability,
             )
-        outcome = await self._store_call(self.store.release(org, rid, KEEP_RESOLVED_MS))
+        outcome = await self.store_call(self.store.release(org, rid, KEEP_RESOLVED_MS))
         if outcome.status == "missing":
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
         self._models.pop((org, rid), None)
@@ -607,12 +608,12 @@ class Engine:
             usage.output,
         )
         record_id = request.record_id or uuid.uuid4().hex
-        outcome = await self._store_call(
+        outcome = await self.store_call(
             self.store.record(
                 RecordCall(
                     org=request.org,
                     record_id=record_id,
-                    fingerprint=_fingerprint(msgspec.structs.replace(request, record_id=None)),
+                    fingerprint=fingerprint(msgspec.structs.replace(request, record_id=None)),
                     cost=amount,
                     keep_ms=KEEP_RESOLVED_MS,
                     budgets=limits.budgets,
@@ -670,15 +671,15 @@ class Engine:
         limits = self._limits(
             policy, Subject(org=org, user=user, feature=feature), model or "", now, 0, 0
         )
-        status = await self._store_call(self.store.status(limits.budgets, limits.buckets))
+        status = await self.store_call(self.store.status(limits.budgets, limits.buckets))
         return c.BudgetsResult(org=org, scopes=self._scopes(limits, status.budgets, status.buckets))
 
     async def expire(self, org: str, limit: int = 1000) -> tuple[int, int]:
         """Reclaim holds of ``org`` whose lease ran out (the sweep calls this per org)."""
-        return await self._store_call(self.store.expire(org, limit))
+        return await self.store_call(self.store.expire(org, limit))
 
     @staticmethod
-    async def _store_call(awaitable: Awaitable[T]) -> T:
+    async def store_call(awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except StoreUnavailable as exc:

@@ -48,3 +48,59 @@ async def test_admin_endpoints_need_an_admin_key(tmp_path: Path) -> None:
             denied = await client.get(path, headers=as_app)
             assert denied.status_code == 403
             assert denied.json()["type"].endswith("/forbidden")
+
+
+async def test_adjustments_over_http_admin_keys_of_the_org_only(tmp_path: Path) -> None:
+    admin, app_key, other = new_key(), new_key(), new_key()
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text(
+        "keys:\n"
+        + "\n".join(
+            (
+                key_line(admin, "acme", "admin", name="ops"),
+                key_line(app_key, "acme", "app"),
+                key_line(other, "globex", "admin"),
+            )
+        )
+        + "\n"
+    )
+    directory = tmp_path / "policies"
+    write_policy(directory, ACME)
+    settings = settings_for(directory, keys_file=keys_file, sweep_interval_s=5)
+    body = {
+        "org": "acme",
+        "budget": "user-day",
+        "entity": "alice",
+        "amount_micros": 250_000,
+        "reason": "support ticket 4411: usage billed outside budgetd",
+        "adjustment_id": "t-4411",
+    }
+    async with asgi_client(create_app(settings, store=embedded_store())) as client:
+        for key in (app_key, other):
+            refused = await client.post(
+                "/v1/admin/adjustments", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert refused.status_code == 403, refused.text
+        as_admin = {"Authorization": f"Bearer {admin}"}
+        made = await client.post("/v1/admin/adjustments", json=body, headers=as_admin)
+        assert made.status_code == 201, made.text
+        assert (made.json()["spent_micros"], made.json()["replayed"]) == (250_000, False)
+        replay = await client.post("/v1/admin/adjustments", json=body, headers=as_admin)
+        assert replay.json()["replayed"] and replay.json()["ledger_id"] == made.json()["ledger_id"]
+        budgets = await client.get("/v1/budgets?org=acme&user=alice", headers=as_admin)
+        user_day = next(s for s in budgets.json()["scopes"] if s["name"] == "user-day")
+        assert user_day["spent_micros"] == 250_000
+
+        too_much = await client.post(
+            "/v1/admin/adjustments",
+            json={**body, "amount_micros": -300_000, "adjustment_id": "t-2"},
+            headers=as_admin,
+        )
+        assert too_much.status_code == 422
+        problem = too_much.json()
+        assert problem["type"].endswith("/invalid-request")
+        assert problem["field"] == "amount_micros"
+        clash = await client.post(
+            "/v1/admin/adjustments", json={**body, "amount_micros": 1}, headers=as_admin
+        )
+        assert clash.status_code == 409

@@ -1,16 +1,18 @@
-"""Admin views (admin keys only): recent events with their delivery state, dead letters, and
-the scheduler's jobs."""
+"""Admin endpoints (admin keys only): recent events with their delivery state, dead letters,
+the scheduler's jobs, and adjustments of budget counters."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
-from litestar import Request, get
-from litestar.params import FromQuery
+from litestar import Request, get, post
+from litestar.params import FromQuery, JSONBody
 
-from budgetd.api.deps import caller
+from budgetd.adjustments import adjust
+from budgetd.api.deps import caller, engine_of
 from budgetd.auth import Principal
+from budgetd.contract import AdjustmentRequest, AdjustmentResult
 from budgetd.errors import Forbidden
 from budgetd.jobs.scheduler import Jobs, JobStatus
 from budgetd.store.events import EventQueue
@@ -66,4 +68,17 @@ async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
     return jobs.snapshot()
 
 
-ROUTES = [events, scheduler]
+@post(
+    "/v1/admin/adjustments",
+    status_code=201,
+    summary="Adjust one budget's spend in its current period (refund, credit, outside charge)",
+)
+async def adjustments(
+    data: JSONBody[AdjustmentRequest], request: Request[Any, Any, Any]
+) -> AdjustmentResult:
+    principal = caller(request)
+    _admin(principal, data.org)
+    return await adjust(engine_of(request), data, actor=f"{principal.role}:{principal.name}")
+
+
+ROUTES = [events, scheduler, adjustments]

@@ -35,8 +35,14 @@ def parse(entry_id: str, fields: dict[str, str]) -> Spend:
 async def since(
     store: ScriptStore, org: str, since_ms: int, until_ms: int | None = None
 ) -> list[Spend]:
-    """The org's ledger entries in [since, until), as spends, oldest first."""
-    return [parse(i, f) async for i, f in ledger.entries(store, org, since_ms, until_ms)]
+    """The org's usage in [since, until), oldest first: commits and records. Adjustments are
+    an admin's corrections, not a rate of use, so forecasts, spikes and top lists skip them
+    (the counters, which the limits and the org's period total read, include them)."""
+    return [
+        parse(i, f)
+        async for i, f in ledger.entries(store, org, since_ms, until_ms)
+        if f.get("kind") != "adjustment"
+    ]
 
 
 def entity_of(spend: Spend, scope: str, org: str) -> str:

@@ -65,7 +65,8 @@ def _entity(scope: Scope, subject: Subject, match: str) -> str | None:
     return name
 
 
-def _budget(rule: BudgetRule, subject: Subject) -> AppliedBudget | None:
+def applied_budget(rule: BudgetRule, subject: Subject) -> AppliedBudget | None:
+    """The counter ``rule`` keeps for this subject, with its limit; None if it does not apply."""
     entity = _entity(rule.scope, subject, rule.match)
     if entity is None:
         return None
@@ -104,7 +105,7 @@ def resolve(policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
     for, so an alias (``opus-latest``) cannot slip past a ``claude-opus-*`` limit.
     """
     budgets = tuple(
-        applied for rule in policy.budgets if (applied := _budget(rule, subject)) is not None
+        applied for rule in policy.budgets if (applied := applied_budget(rule, subject)) is not None
     )
     priced = policy.pricing.models.get(model)
     models = (model,) if priced is None or priced.id == model else (model, priced.id)

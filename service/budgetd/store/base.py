@@ -133,6 +133,24 @@ class RecordOutcome(msgspec.Struct, frozen=True, kw_only=True):
     ledger_id: str = ""
 
 
+class AdjustCall(msgspec.Struct, frozen=True, kw_only=True):
+    org: str
+    adjustment_id: str
+    fingerprint: str
+    amount: int
+    """Micros added to the budget's current counter; negative for a credit."""
+    keep_ms: int
+    budget: BudgetSlot
+    ledger_fields: tuple[tuple[str, str], ...]
+
+
+class AdjustOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["adjusted", "replay", "conflict", "negative"]
+    ledger_id: str = ""
+    spent: int = 0
+    """The counter's spend after the adjustment (``negative``: before it, unchanged)."""
+
+
 class StatusOutcome(msgspec.Struct, frozen=True, kw_only=True):
     now_ms: int
     budgets: tuple[tuple[int, int], ...]
@@ -160,6 +178,7 @@ class Store(Protocol):
     async def release(self, org: str, reservation_id: str, keep_ms: int) -> ReleaseOutcome: ...
     async def expire(self, org: str, limit: int) -> tuple[int, int]: ...
     async def record(self, call: RecordCall) -> RecordOutcome: ...
+    async def adjust(self, call: AdjustCall) -> AdjustOutcome: ...
     async def status(
         self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]
     ) -> StatusOutcome: ...

@@ -53,7 +53,7 @@ def holds(org: str) -> str:
 
 
 def ledger(org: str) -> str:
-    """Stream of settled entries (commits and records)."""
+    """Stream of settled entries (commits, records and adjustments)."""
     return f"{tag(org)}:ledger"
 
 
@@ -65,3 +65,8 @@ def ledger_archive(org: str) -> str:
 def usage_record(org: str, record_id: str) -> str:
     """Idempotency record of one reservation-less usage record."""
     return f"{tag(org)}:u:{record_id}"
+
+
+def adjustment(org: str, adjustment_id: str) -> str:
+    """Idempotency record of one admin adjustment."""
+    return f"{tag(org)}:adj:{adjustment_id}"

@@ -15,6 +15,8 @@ from redis.commands.core import AsyncScript
 
 from budgetd.store import keys
 from budgetd.store.base import (
+    AdjustCall,
+    AdjustOutcome,
     BucketSlot,
     BudgetLabel,
     BudgetSlot,
@@ -83,8 +85,11 @@ def _denials(rows: Sequence[Sequence[Any]]) -> tuple[Denial, ...]:
 
 
 def _plan_budget(b: BudgetSlot) -> dict[str, object]:
+    """A budget as the scripts read it (lib.lua: the plan). A rolling budget also carries the
+    period ids of its window's earlier sub-buckets, so commit, release, record and adjust see
+    the whole window's spend when they decide which thresholds a change crosses."""
     label = b.label or BudgetLabel(name="", scope="", entity="", period="")
-    return {
+    entry = {
         "h": b.held_key,
         "c": b.charge_key,
         "x": b.expire_at_ms,
@@ -97,6 +102,10 @@ def _plan_budget(b: BudgetSlot) -> dict[str, object]:
         "p": label.period,
         "pe": label.period_end_ms,
     }
+    if len(b.spent_keys) > 1:
+        base = len(b.charge_key) - len(label.period)
+        entry["ps"] = [key[base:] for key in b.spent_keys[:-1]]
+    return entry
 
 
 def _plan(call: ReserveCall) -> str:
@@ -364,26 +373,51 @@ class ScriptStore:
         return int(reclaimed), int(remaining)
 
     async def record(self, call: RecordCall) -> RecordOutcome:
-        key_list = [keys.usage_record(call.org, call.record_id), keys.ledger(call.org)]
+        key_list = [
+            keys.usage_record(call.org, call.record_id),
+            keys.ledger(call.org),
+            keys.events(call.org),
+        ]
         args: list[str | int] = [
             call.record_id,
             call.fingerprint,
             call.cost,
             call.keep_ms,
-            len(call.budgets),
+            msgspec.json.encode([_plan_budget(b) for b in call.budgets]).decode(),
+            keys.org_prefix(call.org),
             len(call.buckets),
             len(call.ledger_fields),
         ]
-        for b in call.budgets:
-            key_list.append(b.charge_key)
-            args.append(b.expire_at_ms)
         for t in call.buckets:
             key_list.append(t.key)
             args += [t.per_minute, t.capacity, t.amount]
         for field, value in call.ledger_fields:
             args += [field, value]
-        status, ledger_id, _ = await self.run_script("record", key_list, args)
+        status, ledger_id = await self.run_script("record", key_list, args)
         return RecordOutcome(status=status, ledger_id=str(ledger_id))
+
+    async def adjust(self, call: AdjustCall) -> AdjustOutcome:
+        args: list[str | int] = [
+            call.adjustment_id,
+            call.fingerprint,
+            call.amount,
+            call.keep_ms,
+            msgspec.json.encode(_plan_budget(call.budget)).decode(),
+            keys.org_prefix(call.org),
+            len(call.ledger_fields),
+        ]
+        for field, value in call.ledger_fields:
+            args += [field, value]
+        status, ledger_id, spent = await self.run_script(
+            "adjust",
+            [
+                keys.adjustment(call.org, call.adjustment_id),
+                keys.ledger(call.org),
+                keys.events(call.org),
+            ],
+            args,
+        )
+        return AdjustOutcome(status=status, ledger_id=str(ledger_id), spent=int(spent))
 
     async def status(
         self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]

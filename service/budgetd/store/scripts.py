@@ -6,7 +6,17 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-SCRIPT_NAMES = ("reserve", "commit", "release", "expire", "record", "status", "emit", "trim")
+SCRIPT_NAMES = (
+    "reserve",
+    "commit",
+    "release",
+    "expire",
+    "record",
+    "adjust",
+    "status",
+    "emit",
+    "trim",
+)
 
 
 def _read(name: str) -> str:

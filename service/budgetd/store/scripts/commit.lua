@@ -52,11 +52,10 @@ if holding and late == 0 then
 end
 local candidates = {}
 for _, b in ipairs(plan.b) do
-  local spent = tonumber(redis.call('HGET', b.c, 'spent') or '0')
-  local held = tonumber(redis.call('HGET', b.h, 'held') or '0')
+  local used = budget_used(b)
   local freed = 0
   if holding then freed = plan.a end
-  budget_events(candidates, b, spent + held, spent + held + cost - freed, now, rid)
+  budget_events(candidates, b, used, used + cost - freed, now, rid)
 end
 if overrun == 1 then
   local b = plan.b[1]

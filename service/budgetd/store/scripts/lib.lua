@@ -10,6 +10,9 @@
 --     hold touched: {a = amount, b = {{h = held key, c = charge key, x = expire-at ms}},
 --     t = {{k = key, r = per minute, c = capacity, n = amount, q = kind}}}. All of those keys
 --     carry the org's hash tag, so they share the slot of the reservation key itself.
+--     A rolling budget's entry also names its window's earlier sub-buckets: `ps`, their period
+--     ids; each counter key is the charge key with its period id (`p`) swapped for one of them.
+--     record.lua and adjust.lua take budget entries of the same shape.
 
 local SCALE = 60000
 
@@ -85,12 +88,41 @@ local function touch(keys_list)
   end
 end
 
-local function plan_keys(plan)
+-- Counter keys of a budget entry's earlier sub-buckets (none for a calendar period).
+local function window_keys(b)
   local out = {}
-  for _, b in ipairs(plan.b) do
+  if b.ps then
+    local base = string.sub(b.c, 1, #b.c - #b.p)
+    for _, p in ipairs(b.ps) do
+      table.insert(out, base .. p)
+    end
+  end
+  return out
+end
+
+-- What a budget entry has used in its whole window: spent in every sub-bucket, plus held.
+local function budget_used(b)
+  local used = tonumber(redis.call('HGET', b.c, 'spent') or '0')
+    + tonumber(redis.call('HGET', b.h, 'held') or '0')
+  for _, k in ipairs(window_keys(b)) do
+    used = used + tonumber(redis.call('HGET', k, 'spent') or '0')
+  end
+  return used
+end
+
+local function budget_keys(out, budgets)
+  for _, b in ipairs(budgets) do
     table.insert(out, b.h)
     table.insert(out, b.c)
+    for _, k in ipairs(window_keys(b)) do
+      table.insert(out, k)
+    end
   end
+  return out
+end
+
+local function plan_keys(plan)
+  local out = budget_keys({}, plan.b)
   for _, t in ipairs(plan.t) do
     table.insert(out, t.k)
   end

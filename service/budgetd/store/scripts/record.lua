@@ -1,46 +1,58 @@
 -- record.lua: charge usage that had no reservation (batch results, Agent SDK totals).
 --
--- KEYS[1] idempotency record   KEYS[2] org's ledger stream
--- KEYS[3..] per budget: its charge key; then one key per bucket
+-- KEYS[1] idempotency record   KEYS[2] org's ledger stream   KEYS[3] org's event stream
+-- KEYS[4..] one key per bucket
 -- ARGV[1] record id   ARGV[2] fingerprint   ARGV[3] cost (micros)   ARGV[4] record ttl ms
--- ARGV[5] budget count B   ARGV[6] bucket count T   ARGV[7] ledger field count F
--- then per budget: expire-at ms; per bucket: per minute, capacity, tokens used;
--- then F ledger field/value pairs
+-- ARGV[5] budget entries JSON (lib.lua: the plan's `b`)   ARGV[6] org key prefix
+-- ARGV[7] bucket count T   ARGV[8] ledger field count F
+-- then per bucket: per minute, capacity, tokens used; then F ledger field/value pairs
 --
--- Returns {status, ledger_id, stored}
---   status: 'recorded' | 'replay' | 'conflict'; stored: the ledger id of the first recording
--- Spend already happened, so nothing is checked: it is recorded even past a limit.
+-- Returns {status, ledger_id}
+--   status: 'recorded' | 'replay' | 'conflict'; on a replay, the ledger id of the first recording
+-- Spend already happened, so nothing is checked: it is recorded even past a limit. The
+-- thresholds it crosses are emitted, as a commit's are.
 
-local idem, ledger = KEYS[1], KEYS[2]
+local idem, ledger, events = KEYS[1], KEYS[2], KEYS[3]
 local rid, fp, cost = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local nb, nt, nf = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local budgets = cjson.decode(ARGV[5])
+local tag_prefix = ARGV[6]
+local nt, nf = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = now_ms()
 
 local prior = redis.call('HMGET', idem, 'fp', 'res')
 if prior[1] then
   if prior[1] ~= fp then
-    return {'conflict', '', ''}
+    return {'conflict', ''}
   end
-  return {'replay', prior[2], prior[2]}
+  return {'replay', prior[2]}
 end
 
-local k, a = 3, 8
-for i = 1, nb do
-  redis.call('HINCRBY', KEYS[k], 'spent', int(cost))
-  redis.call('PEXPIREAT', KEYS[k], keep_until(tonumber(ARGV[a])))
-  k = k + 1
-  a = a + 1
+-- Everything is read and decided before the first write.
+local candidates = {}
+for _, b in ipairs(budgets) do
+  local used = budget_used(b)
+  budget_events(candidates, b, used, used + cost, now, rid)
 end
+touch_markers(tag_prefix, candidates)
+local bucket_keys = {}
 for i = 1, nt do
-  local t = {k = KEYS[k], r = tonumber(ARGV[a]), c = tonumber(ARGV[a + 1])}
+  bucket_keys[i] = KEYS[3 + i]
+end
+touch(bucket_keys)
+
+local charged = {}
+for i, b in ipairs(budgets) do
+  redis.call('HINCRBY', b.c, 'spent', int(cost))
+  redis.call('PEXPIREAT', b.c, keep_until(b.x))
+  charged[i] = b.c
+end
+local a = 9
+for i = 1, nt do
+  local t = {k = KEYS[3 + i], r = tonumber(ARGV[a]), c = tonumber(ARGV[a + 1])}
   bucket_adjust(t, -tonumber(ARGV[a + 2]), now)
-  k = k + 1
   a = a + 3
 end
-local charged = {}
-for i = 1, nb do
-  charged[i] = KEYS[2 + i]
-end
+emit_all(events, tag_prefix, candidates)
 local fields = {'kind', 'record', 'reservation_id', rid, 'cost_micros', int(cost), 'at_ms', int(now),
   'charged', table.concat(charged, ' ')}
 for i = a, a + 2 * nf - 1 do
@@ -49,4 +61,4 @@ end
 local id = redis.call('XADD', ledger, '*', unpack(fields))
 redis.call('HSET', idem, 'fp', fp, 'res', id)
 redis.call('PEXPIRE', idem, int(tonumber(ARGV[4])))
-return {'recorded', id, id}
+return {'recorded', id}

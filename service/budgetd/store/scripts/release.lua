@@ -29,8 +29,7 @@ if now > tonumber(r[3]) then
 end
 local candidates = {}
 for _, b in ipairs(plan.b) do
-  local used = tonumber(redis.call('HGET', b.c, 'spent') or '0')
-    + tonumber(redis.call('HGET', b.h, 'held') or '0')
+  local used = budget_used(b)
   budget_events(candidates, b, used, used - plan.a, now, ARGV[1])
 end
 touch_markers(ARGV[3], candidates)

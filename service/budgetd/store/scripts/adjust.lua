@@ -1,0 +1,51 @@
+-- adjust.lua: an admin's correction of one budget counter (a refund, a credit, a charge made
+-- outside budgetd), in the same script as its ledger entry, exactly once per adjustment id.
+--
+-- KEYS[1] idempotency record   KEYS[2] org's ledger stream   KEYS[3] org's event stream
+-- ARGV[1] adjustment id   ARGV[2] fingerprint   ARGV[3] amount (micros; negative = credit)
+-- ARGV[4] record ttl ms   ARGV[5] budget entry JSON (lib.lua: one of the plan's `b`)
+-- ARGV[6] org key prefix  ARGV[7] ledger field count F; then F ledger field/value pairs
+--
+-- Returns {status, ledger_id, spent}
+--   status: 'adjusted' | 'replay' | 'conflict' | 'negative'
+--   spent: the counter's spend after the adjustment ('negative': before it, unchanged)
+-- A credit may not take the counter below zero: a rolling window would otherwise gain room
+-- once the spend it offsets aged out. No limit is checked: the correction is the admin's call.
+-- Thresholds it crosses are emitted, as a commit's are.
+
+local idem, ledger, events = KEYS[1], KEYS[2], KEYS[3]
+local aid, fp, amount = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local b = cjson.decode(ARGV[5])
+local tag_prefix = ARGV[6]
+local nf = tonumber(ARGV[7])
+local now = now_ms()
+
+local prior = redis.call('HMGET', idem, 'fp', 'res', 'spent')
+if prior[1] then
+  if prior[1] ~= fp then
+    return {'conflict', '', 0}
+  end
+  return {'replay', prior[2], tonumber(prior[3])}
+end
+
+local spent = tonumber(redis.call('HGET', b.c, 'spent') or '0')
+if spent + amount < 0 then
+  return {'negative', '', spent}
+end
+local candidates = {}
+local used = budget_used(b)
+budget_events(candidates, b, used, used + amount, now, aid)
+touch_markers(tag_prefix, candidates)
+
+redis.call('HINCRBY', b.c, 'spent', int(amount))
+redis.call('PEXPIREAT', b.c, keep_until(b.x))
+emit_all(events, tag_prefix, candidates)
+local fields = {'kind', 'adjustment', 'reservation_id', aid, 'cost_micros', int(amount),
+  'at_ms', int(now), 'charged', b.c}
+for i = 8, 7 + 2 * nf do
+  table.insert(fields, ARGV[i])
+end
+local id = redis.call('XADD', ledger, '*', unpack(fields))
+redis.call('HSET', idem, 'fp', fp, 'res', id, 'spent', int(spent + amount))
+redis.call('PEXPIRE', idem, int(tonumber(ARGV[4])))
+return {'adjusted', id, spent + amount}
