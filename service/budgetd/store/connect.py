@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterError
 from redis.typing import EncodableT
 
+from budgetd.store.node_pipelines import NodePipelines
 from budgetd.store.pipeline import ScriptPipeline
 from budgetd.store.scripted import ScriptStore
 
@@ -89,7 +90,12 @@ def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) 
                 reinitialize_steps=0,
                 **common,
             )
-            return ScriptStore(cluster, description=f"redis cluster {plain}", timeout_s=timeout_s)
+            return ScriptStore(
+                cluster,
+                description=f"redis cluster {plain}",
+                timeout_s=timeout_s,
+                node_pipelines=_node_pipelines(cluster, plain, timeout_s),
+            )
     # A blocking pool: past ``max_connections`` a call waits (within its timeout) for a free
     # connection instead of failing, so a burst of requests queues rather than erroring.
     pool = BlockingConnectionPool.from_url(
@@ -110,6 +116,19 @@ def _pipeline(url: str, timeout_s: float) -> ScriptPipeline | None:
         parsed.hostname,
         parsed.port or 6379,
         db=int(parsed.path.lstrip("/") or 0),
+        username=unquote(parsed.username) if parsed.username else None,
+        password=unquote(parsed.password) if parsed.password else None,
+        connect_timeout_s=timeout_s,
+    )
+
+
+def _node_pipelines(cluster: RedisCluster, url: str, timeout_s: float) -> NodePipelines | None:
+    """The pipelined hot path per primary, for plain-TCP clusters (TLS stays on redis-py)."""
+    parsed = urlsplit(url)
+    if parsed.scheme != "redis":
+        return None
+    return NodePipelines(
+        cluster,
         username=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
         connect_timeout_s=timeout_s,

@@ -22,6 +22,8 @@ import hiredis
 
 from budgetd.store.base import StoreUnavailable
 
+CONNECTION_NAME = "budgetd-pipeline"
+
 
 def _pack(*parts: Any) -> bytes:
     """One command in RESP, packed in C."""
@@ -116,9 +118,13 @@ class ScriptPipeline:
                         setup.append(made.send(_pack(*auth)))
                     if self.db:
                         setup.append(made.send(_pack("SELECT", self.db)))
+                    # Named, so operators (and tests) can tell it apart in CLIENT LIST. An ACL
+                    # user without CLIENT SETNAME still connects: that reply is not checked.
+                    named = made.send(_pack("CLIENT", "SETNAME", CONNECTION_NAME))
                     for reply in await asyncio.gather(*setup):
                         if isinstance(reply, hiredis.ReplyError):
                             raise StoreUnavailable(f"redis refused the connection: {reply}")
+                    await named
             except (OSError, TimeoutError) as exc:
                 raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
             self._protocol = made

@@ -33,7 +33,8 @@ from budgetd.store.base import (
     StatusOutcome,
     StoreUnavailable,
 )
-from budgetd.store.pipeline import ScriptPipeline
+from budgetd.store.node_pipelines import NodePipelines
+from budgetd.store.pipeline import ScriptError, ScriptPipeline
 from budgetd.store.scripts import SCRIPT_NAMES, source
 
 Client = Redis | RedisCluster
@@ -143,10 +144,13 @@ class ScriptStore:
         timeout_s: float = 1.0,
         durability: Durability = "fast",
         pipeline: ScriptPipeline | None = None,
+        node_pipelines: NodePipelines | None = None,
     ) -> None:
         self.client = client
         self.pipeline = pipeline
         """Hot path for script calls on a single server (see store/pipeline.py)."""
+        self.node_pipelines = node_pipelines
+        """Hot path for script calls on a cluster (see store/node_pipelines.py)."""
         self._node_clients: dict[str, Redis] = {}
         """Strict mode on a cluster: one plain client per primary, for script + WAITAOF."""
         self.description = description
@@ -186,6 +190,19 @@ class ScriptStore:
         if self.pipeline is not None:
             script = self._scripts[name]
             return await self.pipeline.call(script.sha, source(name), list(keys_), list(args))
+        if self.node_pipelines is not None and keys_:
+            node = self.node_pipelines.for_key(keys_[0])
+            if node is not None:
+                try:
+                    return await node.call(
+                        self._scripts[name].sha, source(name), list(keys_), list(args)
+                    )
+                except StoreUnavailable:
+                    self.node_pipelines.lost(node)
+                except ScriptError:
+                    pass
+                # Not run, or run and safe to run again: redis-py follows the cluster from here
+                # (node_pipelines.py says why).
         return await self._scripts[name](keys=list(keys_), args=list(args))
 
     async def _run_durably(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
@@ -477,6 +494,8 @@ class ScriptStore:
     async def close(self) -> None:
         if self.pipeline is not None:
             await self.pipeline.close()
+        if self.node_pipelines is not None:
+            await self.node_pipelines.close()
         for node in self._node_clients.values():
             await node.aclose()
         await self.client.aclose()
