@@ -1,15 +1,22 @@
-"""The hot path to a single Redis server: one connection, every script call pipelined on it.
+"""The hot path to Redis: one connection per server, every script call pipelined on it (used for
+a single server, and per primary on a cluster by ``node_pipelines.py``).
 
 redis-py takes a pooled connection per call, packs the command in Python and waits for the reply
 before the connection is reused: most of a reserve's Redis cost was that bookkeeping, not Redis.
-Here each call is packed by hiredis (C), appended to a write buffer that is flushed once per
-event-loop turn, and answered from one read stream: Redis replies to a connection's commands in
-order, so a FIFO of futures pairs each reply with its call. Concurrent requests thus share one
-write and one read per loop turn (coalescing), and a call costs one round trip at most.
+Here each call is packed by hiredis (C) and written at once, without waiting for the replies of
+the calls before it; replies come back on one read stream, in order (Redis answers a
+connection's commands in order), so a FIFO of futures pairs each reply with its call. A call
+costs one round trip at most, and several in flight share the reads.
+
+Writing at once, rather than gathering a loop turn's calls into one write, lets Redis run the
+first script while the service still prepares the next: with 8 requests in flight, gathering made
+them travel as a convoy (the service idle while Redis ran all eight, then Redis idle), and
+``bench/reserve_commit.py`` did 1,300 pairs/s against 1,690 writing at once, at the same CPU
+per request.
 
 A call whose caller gave up (timeout, cancellation) keeps its place in the FIFO, so the replies
 after it still go to the right callers. A lost connection fails every call in flight; the next
-call reconnects. Plain TCP only (no TLS, no cluster): ``connect.py`` falls back to redis-py there.
+call reconnects. Plain TCP only: ``connect.py`` leaves TLS and sockets to redis-py.
 """
 
 from __future__ import annotations
@@ -36,8 +43,6 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(encoding="utf-8")
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
-        self.buffer: list[bytes] = []
-        self.flush_scheduled = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,17 +67,9 @@ class _Protocol(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting.append(future)
-        self.buffer.append(packed)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        if self.transport is not None:
+            self.transport.write(packed)
         return future
-
-    def flush(self) -> None:
-        self.flush_scheduled = False
-        if self.transport is not None and self.buffer:
-            self.transport.write(b"".join(self.buffer))
-        self.buffer.clear()
 
 
 class ScriptPipeline:
