@@ -91,7 +91,7 @@ async def adjust(engine: Engine, request: c.AdjustmentRequest, actor: str) -> c.
         ledger_id=outcome.ledger_id,
         budget=applied.rule.name,
         entity=applied.entity,
-        period=win.charge_id,
+        period=outcome.period,
         amount_micros=request.amount_micros,
         spent_micros=outcome.spent,
         replayed=outcome.status == "replay",

@@ -4,10 +4,13 @@ and a trim."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from budgetd import ledger
 from budgetd.adjustments import adjust
+from budgetd.clock import FrozenClock
 from budgetd.contract import AdjustmentRequest, CommitRequest, Grant, ReserveRequest
 from budgetd.engine import Engine
 from budgetd.errors import Conflict, InvalidRequest
@@ -79,6 +82,16 @@ async def test_an_adjustment_resolves_once_per_id(engine: Engine) -> None:
     with pytest.raises(Conflict):
         await adjust(engine, _adj(-300, adjustment_id="a1"), ADMIN)
     assert (await _spent(engine))["user-day"] == 700
+
+
+async def test_a_replay_after_the_period_rolled_answers_as_the_first_call(
+    engine: Engine, clock: FrozenClock
+) -> None:
+    first = await adjust(engine, _adj(300, adjustment_id="a1"), ADMIN)
+    clock.advance(timedelta(days=1))
+    again = await adjust(engine, _adj(300, adjustment_id="a1"), ADMIN)
+    assert again.replayed and (again.period, again.spent_micros) == (first.period, 300)
+    assert (await _spent(engine))["user-day"] == 0  # the new day's counter did not move
 
 
 async def test_a_credit_never_takes_a_counter_below_zero(

@@ -6,7 +6,14 @@ from collections.abc import Iterator
 
 import httpx2
 import pytest
-from budgetd_client import Budget, BudgetdClient, BudgetExceeded, ServiceUnavailable, guard
+from budgetd_client import (
+    Budget,
+    BudgetdClient,
+    BudgetExceeded,
+    InvalidRequest,
+    ServiceUnavailable,
+    guard,
+)
 
 from conftest import COST, HAIKU, USAGE, FakeMessagesAPI, cost_with_output
 
@@ -92,3 +99,23 @@ def test_sync_fail_modes_with_nobody_listening(dead_url: str, fake_api: FakeMess
     assert message.usage.output_tokens == 200
     assert len(fake_api.calls) == 1
     assert (opened.stats.failed_open, opened.stats.unrecorded) == (1, 1)
+
+
+def test_admin_adjustment_moves_one_budget_once(client: BudgetdClient) -> None:
+    first = client.adjust(
+        budget="user-day", entity="carol", amount_micros=1_500, reason="outside charge"
+    )
+    assert (first.spent_micros, first.replayed) == (1_500, False)
+    again = client.adjust(
+        budget="user-day",
+        entity="carol",
+        amount_micros=1_500,
+        reason="outside charge",
+        adjustment_id=first.adjustment_id,
+    )
+    assert again.replayed and again.ledger_id == first.ledger_id
+    assert user_day(client, "carol") == (1_500, 0)
+    with pytest.raises(InvalidRequest) as refused:
+        client.adjust(budget="user-day", entity="carol", amount_micros=-2_000, reason="refund")
+    assert refused.value.field == "amount_micros"
+    assert user_day(client, "carol") == (1_500, 0)

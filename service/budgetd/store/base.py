@@ -149,6 +149,8 @@ class AdjustOutcome(msgspec.Struct, frozen=True, kw_only=True):
     ledger_id: str = ""
     spent: int = 0
     """The counter's spend after the adjustment (``negative``: before it, unchanged)."""
+    period: str = ""
+    """The period id of the counter that moved (on a replay: the first call's)."""
 
 
 class StatusOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -425,7 +425,7 @@ class ScriptStore:
         ]
         for field, value in call.ledger_fields:
             args += [field, value]
-        status, ledger_id, spent = await self.run_script(
+        status, ledger_id, spent, period = await self.run_script(
             "adjust",
             [
                 keys.adjustment(call.org, call.adjustment_id),
@@ -434,7 +434,9 @@ class ScriptStore:
             ],
             args,
         )
-        return AdjustOutcome(status=status, ledger_id=str(ledger_id), spent=int(spent))
+        return AdjustOutcome(
+            status=status, ledger_id=str(ledger_id), spent=int(spent), period=str(period)
+        )
 
     async def status(
         self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]

@@ -37,6 +37,7 @@ from budgetd_client.reservation import (
     scope,
 )
 from budgetd_client.types import (
+    AdjustmentResult,
     BudgetsResult,
     CommitResult,
     CostResult,
@@ -51,6 +52,7 @@ from budgetd_client.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdjustmentResult",
     "AgentRecord",
     "AsyncBudget",
     "AsyncBudgetdClient",

@@ -27,6 +27,7 @@ from budgetd_client._core import (
 )
 from budgetd_client.errors import NotFound, ServiceUnavailable
 from budgetd_client.types import (
+    AdjustmentResult,
     BudgetsResult,
     CommitResult,
     CostResult,
@@ -284,6 +285,29 @@ class BudgetdClient(Base):
         )
         return self._call("POST", "/v1/usage", RecordResult, body=body)
 
+    def adjust(
+        self,
+        *,
+        budget: str,
+        amount_micros: int,
+        reason: str,
+        entity: str | None = None,
+        org: str | None = None,
+        adjustment_id: str | None = None,
+    ) -> AdjustmentResult:
+        """Admin keys: move one budget's spend in its current period by ``amount_micros``
+        (negative for a refund or credit), with a ledger entry saying why. The same
+        ``adjustment_id`` adjusts once; one is generated when None, so retries are safe."""
+        body = body_of(
+            org=self._org(org),
+            budget=budget,
+            entity=entity,
+            amount_micros=amount_micros,
+            reason=reason,
+            adjustment_id=adjustment_id or new_id(),
+        )
+        return self._call("POST", "/v1/admin/adjustments", AdjustmentResult, body=body)
+
     def cost(
         self, *, model: str, usage: Any, batch: bool = False, org: str | None = None
     ) -> CostResult:
@@ -525,6 +549,27 @@ class AsyncBudgetdClient(Base):
             cost_micros=cost_micros,
         )
         return await self._call("POST", "/v1/usage", RecordResult, body=body)
+
+    async def adjust(
+        self,
+        *,
+        budget: str,
+        amount_micros: int,
+        reason: str,
+        entity: str | None = None,
+        org: str | None = None,
+        adjustment_id: str | None = None,
+    ) -> AdjustmentResult:
+        """See :meth:`BudgetdClient.adjust`."""
+        body = body_of(
+            org=self._org(org),
+            budget=budget,
+            entity=entity,
+            amount_micros=amount_micros,
+            reason=reason,
+            adjustment_id=adjustment_id or new_id(),
+        )
+        return await self._call("POST", "/v1/admin/adjustments", AdjustmentResult, body=body)
 
     async def cost(
         self, *, model: str, usage: Any, batch: bool = False, org: str | None = None

@@ -104,6 +104,19 @@ class RecordResult(msgspec.Struct, frozen=True, kw_only=True):
     """What budgetd's price table says the usage costs (services before 0.1 omit it)."""
 
 
+class AdjustmentResult(msgspec.Struct, frozen=True, kw_only=True):
+    adjustment_id: str
+    ledger_id: str
+    budget: str
+    entity: str
+    period: str
+    """The period (or rolling sub-bucket) whose counter moved."""
+    amount_micros: int
+    spent_micros: int
+    """That counter's spend after the adjustment."""
+    replayed: bool = False
+
+
 class CostLine(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     quantity: int

@@ -6,9 +6,10 @@
 -- ARGV[4] record ttl ms   ARGV[5] budget entry JSON (lib.lua: one of the plan's `b`)
 -- ARGV[6] org key prefix  ARGV[7] ledger field count F; then F ledger field/value pairs
 --
--- Returns {status, ledger_id, spent}
+-- Returns {status, ledger_id, spent, period}
 --   status: 'adjusted' | 'replay' | 'conflict' | 'negative'
 --   spent: the counter's spend after the adjustment ('negative': before it, unchanged)
+--   period: the period id of the counter that moved (on a replay: the first call's)
 -- A credit may not take the counter below zero: a rolling window would otherwise gain room
 -- once the spend it offsets aged out. No limit is checked: the correction is the admin's call.
 -- Thresholds it crosses are emitted, as a commit's are.
@@ -20,17 +21,17 @@ local tag_prefix = ARGV[6]
 local nf = tonumber(ARGV[7])
 local now = now_ms()
 
-local prior = redis.call('HMGET', idem, 'fp', 'res', 'spent')
+local prior = redis.call('HMGET', idem, 'fp', 'res', 'spent', 'p')
 if prior[1] then
   if prior[1] ~= fp then
-    return {'conflict', '', 0}
+    return {'conflict', '', 0, ''}
   end
-  return {'replay', prior[2], tonumber(prior[3])}
+  return {'replay', prior[2], tonumber(prior[3]), prior[4]}
 end
 
 local spent = tonumber(redis.call('HGET', b.c, 'spent') or '0')
 if spent + amount < 0 then
-  return {'negative', '', spent}
+  return {'negative', '', spent, b.p}
 end
 local candidates = {}
 local used = budget_used(b)
@@ -46,6 +47,6 @@ for i = 8, 7 + 2 * nf do
   table.insert(fields, ARGV[i])
 end
 local id = redis.call('XADD', ledger, '*', unpack(fields))
-redis.call('HSET', idem, 'fp', fp, 'res', id, 'spent', int(spent + amount))
+redis.call('HSET', idem, 'fp', fp, 'res', id, 'spent', int(spent + amount), 'p', b.p)
 redis.call('PEXPIRE', idem, int(tonumber(ARGV[4])))
-return {'adjusted', id, spent + amount}
+return {'adjusted', id, spent + amount, b.p}
