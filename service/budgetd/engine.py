@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 KEEP_RESOLVED_MS = int(timedelta(days=7).total_seconds() * 1000)
 """How long a reservation or usage record stays for idempotent replays."""
 DEGRADED_PREFIX = "deg."
+CACHE_BOUND = 20_000
+"""Entries per engine cache (resolutions, budget slots): a few kB each at most; past the bound
+the cache starts over, which costs a rebuild per entry, not correctness."""
 T = TypeVar("T")
 _BUCKET_KIND = {"requests": "requests", "input_tokens": "input", "output_tokens": "output"}
 
@@ -110,10 +113,16 @@ class Engine:
         self.store = store
         self.clock = clock
         self.metrics = metrics
+        # Per loaded policy set (both are cleared when it changes): what applies to a subject
+        # and model, and the store's view of each budget in each window.
+        self._resolved: dict[tuple[str, str | None, str | None, str], Applicable] = {}
         self._slots: dict[tuple[str, str, str, int, str], BudgetSlot] = {}
-        self._slots_for: object = None
+        self._caches_for: object = None
         # reservation id → model, so most commits need no extra read to know what to price.
         self._models: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # Bound once: labels() is a locked dict lookup on every call.
+        self._reserved = {r: metrics.reservations.labels(result=r) for r in ("granted", "replay")}
+        self._committed = {o: metrics.commits.labels(overrun=str(o).lower()) for o in (True, False)}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -123,13 +132,29 @@ class Engine:
             raise UnknownOrg(f"no policy defines org {org!r}")
         return policy
 
+    def _caches_current(self) -> None:
+        current = self.registry.current
+        if self._caches_for is not current:
+            self._resolved.clear()
+            self._slots.clear()
+            self._caches_for = current
+
+    def _applicable(self, policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
+        """``resolve``, remembered per subject and model (per loaded policy set)."""
+        self._caches_current()
+        key = (policy.org, subject.user, subject.feature, model)
+        found = self._resolved.get(key)
+        if found is None:
+            found = resolve(policy, subject, model)
+            if len(self._resolved) >= CACHE_BOUND:
+                self._resolved.clear()  # a crude bound, as for the slots
+            self._resolved[key] = found
+        return found
+
     def budget_slot(self, policy: OrgPolicy, b: AppliedBudget, win: PeriodWindow) -> BudgetSlot:
         """The store's view of one applied budget in one window; the same for every request of
         that entity in that window, so it is built once (per loaded policy set)."""
-        current = self.registry.current
-        if self._slots_for is not current:
-            self._slots.clear()
-            self._slots_for = current
+        self._caches_current()
         cache_key = (policy.org, b.rule.name, b.entity, b.limit, win.charge_id)
         slot = self._slots.get(cache_key)
         if slot is not None:
@@ -155,7 +180,7 @@ class Engine:
             ),
             expire_at_ms=_ms(win.expire_at),
         )
-        if len(self._slots) >= 100_000:
+        if len(self._slots) >= CACHE_BOUND:
             self._slots.clear()  # a crude bound: rebuilding is cheap, memory is not
         self._slots[cache_key] = slot
         return slot
@@ -169,7 +194,7 @@ class Engine:
         input_tokens: int,
         output_tokens: int,
     ) -> _Limits:
-        applicable = resolve(policy, subject, model)
+        applicable = self._applicable(policy, subject, model)
         windows: list[PeriodWindow] = []
         budgets: list[BudgetSlot] = []
         for b in applicable.budgets:
@@ -404,7 +429,7 @@ class Engine:
             return self._denied(limits, outcome, amount, now)
         self._remember_model(request.org, rid, model)
         replayed = outcome.status == "replay"
-        self.metrics.reservations.labels(result="replay" if replayed else "granted").inc()
+        self._reserved["replay" if replayed else "granted"].inc()
         return c.Grant(
             reservation_id=rid,
             held_micros=amount,
@@ -520,7 +545,7 @@ class Engine:
             )
         self._models.pop((org, rid), None)
         if outcome.status == "committed":
-            self.metrics.commits.labels(overrun=str(outcome.overrun).lower()).inc()
+            self._committed[outcome.overrun].inc()
             self.metrics.spend.inc(amount)
         return c.CommitResult(
             reservation_id=rid,

@@ -60,6 +60,8 @@ def _band_rates(
 
 def _modifier(table: PricingTable, entry: PriceEntry, batch: bool, us: bool) -> tuple[int, int]:
     """The serving modifiers as an exact ratio (numerator, denominator) of integers."""
+    if not batch and not (us and entry.us_inference_multiplier is not None):
+        return 1, 1  # the common case, without building Fractions
     factor = Fraction(1)
     if batch:
         factor *= Fraction(100 - table.batch_discount_pct, 100)
