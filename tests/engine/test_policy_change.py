@@ -23,9 +23,7 @@ def _req(rid: str) -> ReserveRequest:
     )
 
 
-async def test_a_reloaded_limit_applies_to_the_next_reserve(
-    engine: Engine, tmp_path: Path
-) -> None:
+async def test_a_reloaded_limit_applies_to_the_next_reserve(engine: Engine, tmp_path: Path) -> None:
     assert isinstance(await engine.reserve(_req("a")), Grant)  # bob's user-day: $1
     before = await engine.budgets("acme", "bob", "chat", None)
     assert next(s for s in before.scopes if s.name == "user-day").limit == 1_000_000
