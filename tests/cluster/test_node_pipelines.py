@@ -13,6 +13,7 @@ from redis.crc import key_slot
 from budgetd.store import keys
 from budgetd.store.connect import redis_store
 from budgetd.store.pipeline import CONNECTION_NAME
+from tests.cluster.slots import node_ids, owner
 from tests.servers import HOST, LocalCluster
 
 ORG = "pipelined"
@@ -31,28 +32,17 @@ async def _evalsha_by_pipeline(port: int) -> int:
 
 
 async def _move(cluster: LocalCluster, slot: int, to_port: int) -> None:
-    ids = {}
-    for port in cluster.ports:
-        async with aioredis.Redis(host=HOST, port=port, decode_responses=True) as node:
-            ids[port] = await node.execute_command("CLUSTER", "MYID")
+    ids = await node_ids(cluster)
     for port in [to_port, *(p for p in cluster.ports if p != to_port)]:
         async with aioredis.Redis(host=HOST, port=port, decode_responses=True) as node:
             await node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])
-
-
-async def _owner(cluster: LocalCluster, slot: int) -> int:
-    async with aioredis.Redis(host=HOST, port=cluster.ports[0], decode_responses=True) as node:
-        for start, end, primary, *_ in await node.execute_command("CLUSTER", "SLOTS"):
-            if int(start) <= slot <= int(end):
-                return int(primary[1])
-    raise AssertionError(f"slot {slot} not covered")
 
 
 async def test_script_calls_ride_the_owner_pipeline_and_follow_a_moved_slot(
     redis_cluster: LocalCluster,
 ) -> None:
     slot = key_slot(keys.tag(ORG).encode())
-    first = await _owner(redis_cluster, slot)
+    first = await owner(redis_cluster, slot)
     store = redis_store(redis_cluster.url, timeout_s=2.0)
     assert store.node_pipelines is not None
     try:

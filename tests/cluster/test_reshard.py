@@ -34,6 +34,7 @@ from budgetd.store import keys
 from budgetd.store.connect import redis_store
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import Usage
+from tests.cluster.slots import node_ids, owner
 from tests.engine.conftest import make_registry
 from tests.servers import HOST, LocalCluster
 
@@ -69,29 +70,13 @@ async def hot(
     await store.close()
 
 
-async def _node_ids(cluster: LocalCluster) -> dict[int, str]:
-    out = {}
-    for port in cluster.ports:
-        async with aioredis.Redis(host=HOST, port=port, decode_responses=True) as c:
-            out[port] = str(await c.execute_command("CLUSTER", "MYID"))
-    return out
-
-
-async def _owner(cluster: LocalCluster, slot: int) -> int:
-    async with aioredis.Redis(host=HOST, port=cluster.ports[0], decode_responses=True) as c:
-        for start, end, primary, *_ in await c.execute_command("CLUSTER", "SLOTS"):
-            if int(start) <= slot <= int(end):
-                return int(primary[1])
-    raise AssertionError(f"slot {slot} not covered")
-
-
 async def _migrate_slot(
     cluster: LocalCluster, slot: int, log: Counter[str], phase: list[str]
 ) -> tuple[int, int]:
     """Move ``slot`` to the next primary, a few keys per MIGRATE, yielding between batches;
     ``phase[0]`` says "open" from MIGRATING until every primary knows the new owner."""
-    ids = await _node_ids(cluster)
-    src = await _owner(cluster, slot)
+    ids = await node_ids(cluster)
+    src = await owner(cluster, slot)
     dst = next(p for p in cluster.ports if p != src)
     conns = {p: aioredis.Redis(host=HOST, port=p, decode_responses=True) for p in cluster.ports}
     try:
@@ -201,7 +186,7 @@ async def test_reserves_get_definite_answers_while_the_org_slot_moves(
     )
 
     assert not failures, Counter(f"{type(f).__name__}: {f}"[:160] for f in failures)
-    assert await _owner(redis_cluster, slot) == dst
+    assert await owner(redis_cluster, slot) == dst
     # The budgets were reached (denials are answers too), and calls ran while the slot was open.
     assert any(k.startswith("denied") for k in log)
     # (Not necessarily *started* while open: every worker may be inside a call, waiting out
