@@ -87,15 +87,11 @@ async def _export(args: argparse.Namespace) -> int:
 async def _trim(args: argparse.Namespace) -> int:
     before = _ms(args.before)
     assert before is not None
-    if before > dt.datetime.now(dt.UTC).timestamp() * 1000:
-        # Entries are appended at the current time: a future cut-off could trim a new entry
-        # between the export and the trim.
-        raise SystemExit("budgetd: --before must be in the past")
     async with _ledger_store() as store:
-        with args.export.open("w", encoding="utf-8") as out:
-            async for chunk in ledger.export(store, args.org, "jsonl", 0, before):
-                out.write(chunk)
-        removed = await ledger.trim(store, args.org, before)
+        try:
+            removed = await ledger.archive(store, args.org, before, args.export)
+        except ValueError as exc:
+            raise SystemExit(f"budgetd: --before: {exc}") from None
     print(f"exported to {args.export}, then removed {removed} entries before {args.before}")
     return 0
 

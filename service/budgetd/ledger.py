@@ -4,10 +4,13 @@ to it, and every ``held`` equals the sum of the open holds on it."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import os
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -126,6 +129,40 @@ async def trim(store: ScriptStore, org: str, before_ms: int, batch: int = 1000) 
         removed += count
         if count < batch:
             return removed
+
+
+async def oldest_ms(store: ScriptStore, org: str) -> int | None:
+    """When the oldest entry still in the stream was appended (None: the stream is empty)."""
+    rows: Any = await store.client.xrange(keys.ledger(org), count=1)
+    return int(str(rows[0][0]).split("-")[0]) if rows else None
+
+
+async def archive(store: ScriptStore, org: str, before_ms: int, path: Path) -> int:
+    """Export the entries older than ``before_ms`` to ``path`` (JSON lines), then trim them;
+    returns how many were trimmed. Nothing is trimmed unless the export is on disk: it is
+    written beside ``path``, fsynced, and renamed into place first.
+
+    ``before_ms`` must not be ahead of Redis time: entries are appended at Redis time, so a
+    cut-off in the future could trim an entry that arrived after the export."""
+    now_ms = int(await store.server_time() * 1000)
+    if before_ms > now_ms:
+        raise ValueError("the cut-off must be in the past (by Redis time)")
+    partial = path.with_name(path.name + ".part")
+    out = await asyncio.to_thread(partial.open, "w", encoding="utf-8")
+    try:
+        page: list[str] = []
+        async for line in export(store, org, "jsonl", 0, before_ms):
+            page.append(line)
+            if len(page) >= 1000:
+                await asyncio.to_thread(out.writelines, page)
+                page = []
+        await asyncio.to_thread(out.writelines, page)
+        await asyncio.to_thread(out.flush)
+        await asyncio.to_thread(os.fsync, out.fileno())
+    finally:
+        await asyncio.to_thread(out.close)
+    await asyncio.to_thread(partial.replace, path)
+    return await trim(store, org, before_ms)
 
 
 async def reconcile(store: ScriptStore, org: str) -> Reconciliation:

@@ -53,6 +53,11 @@ class Metrics:
             "Failed deliveries scheduled for a retry",
             registry=self.registry,
         )
+        self.ledger_trimmed = Counter(
+            "budgetd_ledger_trimmed_total",
+            "Ledger entries exported and trimmed by the retention job",
+            registry=self.registry,
+        )
         self.events_dead = Counter(
             "budgetd_events_dead_lettered_total",
             "Deliveries given up after the last attempt",

@@ -40,6 +40,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     delivery_timeout_s: float = 3.0
     forecast_interval_s: float = 300.0
     spike_interval_s: float = 300.0
+    ledger_retention_days: int = 0
+    """Ledger entries older than this are exported to ``ledger_export_dir`` and then trimmed
+    (0: keep them all). At least MIN_RETENTION_DAYS: a month's close reads its whole month."""
+    ledger_export_dir: Path | None = None
+    """Where the retention job writes what it trims (JSON lines, one file per org and run)."""
+    ledger_retention_interval_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        days = self.ledger_retention_days
+        if days and days < MIN_RETENTION_DAYS:
+            raise ValueError(
+                f"BUDGETD_LEDGER_RETENTION_DAYS must be 0 (keep everything) or at least "
+                f"{MIN_RETENTION_DAYS}: period summaries and spike detection read the ledger of "
+                f"the last month, not {days}"
+            )
+        if days and self.ledger_export_dir is None:
+            raise ValueError(
+                "BUDGETD_LEDGER_RETENTION_DAYS needs BUDGETD_LEDGER_EXPORT_DIR: entries are "
+                "exported there before they are trimmed"
+            )
+
+
+MIN_RETENTION_DAYS = 32
 
 
 def _durability(value: str) -> Literal["fast", "strict"]:
@@ -78,4 +101,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             e.get("BUDGETD_FORECAST_INTERVAL_S", defaults.forecast_interval_s)
         ),
         spike_interval_s=float(e.get("BUDGETD_SPIKE_INTERVAL_S", defaults.spike_interval_s)),
+        ledger_retention_days=int(e.get("BUDGETD_LEDGER_RETENTION_DAYS", "0")),
+        ledger_export_dir=_path(e.get("BUDGETD_LEDGER_EXPORT_DIR")),
+        ledger_retention_interval_s=float(
+            e.get("BUDGETD_LEDGER_RETENTION_INTERVAL_S", defaults.ledger_retention_interval_s)
+        ),
     )

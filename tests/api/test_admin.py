@@ -104,3 +104,15 @@ async def test_adjustments_over_http_admin_keys_of_the_org_only(tmp_path: Path) 
             "/v1/admin/adjustments", json={**body, "amount_micros": 1}, headers=as_admin
         )
         assert clash.status_code == 409
+
+
+async def test_the_retention_job_runs_only_when_configured(tmp_path: Path) -> None:
+    directory = tmp_path / "policies"
+    write_policy(directory, ACME)
+    plain = settings_for(directory)
+    kept = settings_for(directory, ledger_retention_days=90, ledger_export_dir=tmp_path / "out")
+    for settings, expected in ((plain, False), (kept, True)):
+        async with asgi_client(create_app(settings, store=embedded_store())) as client:
+            jobs = await client.get("/v1/admin/scheduler")
+            assert jobs.status_code == 200
+            assert ("ledger-retention" in {job["id"] for job in jobs.json()}) is expected

@@ -26,6 +26,7 @@ from budgetd.jobs.delivery import Deliverer, DeliveryConfig
 from budgetd.jobs.forecast import forecast
 from budgetd.jobs.period_close import close_periods
 from budgetd.jobs.policy_reload import PolicyWatcher
+from budgetd.jobs.retention import apply_retention
 from budgetd.jobs.spike import detect_spikes
 from budgetd.jobs.sweep import sweep_expired
 from budgetd.policy.model import CalendarUnit
@@ -103,6 +104,10 @@ class Jobs:
         self._every("delivery", s.delivery_interval_s, self.deliver)
         self._every("forecast", s.forecast_interval_s, self.forecast, claim=True)
         self._every("spike", s.spike_interval_s, self.spikes, claim=True)
+        if s.ledger_retention_days:
+            self._every(
+                "ledger-retention", s.ledger_retention_interval_s, self.retention, claim=True
+            )
         self.schedule_period_close()
         self.scheduler.add_listener(
             self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
@@ -217,6 +222,16 @@ class Jobs:
     async def spikes(self) -> int:
         now = self.engine.clock.now()
         return sum([await detect_spikes(self.engine, self.queue, org, now) for org in self._orgs()])
+
+    async def retention(self) -> int:
+        s = self.settings
+        assert s.ledger_export_dir is not None  # Settings refuses retention without it
+        keep_ms = s.ledger_retention_days * 86_400_000
+        removed = 0
+        for org in self._orgs():
+            removed += await apply_retention(self.queue.store, org, keep_ms, s.ledger_export_dir)
+        self.engine.metrics.ledger_trimmed.inc(removed)
+        return removed
 
     def schedule_period_close(self) -> None:
         """One cron job per (org, calendar unit in use), in the org's zone; rebuilt on reload."""
