@@ -12,23 +12,10 @@ from redis.crc import key_slot
 
 from budgetd.store import keys
 from budgetd.store.connect import redis_store
-from budgetd.store.pipeline import CONNECTION_NAME
-from tests.cluster.slots import node_ids, owner
+from tests.cluster.slots import evalsha_by_pipeline, node_ids, owner
 from tests.servers import HOST, LocalCluster
 
 ORG = "pipelined"
-
-
-async def _evalsha_by_pipeline(port: int) -> int:
-    """EVALSHA calls served to budgetd's pipelined connections on the node at ``port``."""
-    async with aioredis.Redis(host=HOST, port=port, decode_responses=True) as node:
-        listing: str = await node.execute_command("CLIENT", "LIST")
-    served = 0
-    for line in listing.splitlines():
-        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-        if fields.get("name") == CONNECTION_NAME and fields.get("cmd") == "evalsha":
-            served += 1
-    return served
 
 
 async def _move(cluster: LocalCluster, slot: int, to_port: int) -> None:
@@ -50,7 +37,7 @@ async def test_script_calls_ride_the_owner_pipeline_and_follow_a_moved_slot(
         assert store.node_pipelines.for_key(keys.holds(ORG)) is None
         assert await store.expire(ORG, 10) == (0, 0)
         assert await store.expire(ORG, 10) == (0, 0)
-        assert await _evalsha_by_pipeline(first) == 1
+        assert await evalsha_by_pipeline(first) == 1
 
         second = next(p for p in redis_cluster.ports if p != first)
         await _move(redis_cluster, slot, second)
@@ -59,7 +46,7 @@ async def test_script_calls_ride_the_owner_pipeline_and_follow_a_moved_slot(
             assert await store.expire(ORG, 10) == (0, 0)
             # ...and the next one goes over the new owner's pipeline.
             assert await store.expire(ORG, 10) == (0, 0)
-            assert await _evalsha_by_pipeline(second) == 1
+            assert await evalsha_by_pipeline(second) == 1
         finally:
             await _move(redis_cluster, slot, first)
     finally:
