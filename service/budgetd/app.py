@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from budgetd import __version__
-from budgetd.api import admin, budgets, health, reservations
+from budgetd.api import admin, budgets, health, ledger_views, reservations
 from budgetd.api.fastpath import FastPath
 from budgetd.api.problems import HANDLERS
 from budgetd.auth import KeyRing
@@ -103,7 +103,13 @@ def create_app(
             await store.close()
 
     app = Budgetd(
-        route_handlers=[*reservations.ROUTES, *budgets.ROUTES, *health.ROUTES, *admin.ROUTES],
+        route_handlers=[
+            *reservations.ROUTES,
+            *budgets.ROUTES,
+            *health.ROUTES,
+            *admin.ROUTES,
+            *ledger_views.ROUTES,
+        ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="budgetd", version=__version__, path="/schema"),

@@ -32,7 +32,8 @@ class EventsResult(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: list[dict[str, Any]]
 
 
-def _admin(principal: Principal, org: str | None = None) -> None:
+def admin_only(principal: Principal, org: str | None = None) -> None:
+    """Admin keys only (of ``org``, when one is named); everything else is 403."""
     if org is not None:
         principal.require_org(org)
     if principal.role != "admin":
@@ -45,7 +46,7 @@ async def events(
     org: FromQuery[str],
     limit: FromQuery[int] = 50,
 ) -> EventsResult:
-    _admin(caller(request), org)
+    admin_only(caller(request), org)
     queue: EventQueue = request.app.state.queue
     policy = request.app.state.engine.policy(org)
     count = min(max(limit, 1), 500)
@@ -63,7 +64,7 @@ async def events(
 
 @get("/v1/admin/scheduler", summary="Jobs of this replica: last run, next run, lag")
 async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
-    _admin(caller(request))
+    admin_only(caller(request))
     jobs: Jobs = request.app.state.jobs
     return jobs.snapshot()
 
@@ -77,7 +78,7 @@ async def adjustments(
     data: JSONBody[AdjustmentRequest], request: Request[Any, Any, Any]
 ) -> AdjustmentResult:
     principal = caller(request)
-    _admin(principal, data.org)
+    admin_only(principal, data.org)
     return await adjust(engine_of(request), data, actor=f"{principal.role}:{principal.name}")
 
 
