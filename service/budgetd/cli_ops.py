@@ -45,12 +45,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 
 def _ms(value: str | None) -> int | None:
-    if value is None:
-        return None
-    when = dt.datetime.fromisoformat(value)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
+    return ledger.bound_ms(dt.datetime.fromisoformat(value) if value is not None else None)
 
 
 def _redis_url() -> str:

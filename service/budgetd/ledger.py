@@ -10,6 +10,7 @@ import io
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,13 @@ class Reconciliation(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def ok(self) -> bool:
         return not self.differences
+
+
+def bound_ms(when: datetime | None) -> int | None:
+    """An export or trim bound as epoch milliseconds; a time without a zone is UTC."""
+    if when is None:
+        return None
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 async def entries(
