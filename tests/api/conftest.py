@@ -13,6 +13,7 @@ import pytest
 from litestar import Litestar
 
 from budgetd.app import create_app
+from budgetd.auth import Role, key_line, new_key
 from budgetd.clock import Clock
 from budgetd.settings import Settings
 from budgetd.store.base import Store
@@ -52,6 +53,14 @@ def write_policy(directory: Path, text: str, name: str = "policy.yaml") -> Path:
     path = directory / name
     path.write_text(text)
     return path
+
+
+def write_keys(path: Path, *entries: tuple[str, Role] | tuple[str, Role, str]) -> list[str]:
+    """A keys file with one new key per (org, role[, name]); returns the keys, in order."""
+    made = [new_key() for _ in entries]
+    lines = [key_line(key, *entry) for key, entry in zip(made, entries, strict=True)]
+    path.write_text("keys:\n" + "\n".join(lines) + "\n")
+    return made
 
 
 def settings_for(directory: Path, **overrides: Any) -> Settings:

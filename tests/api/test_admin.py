@@ -5,22 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from budgetd.app import create_app
-from budgetd.auth import key_line, new_key
 from budgetd.store.connect import embedded_store
-from tests.api.conftest import asgi_client, settings_for, write_policy
+from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
 from tests.engine.conftest import ACME
 
 
 async def test_admin_endpoints_need_an_admin_key(tmp_path: Path) -> None:
-    admin, app_key = new_key(), new_key()
     keys_file = tmp_path / "keys.yaml"
-    keys_file.write_text(
-        "keys:\n"
-        + key_line(admin, "acme", "admin")
-        + "\n"
-        + key_line(app_key, "acme", "app")
-        + "\n"
-    )
+    admin, app_key = write_keys(keys_file, ("acme", "admin"), ("acme", "app"))
     directory = tmp_path / "policies"
     write_policy(directory, ACME)
     settings = settings_for(
@@ -51,18 +43,9 @@ async def test_admin_endpoints_need_an_admin_key(tmp_path: Path) -> None:
 
 
 async def test_adjustments_over_http_admin_keys_of_the_org_only(tmp_path: Path) -> None:
-    admin, app_key, other = new_key(), new_key(), new_key()
     keys_file = tmp_path / "keys.yaml"
-    keys_file.write_text(
-        "keys:\n"
-        + "\n".join(
-            (
-                key_line(admin, "acme", "admin", name="ops"),
-                key_line(app_key, "acme", "app"),
-                key_line(other, "globex", "admin"),
-            )
-        )
-        + "\n"
+    admin, app_key, other = write_keys(
+        keys_file, ("acme", "admin", "ops"), ("acme", "app"), ("globex", "admin")
     )
     directory = tmp_path / "policies"
     write_policy(directory, ACME)

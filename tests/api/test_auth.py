@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from budgetd.app import create_app
-from budgetd.auth import key_line, new_key
 from budgetd.store.connect import embedded_store
-from tests.api.conftest import asgi_client, settings_for, write_policy
+from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
 from tests.engine.conftest import ACME
 
 OTHER = ACME.replace("org: acme", "org: globex")
@@ -19,20 +18,11 @@ USAGE = {"usage": {"input_tokens": 1}}
 
 @pytest.fixture
 def keys_file(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    made = {"app": new_key(), "admin": new_key(), "globex": new_key()}
     path = tmp_path / "keys.yaml"
-    path.write_text(
-        "keys:\n"
-        + "\n".join(
-            [
-                key_line(made["app"], "acme", "app"),
-                key_line(made["admin"], "acme", "admin", "ops"),
-                key_line(made["globex"], "globex", "app"),
-            ]
-        )
-        + "\n"
+    app, admin, globex = write_keys(
+        path, ("acme", "app"), ("acme", "admin", "ops"), ("globex", "app")
     )
-    return path, made
+    return path, {"app": app, "admin": admin, "globex": globex}
 
 
 def _app(tmp_path: Path, keys: Path):  # type: ignore[no-untyped-def]

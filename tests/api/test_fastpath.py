@@ -20,10 +20,9 @@ import pytest
 from litestar import Litestar
 
 from budgetd.app import create_app
-from budgetd.auth import key_line, new_key
 from budgetd.clock import FrozenClock
 from budgetd.store.connect import embedded_store
-from tests.api.conftest import settings_for, write_policy
+from tests.api.conftest import settings_for, write_keys, write_policy
 from tests.engine.conftest import ACME
 
 OTHER = ACME.replace("org: acme", "org: globex")
@@ -187,11 +186,9 @@ async def _pair(tmp_path: Path, keys: Path | None = None) -> AsyncIterator[Pair]
 
 @pytest.fixture
 def keys_file(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    made = {"acme": new_key(), "globex": new_key()}
     path = tmp_path / "keys.yaml"
-    lines = [key_line(made["acme"], "acme", "app"), key_line(made["globex"], "globex", "app")]
-    path.write_text("keys:\n" + "\n".join(lines) + "\n")
-    return path, made
+    acme, globex = write_keys(path, ("acme", "app"), ("globex", "app"))
+    return path, {"acme": acme, "globex": globex}
 
 
 async def test_grant_commit_release_and_replays(tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ import json
 from pathlib import Path
 
 from budgetd.app import create_app
-from budgetd.auth import key_line, new_key
 from budgetd.store.connect import embedded_store
-from tests.api.conftest import asgi_client, settings_for, write_policy
+from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
 from tests.engine.conftest import ACME
 
 CALL = {
@@ -24,14 +23,10 @@ CALL = {
 
 
 async def test_admins_export_the_ledger_and_reconcile_it(tmp_path: Path) -> None:
-    admin, app_key, other = new_key(), new_key(), new_key()
     keys_file = tmp_path / "keys.yaml"
-    lines = [
-        key_line(admin, "acme", "admin"),
-        key_line(app_key, "acme", "app"),
-        key_line(other, "globex", "admin"),
-    ]
-    keys_file.write_text("keys:\n" + "\n".join(lines) + "\n")
+    admin, app_key, other = write_keys(
+        keys_file, ("acme", "admin"), ("acme", "app"), ("globex", "admin")
+    )
     directory = tmp_path / "policies"
     write_policy(directory, ACME)
     settings = settings_for(directory, keys_file=keys_file)
