@@ -33,16 +33,13 @@ local spent = tonumber(redis.call('HGET', b.c, 'spent') or '0')
 if spent + amount < 0 then
   return {'negative', '', spent, b.p}
 end
-local candidates = {}
-local used = budget_used(b)
-budget_events(candidates, b, used, used + amount, now, aid)
+local candidates = usage_events({b}, amount, now, aid)
 touch_markers(tag_prefix, candidates)
 
-redis.call('HINCRBY', b.c, 'spent', int(amount))
-redis.call('PEXPIREAT', b.c, keep_until(b.x))
+local charged = charge({b}, amount)
 emit_all(events, tag_prefix, candidates)
 local fields = {'kind', 'adjustment', 'reservation_id', aid, 'cost_micros', int(amount),
-  'at_ms', int(now), 'charged', b.c}
+  'at_ms', int(now), 'charged', charged}
 for i = 8, 7 + 2 * nf do
   table.insert(fields, ARGV[i])
 end

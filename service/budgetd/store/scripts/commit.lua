@@ -50,13 +50,9 @@ local released = 0
 if holding and late == 0 then
   released = math.max(0, plan.a - cost)
 end
-local candidates = {}
-for _, b in ipairs(plan.b) do
-  local used = budget_used(b)
-  local freed = 0
-  if holding then freed = plan.a end
-  budget_events(candidates, b, used, used + cost - freed, now, rid)
-end
+local freed = 0
+if holding then freed = plan.a end
+local candidates = usage_events(plan.b, cost - freed, now, rid)
 if overrun == 1 then
   local b = plan.b[1]
   table.insert(candidates, {id = 'overrun|' .. rid, keep = now + keep, fields = {
@@ -81,17 +77,12 @@ if holding and late == 0 then
     end
   end
 end
-local charged = {}
-for i, b in ipairs(plan.b) do
-  redis.call('HINCRBY', b.c, 'spent', int(cost))
-  redis.call('PEXPIREAT', b.c, keep_until(b.x))
-  charged[i] = b.c
-end
+local charged = charge(plan.b, cost)
 emit_all(events, ARGV[7], candidates)
 redis.call('ZREM', holds, rid)
 
 local fields = {'kind', 'commit', 'reservation_id', rid, 'cost_micros', int(cost),
-  'charged', table.concat(charged, ' '),
+  'charged', charged,
   'held_micros', int(plan.a), 'overrun', int(overrun), 'late', int(late), 'at_ms', int(now),
   'reservation', r[6]}
 for i = 8, #ARGV do

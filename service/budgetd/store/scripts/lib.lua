@@ -129,6 +129,19 @@ local function plan_keys(plan)
   return out
 end
 
+-- Add `amount` (micros; negative for a credit) to the spend of each budget entry, keeping
+-- its counter until the entry's expire-at. Returns the counter keys, space-separated: the
+-- ledger entry's `charged` field, which reconcile and trim read.
+local function charge(budgets, amount)
+  local charged = {}
+  for i, b in ipairs(budgets) do
+    redis.call('HINCRBY', b.c, 'spent', int(amount))
+    redis.call('PEXPIREAT', b.c, keep_until(b.x))
+    charged[i] = b.c
+  end
+  return table.concat(charged, ' ')
+end
+
 -- Free a reservation's hold on every budget; with `refund_estimates`, also give back the token
 -- estimates charged to input and output buckets (the call never ran). Request counts stay spent.
 local function void_hold(plan, now, refund_estimates)
@@ -211,6 +224,17 @@ local function budget_events(out, b, before, after, now, rid, kind_override)
     -- A shadow budget leaving would-deny (a commit or release brought it back under).
     add('|shadow_clear', 'shadow_clear', 100)
   end
+end
+
+-- The events of every budget entry whose usage (its whole window, held included) moves by
+-- `delta` micros; {id, keep, fields} each, as budget_events makes them.
+local function usage_events(budgets, delta, now, rid)
+  local out = {}
+  for _, b in ipairs(budgets) do
+    local used = budget_used(b)
+    budget_events(out, b, used, used + delta, now, rid)
+  end
+  return out
 end
 
 local function touch_markers(tag_prefix, candidates)

@@ -28,11 +28,7 @@ if prior[1] then
 end
 
 -- Everything is read and decided before the first write.
-local candidates = {}
-for _, b in ipairs(budgets) do
-  local used = budget_used(b)
-  budget_events(candidates, b, used, used + cost, now, rid)
-end
+local candidates = usage_events(budgets, cost, now, rid)
 touch_markers(tag_prefix, candidates)
 local bucket_keys = {}
 for i = 1, nt do
@@ -40,12 +36,7 @@ for i = 1, nt do
 end
 touch(bucket_keys)
 
-local charged = {}
-for i, b in ipairs(budgets) do
-  redis.call('HINCRBY', b.c, 'spent', int(cost))
-  redis.call('PEXPIREAT', b.c, keep_until(b.x))
-  charged[i] = b.c
-end
+local charged = charge(budgets, cost)
 local a = 9
 for i = 1, nt do
   local t = {k = KEYS[3 + i], r = tonumber(ARGV[a]), c = tonumber(ARGV[a + 1])}
@@ -54,7 +45,7 @@ for i = 1, nt do
 end
 emit_all(events, tag_prefix, candidates)
 local fields = {'kind', 'record', 'reservation_id', rid, 'cost_micros', int(cost), 'at_ms', int(now),
-  'charged', table.concat(charged, ' ')}
+  'charged', charged}
 for i = a, a + 2 * nf - 1 do
   table.insert(fields, ARGV[i])
 end

@@ -27,11 +27,7 @@ if now > tonumber(r[3]) then
   redis.call('ZREM', holds, ARGV[1])
   return {'resolved', 0, 'expired'}
 end
-local candidates = {}
-for _, b in ipairs(plan.b) do
-  local used = budget_used(b)
-  budget_events(candidates, b, used, used - plan.a, now, ARGV[1])
-end
+local candidates = usage_events(plan.b, -plan.a, now, ARGV[1])
 touch_markers(ARGV[3], candidates)
 void_hold(plan, now, true)
 emit_all(events, ARGV[3], candidates)
