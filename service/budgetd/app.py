@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from budgetd import __version__
-from budgetd.api import admin, budgets, health, ledger_views, reservations
+from budgetd.api import admin, budgets, health, ledger_views, reports, reservations
 from budgetd.api.fastpath import FastPath
 from budgetd.api.problems import HANDLERS
 from budgetd.auth import KeyRing
@@ -109,6 +109,7 @@ def create_app(
             *health.ROUTES,
             *admin.ROUTES,
             *ledger_views.ROUTES,
+            *reports.ROUTES,
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from budgetd.cli_ops import add_keys, add_ledger, add_serve
+from budgetd.cli_report import add_report_commands
 from budgetd.money import MICROS_PER_USD, PICOS_PER_MICRO, format_usd
 from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
 from budgetd.policy.schema import json_schema
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve(subparsers)
     add_keys(subparsers)
     add_ledger(subparsers)
+    add_report_commands(subparsers)
     return parser
 
 

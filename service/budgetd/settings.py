@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     delivery_timeout_s: float = 3.0
     forecast_interval_s: float = 300.0
     spike_interval_s: float = 300.0
+    reports_interval_s: float = 5.0
+    """How often the reports follower folds new ledger entries into aggregates."""
     ledger_retention_days: int = 0
     """Ledger entries older than this are exported to ``ledger_export_dir`` and then trimmed
     (0: keep them all). At least MIN_RETENTION_DAYS: a month's close reads its whole month."""
@@ -101,6 +103,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             e.get("BUDGETD_FORECAST_INTERVAL_S", defaults.forecast_interval_s)
         ),
         spike_interval_s=float(e.get("BUDGETD_SPIKE_INTERVAL_S", defaults.spike_interval_s)),
+        reports_interval_s=float(e.get("BUDGETD_REPORTS_INTERVAL_S", defaults.reports_interval_s)),
         ledger_retention_days=int(e.get("BUDGETD_LEDGER_RETENTION_DAYS", "0")),
         ledger_export_dir=_path(e.get("BUDGETD_LEDGER_EXPORT_DIR")),
         ledger_retention_interval_s=float(

@@ -15,6 +15,7 @@ from litestar.response import Stream
 from budgetd import ledger
 from budgetd.api.admin import admin_only
 from budgetd.api.deps import caller
+from budgetd.reports import audit
 from budgetd.store.events import EventQueue
 
 MEDIA_TYPES: dict[ledger.Format, str] = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
@@ -34,9 +35,11 @@ async def export_ledger(
     until: FromQuery[datetime | None] = None,
     format: FromQuery[ledger.Format] = "jsonl",
 ) -> Stream:
-    admin_only(caller(request), org)
+    principal = caller(request)
+    admin_only(principal, org)
     request.app.state.engine.policy(org)  # an unknown org is 404, not an empty export
     queue: EventQueue = request.app.state.queue
+    await audit.admin_read(queue.store, org, principal, request.url.path, request.url.query or "")
 
     chunks = ledger.export(
         queue.store, org, format, ledger.bound_ms(since) or 0, ledger.bound_ms(until)
@@ -46,9 +49,11 @@ async def export_ledger(
 
 @get("/v1/admin/reconcile", summary="Check that every counter equals its ledger and open holds")
 async def reconcile(request: Request[Any, Any, Any], org: FromQuery[str]) -> ReconcileResult:
-    admin_only(caller(request), org)
+    principal = caller(request)
+    admin_only(principal, org)
     request.app.state.engine.policy(org)
     queue: EventQueue = request.app.state.queue
+    await audit.admin_read(queue.store, org, principal, request.url.path, request.url.query or "")
     report = await ledger.reconcile(queue.store, org)
     return ReconcileResult(ok=report.ok, report=report)
 

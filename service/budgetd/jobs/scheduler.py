@@ -30,6 +30,7 @@ from budgetd.jobs.retention import apply_retention
 from budgetd.jobs.spike import detect_spikes
 from budgetd.jobs.sweep import sweep_expired
 from budgetd.policy.model import CalendarUnit
+from budgetd.reports.follower import follow_all
 from budgetd.settings import Settings
 from budgetd.store.base import StoreUnavailable
 from budgetd.store.events import EventQueue
@@ -104,6 +105,7 @@ class Jobs:
         self._every("delivery", s.delivery_interval_s, self.deliver)
         self._every("forecast", s.forecast_interval_s, self.forecast, claim=True)
         self._every("spike", s.spike_interval_s, self.spikes, claim=True)
+        self._every("reports", s.reports_interval_s, self.follow_ledgers, claim=True)
         if s.ledger_retention_days:
             self._every(
                 "ledger-retention", s.ledger_retention_interval_s, self.retention, claim=True
@@ -222,6 +224,9 @@ class Jobs:
     async def spikes(self) -> int:
         now = self.engine.clock.now()
         return sum([await detect_spikes(self.engine, self.queue, org, now) for org in self._orgs()])
+
+    async def follow_ledgers(self) -> int:
+        return await follow_all(self.engine, self.queue.store, self._orgs())
 
     async def retention(self) -> int:
         s = self.settings

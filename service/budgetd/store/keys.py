@@ -70,3 +70,23 @@ def usage_record(org: str, record_id: str) -> str:
 def adjustment(org: str, adjustment_id: str) -> str:
     """Idempotency record of one admin adjustment."""
     return f"{tag(org)}:adj:{adjustment_id}"
+
+
+def report_cursor(org: str) -> str:
+    """String: the id of the last ledger entry the reports follower folded into aggregates."""
+    return f"{tag(org)}:rep:cursor"
+
+
+def report_rows(org: str, view: str, bucket: str) -> str:
+    """Hash: entity (a model, user, feature or session) → packed totals of one day or month."""
+    return f"{tag(org)}:rep:{view}:{bucket}"
+
+
+def report_rank(org: str, view: str, bucket: str) -> str:
+    """Sorted set: entity → spend (micros) of one day or month, for top-N without a scan."""
+    return f"{tag(org)}:rep:{view}:{bucket}:rank"
+
+
+def audit(org: str) -> str:
+    """Stream of audited admin actions: policy reloads and plans, reads of ledger and reports."""
+    return f"{tag(org)}:audit"

@@ -1,0 +1,124 @@
+"""Reports over HTTP, for admin keys: usage by model, user, feature or session; by day and
+model; budgets against actual; and the audit trail. JSON or CSV (numbers as numbers). Every
+read is itself audited."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any, Literal
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.params import FromQuery
+
+from budgetd.api.admin import admin_only
+from budgetd.api.deps import caller, engine_of
+from budgetd.engine import Engine
+from budgetd.errors import InvalidRequest
+from budgetd.reports import audit, query
+from budgetd.reports.budgets import budgets as budgets_report
+from budgetd.reports.budgets import today
+from budgetd.reports.fold import View
+from budgetd.store import keys
+from budgetd.store.events import EventQueue
+from budgetd.store.scripted import ScriptStore
+
+Format = Literal["json", "csv"]
+
+
+def _respond(body: Any, rows: list[Any], fmt: Format) -> Response[Any]:
+    if fmt == "csv":
+        return Response(query.csv_text(rows), media_type="text/csv")
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+def range_of(engine: Engine, org: str, since: date | None, until: date | None) -> tuple[date, date]:
+    """[since, until): this month so far (in the org's zone) unless given."""
+    now = today(engine, org)
+    start = since or now.replace(day=1)
+    end = until or now + timedelta(days=1)
+    if end <= start:
+        raise InvalidRequest("until must be after since", field="until")
+    if (end - start).days > query.MAX_DAYS:
+        raise InvalidRequest(f"a report covers at most {query.MAX_DAYS} days", field="since")
+    return start, end
+
+
+def _store(request: Request[Any, Any, Any]) -> ScriptStore:
+    queue: EventQueue = request.app.state.queue
+    return queue.store
+
+
+async def _admin(request: Request[Any, Any, Any], org: str) -> Engine:
+    principal = caller(request)
+    admin_only(principal, org)
+    engine = engine_of(request)
+    engine.policy(org)  # an unknown org is 404, not an empty report
+    await audit.admin_read(
+        _store(request), org, principal, request.url.path, request.url.query or ""
+    )
+    return engine
+
+
+@get(
+    "/v1/admin/reports/usage", summary="Spend, calls and tokens by model, user, feature or session"
+)
+async def usage_report(
+    request: Request[Any, Any, Any],
+    org: FromQuery[str],
+    by: FromQuery[View] = "model",
+    since: FromQuery[date | None] = None,
+    until: FromQuery[date | None] = None,
+    top: FromQuery[int | None] = None,
+    sort: FromQuery[str] = "cost_micros",
+    format: FromQuery[Format] = "json",
+) -> Response[Any]:
+    engine = await _admin(request, org)
+    if sort not in query.SORTABLE:
+        raise InvalidRequest(f"sort must be one of {', '.join(query.SORTABLE)}", field="sort")
+    if top is not None and not 1 <= top <= 10_000:
+        raise InvalidRequest("top must be between 1 and 10000", field="top")
+    start, end = range_of(engine, org, since, until)
+    report = await query.usage(_store(request), org, by, start, end, top, sort)
+    return _respond(report, report.rows, format)
+
+
+@get("/v1/admin/reports/daily", summary="Spend, calls and tokens by day and model")
+async def daily_report(
+    request: Request[Any, Any, Any],
+    org: FromQuery[str],
+    since: FromQuery[date | None] = None,
+    until: FromQuery[date | None] = None,
+    format: FromQuery[Format] = "json",
+) -> Response[Any]:
+    engine = await _admin(request, org)
+    start, end = range_of(engine, org, since, until)
+    report = await query.daily(_store(request), org, start, end)
+    return _respond(report, report.rows, format)
+
+
+@get("/v1/admin/reports/budgets", summary="Each budget's limit, spent, held and projection")
+async def budgets(
+    request: Request[Any, Any, Any],
+    org: FromQuery[str],
+    top: FromQuery[int] = 20,
+    format: FromQuery[Format] = "json",
+) -> Response[Any]:
+    engine = await _admin(request, org)
+    if not 1 <= top <= 1000:
+        raise InvalidRequest("top must be between 1 and 1000", field="top")
+    report = await budgets_report(engine, _store(request), org, top)
+    return _respond(report, report.rows, format)
+
+
+@get("/v1/admin/audit", summary="The org's audit trail: admin reads; policy reloads")
+async def audit_trail(
+    request: Request[Any, Any, Any], org: FromQuery[str], limit: FromQuery[int] = 100
+) -> list[audit.AuditEntry]:
+    admin_only(caller(request), org)
+    store = _store(request)
+    count = min(max(limit, 1), 1000)
+    return await audit.recent(store, keys.audit(org), count)
+
+
+ROUTES = [usage_report, daily_report, budgets, audit_trail]

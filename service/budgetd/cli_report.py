@@ -1,0 +1,193 @@
+"""``budgetd report``: the reports in the terminal, read from the live store
+(``BUDGETD_REDIS_URL``) with the policy directory's orgs; hooked into :mod:`budgetd.cli` by
+:func:`add_report_commands`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import sys
+from collections.abc import AsyncIterator
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from budgetd.clock import SystemClock
+from budgetd.engine import Engine
+from budgetd.errors import UnknownOrg
+from budgetd.metrics import Metrics
+from budgetd.money import MICROS_PER_USD
+from budgetd.policy.registry import PolicyRegistry
+from budgetd.reports import follower, query
+from budgetd.reports.budgets import budgets, today
+from budgetd.settings import from_env
+from budgetd.store.connect import redis_store
+from budgetd.store.scripted import ScriptStore
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+BY = ("model", "user", "feature", "session", "day", "budgets")
+
+
+def usd(micros: int | None) -> str:
+    """Dollars and cents for a table (the JSON and CSV keep exact micros)."""
+    if micros is None:
+        return "—"
+    cents = (Decimal(micros) / MICROS_PER_USD).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    return f"${cents:,}"
+
+
+@contextlib.asynccontextmanager
+async def live_engine() -> AsyncIterator[tuple[Engine, ScriptStore]]:
+    """An engine over the live store and the policy directory, as the server would see them."""
+    settings = from_env()
+    if settings.redis_url is None:
+        raise SystemExit("budgetd: set BUDGETD_REDIS_URL (the live store to read)")
+    registry = PolicyRegistry(settings.policy_dir, settings.pricing_file)
+    status = registry.reload()
+    if not status.ok:
+        raise SystemExit("budgetd: the policy does not load:\n" + "\n".join(status.errors))
+    store = redis_store(settings.redis_url, timeout_s=10)
+    try:
+        yield Engine(registry, store, SystemClock(), Metrics()), store
+    finally:
+        await store.close()
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _usage_table(report: query.Report, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    first = ["day", "model"] if report.by == "day" else [report.by]
+    for name in [
+        *first,
+        "spend",
+        "calls",
+        "$/call",
+        "avg in",
+        "avg out",
+        "cache hit",
+        "input",
+        "cw 5m",
+        "cw 1h",
+        "cache read",
+        "output",
+    ]:
+        table.add_column(name, justify="left" if name in first else "right")
+    for r in [*report.rows, report.total]:
+        lead = [r.day or "", r.entity] if report.by == "day" else [r.entity]
+        table.add_row(
+            *lead,
+            usd(r.cost_micros),
+            f"{r.calls:,}",
+            usd(r.cost_per_call_micros),
+            f"{r.avg_input_tokens:,.1f}",
+            f"{r.avg_output_tokens:,.1f}",
+            f"{r.cache_hit_rate:.1%}",
+            f"{r.input_tokens:,}",
+            f"{r.cache_write_5m_tokens:,}",
+            f"{r.cache_write_1h_tokens:,}",
+            f"{r.cache_read_tokens:,}",
+            f"{r.output_tokens:,}",
+            end_section=r is report.rows[-1] if report.rows else False,
+        )
+    return table
+
+
+def _budget_table(rows: list[Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in [
+        "budget",
+        "scope",
+        "entity",
+        "period",
+        "limit",
+        "spent",
+        "held",
+        "remaining",
+        "used",
+        "projected",
+        "mode",
+    ]:
+        table.add_column(name, justify="left" if name in ("budget", "scope", "entity") else "right")
+    for r in rows:
+        table.add_row(
+            r.budget,
+            r.scope,
+            r.entity,
+            r.period,
+            usd(r.limit_micros),
+            usd(r.spent_micros),
+            usd(r.held_micros),
+            usd(r.remaining_micros),
+            f"{r.used_pct:.1f}%",
+            usd(r.projected_micros),
+            r.mode,
+        )
+    return table
+
+
+async def _report(args: argparse.Namespace) -> int:
+    async with live_engine() as (engine, store):
+        try:
+            policy = engine.policy(args.org)
+        except UnknownOrg as exc:
+            raise SystemExit(f"budgetd: {exc}") from None
+        # Fold what the follower has not reached yet: the terminal answer is current.
+        await follower.follow(store, args.org, policy.tz)
+        now = today(engine, args.org)
+        since = args.since or now.replace(day=1)
+        until = args.until or now + dt.timedelta(days=1)
+        if until <= since:
+            raise SystemExit("budgetd: --until must be after --since")
+        if args.by == "budgets":
+            b = await budgets(engine, store, args.org, args.top or 20)
+            rows: list[Any] = b.rows
+            body: Any = b
+            table = _budget_table(b.rows, f"{args.org}: budgets at {b.at:%Y-%m-%d %H:%M} UTC")
+        else:
+            if args.by == "day":
+                report = await query.daily(store, args.org, since, until)
+            else:
+                report = await query.usage(
+                    store, args.org, args.by, since, until, args.top, args.sort
+                )
+            rows, body = report.rows, report
+            title = f"{args.org}: by {args.by}, {since} to {until - dt.timedelta(days=1)}"
+            if report.entities > len(report.rows):
+                title += f" (top {len(report.rows)} of {report.entities:,})"
+            table = _usage_table(report, title)
+    if args.format == "json":
+        sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(query.csv_text(rows))
+    else:
+        # Piped output is not cut to 80 columns: a report read by a script keeps every figure.
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
+    return 0
+
+
+def add_report_commands(subparsers: Subparsers) -> None:
+    """``report`` (and, from later slices, ``policy plan`` and ``reconcile``)."""
+    parser = subparsers.add_parser("report", help="spend, calls and tokens from the live store")
+    parser.add_argument("--org", required=True)
+    parser.add_argument("--by", choices=BY, default="model")
+    parser.add_argument("--since", type=_date, help="first day (default: this month's first)")
+    parser.add_argument("--until", type=_date, help="day after the last (default: tomorrow)")
+    parser.add_argument("--top", type=int, help="only the N biggest spenders")
+    parser.add_argument(
+        "--sort", choices=query.SORTABLE, default="cost_micros", help="column to sort rows by"
+    )
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.set_defaults(handler=lambda args: asyncio.run(_report(args)))

@@ -1,0 +1,1 @@
+"""Reports: aggregates kept by a ledger follower, and the queries over them."""

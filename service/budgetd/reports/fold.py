@@ -1,0 +1,106 @@
+"""Ledger entries → report increments (pure: no Redis). One entry adds to its model's, user's,
+feature's and session's totals of its day and its month, in the org's time zone."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+VIEWS = ("model", "user", "feature", "session")
+View = Literal["model", "user", "feature", "session"]
+METRICS = (
+    "cost_micros",
+    "calls",
+    "input_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+    "output_tokens",
+)
+ADJUSTMENT = "(adjustment)"
+"""The model an admin adjustment's spend is shown under: it moves money, it is not a call."""
+SESSION_KEYS = ("session_id", "session")
+"""Reservation metadata keys that name a session (the first one present wins)."""
+
+
+class _Usage(msgspec.Struct, kw_only=True):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation: dict[str, int | None] | None = None
+
+
+Totals = list[int]
+"""The seven METRICS, in order."""
+Increments = dict[tuple[View, str], dict[str, Totals]]
+"""(view, bucket) → entity → totals to add. Buckets are ``d:YYYY-MM-DD`` and ``m:YYYY-MM``."""
+
+
+def _tokens(raw: str) -> tuple[int, int, int, int, int]:
+    """(input, 5m writes, 1h writes, cache reads, output) of a ledger entry's usage JSON; a
+    missing split bills writes as 5-minute, as pricing does."""
+    if not raw:
+        return 0, 0, 0, 0, 0
+    try:
+        u = msgspec.json.decode(raw, type=_Usage)
+    except msgspec.DecodeError:
+        return 0, 0, 0, 0, 0
+    total = u.cache_creation_input_tokens or 0
+    split = u.cache_creation or {}
+    hour = split.get("ephemeral_1h_input_tokens") or 0
+    five = (split.get("ephemeral_5m_input_tokens") or 0) + max(
+        0, total - hour - (split.get("ephemeral_5m_input_tokens") or 0)
+    )
+    return u.input_tokens or 0, five, hour, u.cache_read_input_tokens or 0, u.output_tokens or 0
+
+
+def subjects(fields: dict[str, str]) -> tuple[str, str, str]:
+    """(user, feature, session) of an entry: a commit has them in its reservation's JSON, a
+    record in its own fields."""
+    meta = fields.get("reservation")
+    if meta:
+        try:
+            decoded = msgspec.json.decode(meta)
+        except msgspec.DecodeError:
+            decoded = {}
+        tags = decoded.get("metadata") or {}
+        session = next((str(tags[k]) for k in SESSION_KEYS if tags.get(k)), "")
+        return str(decoded.get("user") or ""), str(decoded.get("feature") or ""), session
+    return fields.get("user", ""), fields.get("feature", ""), fields.get("session", "")
+
+
+def buckets(at_ms: int, tz: ZoneInfo) -> tuple[str, str]:
+    local = datetime.fromtimestamp(at_ms / 1000, UTC).astimezone(tz)
+    return f"d:{local:%Y-%m-%d}", f"m:{local:%Y-%m}"
+
+
+def fold(entries: list[tuple[str, dict[str, str]]], tz: ZoneInfo) -> Increments:
+    out: Increments = defaultdict(dict)
+    for entry_id, fields in entries:
+        cost = int(fields.get("cost_micros", "0") or 0)
+        kind = fields.get("kind", "commit")
+        if kind == "adjustment":
+            row: Totals = [cost, 0, 0, 0, 0, 0, 0]
+            named: tuple[tuple[View, str], ...] = (("model", ADJUSTMENT),)
+        else:
+            row = [cost, 1, *_tokens(fields.get("usage", ""))]
+            user, feature, session = subjects(fields)
+            named = (
+                ("model", fields.get("model", "") or "(unknown)"),
+                ("user", user),
+                ("feature", feature),
+                ("session", session),
+            )
+        for bucket in buckets(int(entry_id.split("-")[0]), tz):
+            for view, entity in named:
+                if not entity:
+                    continue
+                totals = out[(view, bucket)].setdefault(entity, [0] * len(METRICS))
+                for i, v in enumerate(row):
+                    totals[i] += v
+    return out
