@@ -1,5 +1,9 @@
 """APScheduler (3.x, AsyncIOScheduler) runs every job in every process; each run of a job that
-must happen once claims its firing in Redis first (SET NX keyed by job and fire time)."""
+must happen once claims its firing in Redis first (SET NX keyed by job and scheduled fire time).
+
+A run acts for the firing it was scheduled for, never for the moment it happens to start: a run
+that starts late (a busy loop, a paused replica) would otherwise act for the next firing, and
+take that firing's claim or event id from the on-time run that follows."""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ import asyncio
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED
+from apscheduler.executors.asyncio import AsyncIOExecutor
+from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -43,6 +49,25 @@ CRON_OF: dict[CalendarUnit, dict[str, Any]] = {
     "week": {"day_of_week": "mon", "hour": 0, "minute": 0},
     "month": {"day": 1, "hour": 0, "minute": 0},
 }
+
+
+FIRE_TIME: ContextVar[datetime] = ContextVar("budgetd_fire_time")
+"""The scheduled fire time of the job run in progress (set by :class:`FireTimeExecutor`)."""
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class FireTimeExecutor(AsyncIOExecutor):  # type: ignore[misc]
+    """AsyncIOExecutor that lets each run read its scheduled fire time from :data:`FIRE_TIME`;
+    APScheduler 3 knows it (``run_times``) but does not pass it to the job. The task the
+    executor creates copies the context as it is here, so the value is the run's own."""
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        token = FIRE_TIME.set(run_times[-1])
+        try:
+            super()._do_submit_job(job, run_times)
+        finally:
+            FIRE_TIME.reset(token)
 
 
 class JobStatus(msgspec.Struct, kw_only=True):
@@ -85,6 +110,7 @@ class Jobs:
         )
         self.scheduler = AsyncIOScheduler(
             timezone=UTC,
+            executors={"default": FireTimeExecutor()},
             # A paused replica that resumes runs a missed job once (coalesce), and only if it is
             # not too late; other replicas covered the gap, so nothing floods on resume.
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
@@ -134,7 +160,9 @@ class Jobs:
         func = self._claimed(job_id, seconds, run) if claim else run
         self.scheduler.add_job(
             self._guard(job_id, func),
-            IntervalTrigger(seconds=seconds),
+            # Fire times on multiples of the interval since the epoch: every replica schedules
+            # the same firings, so a claim keyed by fire time is one claim across replicas.
+            IntervalTrigger(seconds=seconds, start_date=EPOCH),
             id=job_id,
             name=job_id,
             replace_existing=True,
@@ -144,7 +172,9 @@ class Jobs:
         self, job_id: str, seconds: float, run: Callable[[], Awaitable[Any]]
     ) -> Callable[[], Awaitable[Any]]:
         async def once_per_firing() -> Any:
-            fire = int(time.time() // seconds)
+            # Race: a late run keyed by "now" would claim the next firing and suppress the
+            # on-time run of it; the scheduled fire time names the firing this run is for.
+            fire = round(FIRE_TIME.get().timestamp() / seconds)
             if await self.queue.claim_firing(job_id, str(fire), max(1, int(seconds * 2))):
                 return await run()
             return None
@@ -263,6 +293,8 @@ class Jobs:
 
     def _closer(self, org: str, unit: CalendarUnit) -> Callable[[], Awaitable[int]]:
         async def close() -> int:
-            return await close_periods(self.engine, self.queue, org, unit, self.engine.clock.now())
+            # The periods that ended at the scheduled fire time, however late this run starts
+            # (the period clock at run time may already be in the next period).
+            return await close_periods(self.engine, self.queue, org, unit, FIRE_TIME.get())
 
         return close
