@@ -12,9 +12,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from budgetd import __version__
-from budgetd.api import admin, budgets, health, ledger_views, reports, reservations
+from budgetd.api import admin, budgets, fastpath, health, ledger_views, reports, reservations
 from budgetd.api.fastpath import FastPath
+from budgetd.api.openapi import SchemaPlugin
 from budgetd.api.problems import HANDLERS
+from budgetd.api.validation import MAX_BODY_BYTES
 from budgetd.auth import KeyRing
 from budgetd.clock import Clock, SystemClock
 from budgetd.engine import Engine
@@ -29,6 +31,15 @@ from budgetd.store.events import EventQueue
 from budgetd.store.scripted import ScriptStore
 
 log = logging.getLogger("budgetd")
+
+OPERATIONS = [
+    *fastpath.OPERATIONS,
+    *reservations.OPERATIONS,
+    *budgets.OPERATIONS,
+    *admin.OPERATIONS,
+    *ledger_views.OPERATIONS,
+    *health.OPERATIONS,
+]
 
 
 class Budgetd(Litestar):
@@ -112,8 +123,14 @@ def create_app(
             *reports.ROUTES,
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=MAX_BODY_BYTES,
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="budgetd", version=__version__, path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="budgetd",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SchemaPlugin(OPERATIONS)],
+        ),
     )
     app.state.engine = engine
     app.state.keyring = keyring

@@ -80,7 +80,12 @@ class KeyRing:
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("missing 'Authorization: Bearer <key>' header")
-        wanted = digest(authorization.removeprefix("Bearer ").strip())
+        key = authorization.removeprefix("Bearer ")
+        if key != key.strip() or not key:
+            # A key pasted with a space or newline is a different string: say so, never trim it
+            # into one that works (what is sent must be exactly the key).
+            raise Unauthorized("the API key has whitespace around it: send the key exactly")
+        wanted = digest(key)
         entry = self._by_digest.get(wanted)
         # compare_digest on the found digest keeps the check's timing independent of the key.
         if entry is None or not hmac.compare_digest(entry.sha256, wanted):

@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 
+from budgetd.api.openapi import document
+from budgetd.app import OPERATIONS, create_app
 from budgetd.cli_ops import add_keys, add_ledger, add_serve
 from budgetd.cli_report import add_report_commands
 from budgetd.money import MICROS_PER_USD, PICOS_PER_MICRO, format_usd
@@ -31,6 +33,7 @@ from budgetd.pricing_table import (
     UnknownModelError,
     load_pricing,
 )
+from budgetd.settings import Settings
 from budgetd.usage import Usage
 
 DEFAULT_POLICY_DIR = Path("policies")
@@ -241,6 +244,26 @@ def _add_pricing(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.set_defaults(handler=_pricing)
 
 
+# ---- openapi ----
+
+
+def openapi_text() -> str:
+    """The service's OpenAPI document exactly as ``docs/openapi.json`` stores it (and as
+    ``/schema/openapi.json`` serves it)."""
+    app = create_app(Settings())
+    return json.dumps(document(OPERATIONS, app.openapi_schema.to_schema()), indent=2) + "\n"
+
+
+def _openapi(args: argparse.Namespace) -> int:
+    sys.stdout.write(openapi_text())
+    return 0
+
+
+def _add_openapi(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("openapi", help="print the HTTP API's OpenAPI document")
+    parser.set_defaults(handler=_openapi)
+
+
 # ---- entry point ----
 
 
@@ -252,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy(subparsers)
     _add_cost(subparsers)
     _add_pricing(subparsers)
+    _add_openapi(subparsers)
     add_serve(subparsers)
     add_keys(subparsers)
     add_ledger(subparsers)

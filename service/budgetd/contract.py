@@ -9,16 +9,66 @@ from typing import Annotated, Literal
 import msgspec
 
 from budgetd.usage import Usage
+from budgetd.yaml_errors import describe_pattern
 
-Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")]
-OrgName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+IDENTIFIER_WORDS = (
+    "an id of up to 128 letters, digits, '_', '.', ':', '@' or '-', starting with a letter or digit"
+)
+Identifier = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$", IDENTIFIER_WORDS),
+        description=f"{IDENTIFIER_WORDS[0].upper()}{IDENTIFIER_WORDS[1:]}.",
+        examples=["bob@example.com"],
+    ),
+]
+ORG_WORDS = "a name of up to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+OrgName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", ORG_WORDS),
+        description=f"The org: {ORG_WORDS}.",
+        examples=["acme"],
+    ),
+]
+RESERVATION_ID_WORDS = (
+    "an id of up to 256 letters, digits, '_', '.', ':', '@' or '-', starting with a letter or digit"
+)
+RESERVATION_ID_PATTERN = describe_pattern(
+    r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,255}$", RESERVATION_ID_WORDS
+)
+"""A reservation id in a path: a client's ``reservation_id`` (an ``Identifier``) or a generated
+one (a degraded grant's id carries org, user, feature and model, so it may be longer)."""
+MODEL_WORDS = (
+    "a model id of up to 128 letters, digits, '_', '.', ':', '@' or '-', starting with a letter "
+    "or digit"
+)
+ModelId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$", MODEL_WORDS),
+        description="A model id of the price table (or an alias the org's policy defines); "
+        "any other id is 422 unknown-model.",
+        examples=["claude-sonnet-4-5", "claude-opus-4-8"],
+    ),
+]
 TokenCount = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
-Metadata = Annotated[dict[str, str], msgspec.Meta(max_length=32)]
+Metadata = Annotated[
+    dict[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+        Annotated[str, msgspec.Meta(max_length=256)],
+    ],
+    msgspec.Meta(
+        max_length=32,
+        description="Up to 32 string pairs, keys 1–64 characters, "
+        "values at most 256, kept in the ledger entry.",
+    ),
+]
 
 
 class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     org: OrgName
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    model: ModelId
     input_tokens: TokenCount
     """Estimate of the prompt's tokens."""
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
@@ -31,23 +81,36 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     cache_ttl: Literal["5m", "1h"] | None = None
     """The longest prompt-cache TTL the request writes, if it uses prompt caching."""
     batch: bool = False
-    inference_geo: str | None = None
+    inference_geo: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
     speed: Literal["standard", "fast"] | None = None
     web_searches: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
     """Most web searches the call may run."""
     metadata: Metadata | None = None
 
 
+class OrgQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``?org=`` of commit and release: the key's org when absent (required without keys)."""
+
+    org: OrgName | None = None
+
+
+class BudgetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    user: Identifier | None = None
+    feature: Identifier | None = None
+    model: ModelId | None = None
+
+
 class CommitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     usage: Usage
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    model: ModelId | None = None
     """The response's model; the reserved model when absent."""
     batch: bool = False
 
 
 class UsageRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     org: OrgName
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    model: ModelId
     usage: Usage
     user: Identifier | None = None
     feature: Identifier | None = None
@@ -91,7 +154,7 @@ class AdjustmentResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CostRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    model: ModelId
     usage: Usage
     batch: bool = False
     org: OrgName | None = None

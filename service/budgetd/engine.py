@@ -693,6 +693,11 @@ class Engine:
     ) -> c.BudgetsResult:
         policy = self.policy(org)
         now = self.clock.now()
+        if model is not None:
+            try:
+                model = policy.pricing.model(model).id
+            except UnknownModelError as exc:
+                raise UnknownModel(str(exc)) from None
         limits = self._limits(
             policy, Subject(org=org, user=user, feature=feature), model or "", now, 0, 0
         )

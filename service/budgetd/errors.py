@@ -63,3 +63,20 @@ class StoreDown(BudgetdError):
 
     type_slug = "store-unavailable"
     status = 503
+
+
+class MalformedRequest(BudgetdError):
+    """The body is not JSON at all."""
+
+    type_slug = "malformed-request"
+    status = 400
+
+
+class PayloadTooLarge(BudgetdError):
+    type_slug = "payload-too-large"
+    status = 413
+
+
+class UriTooLong(BudgetdError):
+    type_slug = "uri-too-long"
+    status = 414

@@ -63,10 +63,16 @@ class Reconciliation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def bound_ms(when: datetime | None) -> int | None:
-    """An export or trim bound as epoch milliseconds; a time without a zone is UTC."""
+    """An export or trim bound as epoch milliseconds; a time without a zone is UTC.
+
+    ``ValueError`` before 1970: ledger ids are epoch milliseconds, and Redis refuses a negative
+    stream id (which would break an export already streaming)."""
     if when is None:
         return None
-    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+    ms = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+    if ms < 0:
+        raise ValueError(f"{when.isoformat()} is before 1970-01-01, where the ledger starts")
+    return ms
 
 
 async def entries(

@@ -163,7 +163,7 @@ def dotted(path: FieldPath) -> str:
     return out or "(top level)"
 
 
-def _strip(tp: Any) -> Any:
+def strip_type(tp: Any) -> Any:
     """The type under ``Annotated`` and ``| None``."""
     while True:
         origin = typing.get_origin(tp)
@@ -179,7 +179,7 @@ def _strip(tp: Any) -> Any:
 
 
 def _child_type(tp: Any, part: PathPart) -> Any:
-    tp = _strip(tp)
+    tp = strip_type(tp)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         for field in msgspec.structs.fields(tp):
             if field.encode_name == part:
@@ -204,7 +204,7 @@ def _first_failing(items: list[tuple[Any, Any]], tp: Any) -> Any:
     return None
 
 
-def _resolve(path: FieldPath, data: Any, target: Any) -> tuple[FieldPath, Any, Any]:
+def resolve_path(path: FieldPath, data: Any, target: Any) -> tuple[FieldPath, Any, Any]:
     """Replace each "any key" segment by the real key, following ``data`` and ``target``.
 
     Returns the concrete path, the value found there (or None) and its declared type (or None).
@@ -234,7 +234,7 @@ def _resolve(path: FieldPath, data: Any, target: Any) -> tuple[FieldPath, Any, A
 
 
 def _literal_values(tp: Any) -> tuple[Any, ...]:
-    tp = _strip(tp)
+    tp = strip_type(tp)
     return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else ()
 
 
@@ -255,7 +255,7 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def _admin_words(message: str, value: Any = None, tp: Any = None) -> str:
+def message_words(message: str, value: Any = None, tp: Any = None) -> str:
     unknown = re.match(r"Object contains unknown field `(.+)`", message)
     if unknown:
         return f"unknown key {unknown.group(1)!r} (check the spelling; see policies/schema.json)"
@@ -313,22 +313,22 @@ def located_validation_error(
     key_in = _KEY_IN.match(text)
     if key_in:
         # The error is about a mapping's *key*: find the first key that fails the key type.
-        path, mapping, tp = _resolve(parse_path(key_in.group("path")), document.data, target)
-        key_type = typing.get_args(_strip(tp))[0] if tp is not None else None
+        path, mapping, tp = resolve_path(parse_path(key_in.group("path")), document.data, target)
+        key_type = typing.get_args(strip_type(tp))[0] if tp is not None else None
         bad = None
         if isinstance(mapping, dict) and key_type is not None:
             bad = _first_failing([(k, k) for k in mapping], key_type)
         if bad is None:
             line = document.line_of(path)
-            words = _admin_words(key_in["message"])
+            words = message_words(key_in["message"])
             return f"{document.filename}:{line}: {dotted(path)}: key {words}"
         line = document.key_line(path, str(bad))
-        words = _admin_words(key_in["message"], bad, key_type)
+        words = message_words(key_in["message"], bad, key_type)
         return f"{document.filename}:{line}: {dotted((*path, str(bad)))}: key {words}"
     match = _AT_PATH.match(text)
     assert match is not None  # the pattern matches any string
     message = match.group("message")
-    path, value, tp = _resolve(parse_path(match.group("path") or ""), document.data, target)
+    path, value, tp = resolve_path(parse_path(match.group("path") or ""), document.data, target)
     unknown = re.match(r"Object contains unknown field `(.+)`", message)
     if unknown:
         key = unknown.group(1)
@@ -338,4 +338,4 @@ def located_validation_error(
         missing = re.match(r"Object missing required field `(.+)`", message)
         line = document.line_of(path)
         field = dotted((*path, missing.group(1))) if missing else dotted(path)
-    return f"{document.filename}:{line}: {field}: {_admin_words(message, value, tp)}"
+    return f"{document.filename}:{line}: {field}: {message_words(message, value, tp)}"

@@ -32,8 +32,9 @@ async def test_fail_closed_is_503_within_the_timeout(client_for: ClientFactory) 
         assert r.status_code == 503
         assert r.json()["type"].endswith("/store-unavailable")
         assert "org-day" in r.json()["detail"]
+        assert r.headers["retry-after"] == "1"
         ready = await client.get("/readyz")
-        assert ready.status_code == 503
+        assert ready.status_code == 503 and ready.headers["retry-after"] == "1"
         assert ready.json()["store"]["ok"] is False
 
 

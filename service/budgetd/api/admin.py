@@ -3,16 +3,17 @@ the scheduler's jobs, and adjustments of budget counters."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get, post
-from litestar.params import FromQuery, JSONBody
 
 from budgetd.adjustments import adjust
 from budgetd.api.deps import caller, engine_of
+from budgetd.api.openapi import Operation
+from budgetd.api.validation import NoParameters, convert_query, decode
 from budgetd.auth import Principal
-from budgetd.contract import AdjustmentRequest, AdjustmentResult
+from budgetd.contract import AdjustmentRequest, AdjustmentResult, OrgName
 from budgetd.errors import Forbidden
 from budgetd.jobs.scheduler import Jobs, JobStatus
 from budgetd.store.events import EventQueue
@@ -40,16 +41,20 @@ def admin_only(principal: Principal, org: str | None = None) -> None:
         raise Forbidden("admin endpoints need an admin key")
 
 
+class EventsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
+    """Most recent events (and dead letters) to show."""
+
+
 @get("/v1/admin/events", summary="Recent events and their delivery state")
-async def events(
-    request: Request[Any, Any, Any],
-    org: FromQuery[str],
-    limit: FromQuery[int] = 50,
-) -> EventsResult:
-    admin_only(caller(request), org)
+async def events(request: Request[Any, Any, Any]) -> EventsResult:
+    principal = caller(request)
+    q = convert_query(request.query_params.multi_items(), EventsQuery)
+    org, count = q.org, q.limit
+    admin_only(principal, org)
     queue: EventQueue = request.app.state.queue
     policy = request.app.state.engine.policy(org)
-    count = min(max(limit, 1), 500)
     views = []
     for event in await queue.recent(org, count):
         channels = policy.notify_for(event.fields.get("budget", ""))
@@ -64,7 +69,9 @@ async def events(
 
 @get("/v1/admin/scheduler", summary="Jobs of this replica: last run, next run, lag")
 async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
-    admin_only(caller(request))
+    principal = caller(request)
+    convert_query(request.query_params.multi_items(), NoParameters)
+    admin_only(principal)
     jobs: Jobs = request.app.state.jobs
     return jobs.snapshot()
 
@@ -74,12 +81,43 @@ async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
     status_code=201,
     summary="Adjust one budget's spend in its current period (refund, credit, outside charge)",
 )
-async def adjustments(
-    data: JSONBody[AdjustmentRequest], request: Request[Any, Any, Any]
-) -> AdjustmentResult:
+async def adjustments(request: Request[Any, Any, Any]) -> AdjustmentResult:
     principal = caller(request)
+    data = decode(await request.body(), AdjustmentRequest)
     admin_only(principal, data.org)
     return await adjust(engine_of(request), data, actor=f"{principal.role}:{principal.name}")
 
 
 ROUTES = [events, scheduler, adjustments]
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/admin/events",
+        "Recent events and their delivery state",
+        "admin_events",
+        ok=(200, EventsResult),
+        query=EventsQuery,
+        problems=(403, 404, 422, 503),
+        tags=("admin",),
+    ),
+    Operation(
+        "GET",
+        "/v1/admin/scheduler",
+        "Jobs of this replica: last run, next run, lag",
+        "admin_scheduler",
+        ok=(200, list[JobStatus]),
+        query=NoParameters,
+        problems=(403,),
+        tags=("admin",),
+    ),
+    Operation(
+        "POST",
+        "/v1/admin/adjustments",
+        "Adjust one budget's spend in its current period (refund, credit, outside charge)",
+        "admin_adjust",
+        ok=(201, AdjustmentResult),
+        body=AdjustmentRequest,
+        problems=(403, 404, 409, 422, 503),
+        tags=("admin",),
+    ),
+]

@@ -3,29 +3,50 @@
 from __future__ import annotations
 
 from litestar import get, post
-from litestar.params import FromQuery, JSONBody
 
 from budgetd.api.deps import AnyRequest, caller, engine_of
-from budgetd.contract import BudgetsResult, CostRequest, CostResult
+from budgetd.api.openapi import Operation
+from budgetd.api.validation import convert_query, decode
+from budgetd.contract import BudgetsQuery, BudgetsResult, CostRequest, CostResult
 
 
 @get("/v1/budgets", summary="Each limit that applies to a scope: limit, spent, held, remaining")
-async def budgets(
-    request: AnyRequest,
-    org: FromQuery[str],
-    user: FromQuery[str | None] = None,
-    feature: FromQuery[str | None] = None,
-    model: FromQuery[str | None] = None,
-) -> BudgetsResult:
-    caller(request).require_org(org)
-    return await engine_of(request).budgets(org, user, feature, model)
+async def budgets(request: AnyRequest) -> BudgetsResult:
+    principal = caller(request)
+    q = convert_query(request.query_params.multi_items(), BudgetsQuery)
+    principal.require_org(q.org)
+    return await engine_of(request).budgets(q.org, q.user, q.feature, q.model)
 
 
 @post("/v1/cost", status_code=200, summary="The cost of a usage object, recorded nowhere")
-async def price(data: JSONBody[CostRequest], request: AnyRequest) -> CostResult:
+async def price(request: AnyRequest) -> CostResult:
+    principal = caller(request)  # a key is needed even without an org: prices are not public
+    data = decode(await request.body(), CostRequest)
     if data.org is not None:
-        caller(request).require_org(data.org)
+        principal.require_org(data.org)
     return engine_of(request).price(data)
 
 
 ROUTES = [budgets, price]
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/budgets",
+        "Each limit that applies to a scope: limit, spent, held, remaining",
+        "budgets",
+        ok=(200, BudgetsResult),
+        query=BudgetsQuery,
+        problems=(403, 404, 422, 503),
+        tags=("budgets",),
+    ),
+    Operation(
+        "POST",
+        "/v1/cost",
+        "The cost of a usage object, recorded nowhere",
+        "cost",
+        ok=(200, CostResult),
+        body=CostRequest,
+        problems=(403, 404, 422),
+        tags=("budgets",),
+    ),
+]

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 
 from budgetd.auth import ANONYMOUS, KeyRing, Principal
 from budgetd.engine import Engine
-from budgetd.errors import InvalidRequest
+from budgetd.errors import InvalidRequest, Unauthorized
 
 
 def engine_of(request: Request[Any, Any, Any]) -> Engine:
@@ -23,16 +23,22 @@ def engine_of(request: Request[Any, Any, Any]) -> Engine:
 def caller(request: Request[Any, Any, Any]) -> Principal:
     """Who is calling: the API key's principal (401 without a valid key), or anyone when
     authentication is off."""
-    return caller_of(request.app.state, request.headers.get("authorization"))
+    return caller_of(request.app.state, request.headers.getall("authorization", []))
 
 
-def caller_of(state: State, authorization: str | None) -> Principal:
-    """``caller`` from the app's state and the raw ``Authorization`` header value (the fast
-    path has no Litestar request)."""
+def caller_of(state: State, authorizations: list[str]) -> Principal:
+    """``caller`` from the app's state and every ``Authorization`` header value (the fast path
+    has no Litestar request). Two headers are refused: taking the first would let a proxy's
+    added header and the client's disagree silently."""
     ring: KeyRing | None = state.keyring
     if ring is None:
         return ANONYMOUS
-    return ring.authenticate(authorization)
+    if len(authorizations) > 1:
+        raise Unauthorized(
+            f"{len(authorizations)} Authorization headers: send exactly one, "
+            "'Authorization: Bearer <key>'"
+        )
+    return ring.authenticate(authorizations[0] if authorizations else None)
 
 
 def org_of(principal: Principal, org: str | None) -> str:

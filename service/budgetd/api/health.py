@@ -8,6 +8,8 @@ from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from budgetd.api.deps import AnyRequest, engine_of
+from budgetd.api.openapi import Operation
+from budgetd.api.problems import RETRY_UNAVAILABLE_S
 
 
 @get("/healthz", summary="Liveness", include_in_schema=True)
@@ -30,7 +32,9 @@ async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
             "errors": list(policy.errors),
         },
     }
-    return Response(body, status_code=200 if ready else 503)
+    if ready:
+        return Response(body, status_code=200)
+    return Response(body, status_code=503, headers={"Retry-After": str(RETRY_UNAVAILABLE_S)})
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
@@ -40,3 +44,56 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 ROUTES = [healthz, readyz, metrics]
+_READY = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["ready", "store", "policy"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "store": {"type": "object"},
+                "policy": {"type": "object"},
+            },
+        }
+    }
+}
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/healthz",
+        "Liveness",
+        "healthz",
+        ok=(200, None),
+        ok_media={
+            "application/json": {
+                "schema": {"type": "object", "properties": {"status": {"const": "ok"}}}
+            }
+        },
+        problems=(),
+        auth=False,
+        tags=("operations",),
+    ),
+    Operation(
+        "GET",
+        "/readyz",
+        "Readiness: store reachable and a policy loaded",
+        "readyz",
+        ok=(200, None),
+        ok_media=_READY,
+        problems=(),
+        auth=False,
+        tags=("operations",),
+        description="503 (with Retry-After and the same body) while not ready.",
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        "Prometheus metrics",
+        "metrics",
+        ok=(200, None),
+        ok_media={"text/plain": {"schema": {"type": "string"}}},
+        problems=(),
+        auth=False,
+        tags=("operations",),
+    ),
+]

@@ -9,12 +9,15 @@ from typing import Any
 
 import msgspec
 from litestar import Request, get
-from litestar.params import FromQuery
 from litestar.response import Stream
 
 from budgetd import ledger
 from budgetd.api.admin import admin_only
 from budgetd.api.deps import caller
+from budgetd.api.openapi import Operation
+from budgetd.api.validation import convert_query
+from budgetd.contract import OrgName
+from budgetd.errors import InvalidRequest
 from budgetd.reports import audit
 from budgetd.store.events import EventQueue
 
@@ -27,29 +30,45 @@ class ReconcileResult(msgspec.Struct, frozen=True, kw_only=True):
     report: ledger.Reconciliation
 
 
-@get("/v1/admin/ledger", summary="Export the org's ledger (JSON lines or CSV), oldest first")
-async def export_ledger(
-    request: Request[Any, Any, Any],
-    org: FromQuery[str],
-    since: FromQuery[datetime | None] = None,
-    until: FromQuery[datetime | None] = None,
-    format: FromQuery[ledger.Format] = "jsonl",
-) -> Stream:
-    principal = caller(request)
-    admin_only(principal, org)
-    request.app.state.engine.policy(org)  # an unknown org is 404, not an empty export
-    queue: EventQueue = request.app.state.queue
-    await audit.admin_read(queue.store, org, principal, request.url.path, request.url.query or "")
+class ExportQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    since: datetime | None = None
+    """Entries at or after this time (ISO 8601; UTC without a zone), 1970 or later."""
+    until: datetime | None = None
+    """Entries before this time."""
+    format: ledger.Format = "jsonl"
 
-    chunks = ledger.export(
-        queue.store, org, format, ledger.bound_ms(since) or 0, ledger.bound_ms(until)
-    )
-    return Stream(chunks, media_type=MEDIA_TYPES[format])
+
+class OrgOnlyQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+
+
+def _bound_ms(name: str, when: datetime | None) -> int | None:
+    try:
+        return ledger.bound_ms(when)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: {exc}", field=name) from None
+
+
+@get("/v1/admin/ledger", summary="Export the org's ledger (JSON lines or CSV), oldest first")
+async def export_ledger(request: Request[Any, Any, Any]) -> Stream:
+    principal = caller(request)
+    q = convert_query(request.query_params.multi_items(), ExportQuery)
+    # Every bound is checked before the first byte: a refusal after the 200 would be a broken
+    # stream, not a problem.
+    since, until = _bound_ms("since", q.since), _bound_ms("until", q.until)
+    admin_only(principal, q.org)
+    request.app.state.engine.policy(q.org)  # an unknown org is 404, not an empty export
+    queue: EventQueue = request.app.state.queue
+    await audit.admin_read(queue.store, q.org, principal, request.url.path, request.url.query or "")
+    chunks = ledger.export(queue.store, q.org, q.format, since or 0, until)
+    return Stream(chunks, media_type=MEDIA_TYPES[q.format])
 
 
 @get("/v1/admin/reconcile", summary="Check that every counter equals its ledger and open holds")
-async def reconcile(request: Request[Any, Any, Any], org: FromQuery[str]) -> ReconcileResult:
+async def reconcile(request: Request[Any, Any, Any]) -> ReconcileResult:
     principal = caller(request)
+    org = convert_query(request.query_params.multi_items(), OrgOnlyQuery).org
     admin_only(principal, org)
     request.app.state.engine.policy(org)
     queue: EventQueue = request.app.state.queue
@@ -59,3 +78,26 @@ async def reconcile(request: Request[Any, Any, Any], org: FromQuery[str]) -> Rec
 
 
 ROUTES = [export_ledger, reconcile]
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/admin/ledger",
+        "Export the org's ledger (JSON lines or CSV), oldest first",
+        "admin_ledger",
+        ok=(200, None),
+        ok_media={media: {"schema": {"type": "string"}} for media in MEDIA_TYPES.values()},
+        query=ExportQuery,
+        problems=(403, 404, 422, 503),
+        tags=("admin",),
+    ),
+    Operation(
+        "GET",
+        "/v1/admin/reconcile",
+        "Check that every counter equals its ledger and open holds",
+        "admin_reconcile",
+        ok=(200, ReconcileResult),
+        query=OrgOnlyQuery,
+        problems=(403, 404, 422, 503),
+        tags=("admin",),
+    ),
+]

@@ -6,6 +6,7 @@ in ``api/fastpath.py``), so both paths answer with the same bytes."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, NamedTuple
 
@@ -14,6 +15,8 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from budgetd.contract import Denied
 from budgetd.errors import BudgetdError, Conflict
+
+log = logging.getLogger("budgetd")
 
 TYPE_BASE = "https://budgetd.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -46,10 +49,38 @@ def denied_problem(result: Denied) -> Problem:
     )
 
 
+RETRY_UNAVAILABLE_S = 1
+"""``Retry-After`` of a 503: the store is checked again on the next request, so a second is as
+good a guess as any and keeps clients from hammering."""
+
+
 def error_problem(exc: BudgetdError) -> Problem:
     title = exc.type_slug.replace("-", " ").capitalize()
     state = exc.state if isinstance(exc, Conflict) else None
-    return problem_of(exc.status, exc.type_slug, title, exc.detail, field=exc.field, state=state)
+    retry = RETRY_UNAVAILABLE_S if exc.status == 503 else None
+    return problem_of(
+        exc.status,
+        exc.type_slug,
+        title,
+        exc.detail,
+        field=exc.field,
+        state=state,
+        retry_after_s=retry,
+    )
+
+
+def internal_error_problem() -> Problem:
+    return problem_of(
+        500, "internal-error", "Internal error", "an unexpected error; it is in the service's log"
+    )
+
+
+def method_not_allowed_problem(allowed: list[str]) -> Problem:
+    methods = ", ".join(allowed)
+    p = problem_of(
+        405, "method-not-allowed", "Method not allowed", f"this path takes {methods} only"
+    )
+    return Problem(p.status, p.body, {**p.headers, "Allow": methods})
 
 
 def response_of(p: Problem) -> Response[Any]:
@@ -104,14 +135,25 @@ def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> 
 
 
 def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Litestar's own refusals (no route, wrong method, body over its limit), as problems with
+    their headers (``Allow`` on a 405)."""
     slug, title = _HTTP_PROBLEMS.get(exc.status_code, ("http-error", str(exc.detail)))
-    return problem(exc.status_code, slug, title, str(exc.detail))
+    p = problem_of(exc.status_code, slug, title, str(exc.detail))
+    if exc.status_code == 503:
+        p.headers.setdefault("Retry-After", str(RETRY_UNAVAILABLE_S))
+    return response_of(Problem(p.status, p.body, {**p.headers, **(exc.headers or {})}))
+
+
+def on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return response_of(internal_error_problem())
 
 
 _HTTP_PROBLEMS = {
     400: ("malformed-request", "Malformed request"),
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Payload too large"),
 }
 
 
@@ -119,4 +161,5 @@ HANDLERS = {
     BudgetdError: on_budgetd_error,
     ValidationException: on_validation_error,
     HTTPException: on_http_error,
+    Exception: on_internal_error,
 }

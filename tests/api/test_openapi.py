@@ -1,0 +1,66 @@
+"""The OpenAPI document: checked in as docs/openapi.json, equal to what the service serves, and
+complete enough for a client generator and a fuzzer (every status, problem bodies, bounds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from budgetd.app import OPERATIONS
+from budgetd.cli import openapi_text
+from tests.api.conftest import Client
+
+CHECKED_IN = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+
+
+async def test_served_document_is_the_checked_in_file(acme_client: Client) -> None:
+    served = (await acme_client.get("/schema/openapi.json")).json()
+    assert openapi_text() == CHECKED_IN.read_text(), (
+        "docs/openapi.json is out of date; regenerate it with `budgetd openapi > docs/openapi.json`"
+    )
+    assert served == json.loads(CHECKED_IN.read_text())
+
+
+def _doc() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(CHECKED_IN.read_text())
+    return doc
+
+
+def test_every_operation_documents_its_problems_and_auth() -> None:
+    doc = _doc()
+    problem_types = doc["components"]["schemas"]["Problem"]["properties"]["type"]["enum"]
+    assert "https://budgetd.dev/problems/budget-exceeded" in problem_types
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    described = {(op.path, op.method.lower()) for op in OPERATIONS}
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if (path, method) not in described:
+                continue  # a route with no Operation keeps Litestar's generated entry
+            responses = op["responses"]
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    assert "application/problem+json" in response["content"], (path, status)
+                else:
+                    assert response.get("content"), (path, method, status)
+            if path.startswith("/v1/"):
+                assert op["security"] == [{"bearer": []}], path
+                assert {"401", "414", "422"} <= responses.keys(), (path, method)
+    reserve = doc["paths"]["/v1/reservations"]["post"]["responses"]
+    assert {"201", "400", "401", "403", "404", "409", "413", "422", "429", "503"} <= set(reserve)
+    assert "Retry-After" in reserve["429"]["headers"] and "Retry-After" in reserve["503"]["headers"]
+    assert reserve["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Grant"
+    }
+
+
+def test_bodies_refuse_unknown_fields_and_carry_bounds_and_patterns() -> None:
+    schemas = _doc()["components"]["schemas"]
+    reserve = schemas["ReserveRequest"]
+    assert reserve["additionalProperties"] is False
+    assert schemas["CommitRequest"]["additionalProperties"] is False
+    assert "additionalProperties" not in schemas["Usage"]  # the API adds usage fields over time
+    props = reserve["properties"]
+    assert (props["max_tokens"]["minimum"], props["max_tokens"]["maximum"]) == (1, 10_000_000)
+    assert "starting with a letter or digit" in props["org"]["description"]
+    assert props["model"]["examples"] and props["model"]["pattern"]
