@@ -34,6 +34,11 @@ class Metrics:
         self.policy_load_errors = Counter(
             "budgetd_config_load_error_total", "Policy reloads that failed", registry=self.registry
         )
+        self.store_up = Gauge(
+            "budgetd_store_up",
+            "1 when the store answered the last readiness check",
+            registry=self.registry,
+        )
         self.policy_loaded = Gauge(
             "budgetd_policy_loaded", "1 when a valid policy is active", registry=self.registry
         )

@@ -85,12 +85,13 @@ async def test_redis_goes_away_and_returns(
         r = await client.post("/v1/reservations", json=body("open"))
         assert r.status_code == 201, r.text
         assert r.json()["degraded"] is True and r.json()["held_micros"] == 0
+        # Still ready (it can decide: fail-closed 503s, fail-open grants); the body says why.
         ready = await client.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["store"]["ok"] is False
+        assert ready.status_code == 200 and ready.json()["store"]["ok"] is False
 
         _up(server, how)  # the service's pool reconnects by itself
         started = time.monotonic()
-        while (await client.get("/readyz")).status_code != 200:
+        while (await client.get("/readyz")).json()["store"]["ok"] is not True:
             assert time.monotonic() - started < 10, "readiness did not recover"
             await asyncio.sleep(0.05)
         recovered_s = time.monotonic() - started
@@ -98,4 +99,4 @@ async def test_redis_goes_away_and_returns(
             r = await client.post("/v1/reservations", json=body(org))
             assert r.status_code == 201 and r.json()["degraded"] is False, r.text
         took = f"fail-closed 503 after {closed_s * 1000:.0f} ms"
-        print(f"\n{how}: {took}; ready again {recovered_s:.2f} s after Redis returned")
+        print(f"\n{how}: {took}; store ok again {recovered_s:.2f} s after Redis returned")

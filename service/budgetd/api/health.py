@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar import Request, Response, get
@@ -17,12 +18,33 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: store reachable and a policy loaded")
+# A loop that takes longer than this to run a ready callback is too busy to decide in time.
+LOOP_LAG_LIMIT_S = 1.0
+
+
+async def _loop_lag_s() -> float:
+    """How long a callback waits for its turn on this event loop right now."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.sleep(0)
+    return loop.time() - started
+
+
+@get("/readyz", summary="Readiness: this pod can decide (policy and prices loaded, loop healthy)")
 async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
+    """Ready means this pod can decide a reservation: a policy set (with its price table) is
+    loaded and the event loop is responsive. Store health is reported in the body and in
+    ``budgetd_store_up`` but does not make the pod unready: Redis is shared by every replica,
+    so an outage would take every pod out of the Service at once, and the per-rule
+    ``failure: fail_open|fail_closed`` setting, which decides what callers get while Redis is
+    down, would never be consulted (docs/decisions.md, "Readiness")."""
     engine = engine_of(request)
     store_ok = await engine.store.ping()
+    engine.metrics.store_up.set(1 if store_ok else 0)
+    lag_s = await _loop_lag_s()
+    loop_ok = lag_s < LOOP_LAG_LIMIT_S
     policy = engine.registry.last_status
-    ready = store_ok and engine.registry.loaded
+    ready = engine.registry.loaded and loop_ok
     body = {
         "ready": ready,
         "store": {"ok": store_ok, "backend": engine.store.description},
@@ -31,6 +53,7 @@ async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
             "last_reload_ok": policy.ok,
             "errors": list(policy.errors),
         },
+        "event_loop": {"ok": loop_ok, "lag_s": round(lag_s, 6)},
     }
     if ready:
         return Response(body, status_code=200)
@@ -48,11 +71,12 @@ _READY = {
     "application/json": {
         "schema": {
             "type": "object",
-            "required": ["ready", "store", "policy"],
+            "required": ["ready", "store", "policy", "event_loop"],
             "properties": {
                 "ready": {"type": "boolean"},
                 "store": {"type": "object"},
                 "policy": {"type": "object"},
+                "event_loop": {"type": "object"},
             },
         }
     }
@@ -76,14 +100,16 @@ OPERATIONS = [
     Operation(
         "GET",
         "/readyz",
-        "Readiness: store reachable and a policy loaded",
+        "Readiness: this pod can decide (policy and prices loaded, event loop responsive)",
         "readyz",
         ok=(200, None),
         ok_media=_READY,
         problems=(),
         auth=False,
         tags=("operations",),
-        description="503 (with Retry-After and the same body) while not ready.",
+        description="503 (with Retry-After and the same body) while not ready. Store health is "
+        "in the body (store.ok), not in the status: a Redis outage is answered per rule "
+        "(fail_open / fail_closed) by every ready pod.",
     ),
     Operation(
         "GET",
