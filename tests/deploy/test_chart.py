@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,13 @@ def test_default_install_becomes_ready_and_passes_helm_test(tmp_path: Path) -> N
 def test_values_file_matches_its_schema() -> None:
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def test_uv_lock_matches_pyproject() -> None:
+    """The image installs from uv.lock with --frozen: a dependency added to pyproject.toml
+    without `uv lock` would break the image build, so it breaks this test first."""
+    uv = Path(sys.executable).parent / "uv"
+    run = subprocess.run(
+        [str(uv), "lock", "--check"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, "run `.venv/bin/uv lock` and commit uv.lock:\n" + run.stderr
