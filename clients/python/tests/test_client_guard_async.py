@@ -45,8 +45,8 @@ async def test_create_commits_exactly_the_priced_usage(
     assert reserve["inference_geo"] == "global"
     assert reserve["max_tokens"] == 300
     assert reserve["user"] == "alice" and reserve["feature"] == "chat"
-    # chars/4 + 10 %: 14×50 + 10 characters.
-    assert reserve["input_tokens"] == -(-(14 * 50 + 10) * 11 // 40)
+    # An upper bound: at least one token per UTF-8 byte of the prompt's text.
+    assert reserve["input_tokens"] >= 14 * 50 + len("Say hello.")
     (commit,) = recorder.bodies("/commit")
     assert commit["usage"]["cache_creation"]["ephemeral_1h_input_tokens"] == 2000
     assert commit["model"] == HAIKU

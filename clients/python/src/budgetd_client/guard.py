@@ -25,13 +25,8 @@ from typing import Any, overload
 
 from budgetd_client._core import log, usage_dict
 from budgetd_client.client import AsyncBudgetdClient, BudgetdClient
-from budgetd_client.estimate import (
-    DEFAULT_MARGIN,
-    cache_ttl_of,
-    estimate_input_tokens,
-    present,
-    web_searches_of,
-)
+from budgetd_client.core.calls import cache_ttl_of, web_searches_of
+from budgetd_client.estimate import estimate_input_tokens
 from budgetd_client.reservation import (
     AsyncBudget,
     AsyncReservation,
@@ -43,6 +38,16 @@ from budgetd_client.reservation import (
 
 _COUNT_KEYS = ("messages", "model", "system", "tools", "tool_choice", "thinking", "speed")
 _BUDGET_KEYS = ("budget_user", "budget_feature", "budget_metadata")
+DEFAULT_MARGIN = 0.0
+"""Extra fraction held on top of the input bound."""
+
+
+def present(kwargs: Mapping[str, Any], key: str) -> Any:
+    """``kwargs[key]`` unless absent, None, or one of the SDK's omit sentinels."""
+    value = kwargs.get(key)
+    if value is None or type(value).__name__ in ("Omit", "NotGiven", "Omit_"):
+        return None
+    return value
 
 
 class _Plan:
