@@ -99,3 +99,33 @@ async def test_the_retention_job_runs_only_when_configured(tmp_path: Path) -> No
             jobs = await client.get("/v1/admin/scheduler")
             assert jobs.status_code == 200
             assert ("ledger-retention" in {job["id"] for job in jobs.json()}) is expected
+
+
+async def test_the_scheduler_view_shows_an_admin_only_their_own_orgs_jobs(tmp_path: Path) -> None:
+    """Per-org jobs are named after their org: another org's admin must not see them."""
+    keys_file = tmp_path / "keys.yaml"
+    acme_admin, globex_admin = write_keys(keys_file, ("acme", "admin"), ("globex", "admin"))
+    directory = tmp_path / "policies"
+    write_policy(directory, ACME)
+    write_policy(directory, GLOBEX, name="globex.yaml")
+    settings = settings_for(directory, keys_file=keys_file, sweep_interval_s=5)
+    async with asgi_client(create_app(settings, store=embedded_store())) as client:
+        seen = {}
+        for org, key in (("acme", acme_admin), ("globex", globex_admin)):
+            answer = await client.get(
+                "/v1/admin/scheduler", headers={"Authorization": f"Bearer {key}"}
+            )
+            assert answer.status_code == 200
+            seen[org] = {job["id"] for job in answer.json()}
+        assert {"sweep", "close:acme:day", "close:acme:month"} <= seen["acme"]
+        assert not any("globex" in job for job in seen["acme"])
+        assert {"sweep", "close:globex:week"} <= seen["globex"]
+        assert not any("acme" in job for job in seen["globex"])
+
+
+GLOBEX = """
+org: globex
+timezone: UTC
+budgets:
+  - {name: org-week, scope: org, limit_usd: 100, period: week}
+"""

@@ -73,7 +73,7 @@ async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
     convert_query(request.query_params.multi_items(), NoParameters)
     admin_only(principal)
     jobs: Jobs = request.app.state.jobs
-    return jobs.snapshot()
+    return jobs.snapshot(principal.org)
 
 
 @post(

@@ -74,6 +74,8 @@ class JobStatus(msgspec.Struct, kw_only=True):
     id: str
     trigger: str
     next_run: datetime | None
+    org: str | None = None
+    """The org a per-org job (a period close) works for; None for a job shared by every org."""
     last_run: datetime | None = None
     last_lag_s: float | None = None
     """How late the last run started after its scheduled time."""
@@ -116,7 +118,8 @@ class Jobs:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
         )
         self.status: dict[str, JobStatus] = {}
-        self._close_jobs: set[str] = set()
+        self._close_jobs: dict[str, str] = {}
+        """Period-close job id → its org."""
         self._running: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -200,10 +203,7 @@ class Jobs:
 
     def _on_event(self, event: Any) -> None:
         job = self.scheduler.get_job(event.job_id)
-        status = self.status.setdefault(
-            event.job_id,
-            JobStatus(id=event.job_id, trigger=str(job.trigger) if job else "", next_run=None),
-        )
+        status = self._status(event.job_id, str(job.trigger) if job else "")
         status.next_run = job.next_run_time if job else None
         if event.code == EVENT_JOB_SUBMITTED:
             now = datetime.now(UTC)
@@ -219,13 +219,28 @@ class Jobs:
         else:
             status.last_error = None
 
-    def snapshot(self) -> list[JobStatus]:
+    def _status(self, job_id: str, trigger: str) -> JobStatus:
+        return self.status.setdefault(
+            job_id,
+            JobStatus(id=job_id, trigger=trigger, next_run=None, org=self._close_jobs.get(job_id)),
+        )
+
+    def snapshot(self, org: str | None = None) -> list[JobStatus]:
+        """Every job, or for ``org`` (an org's admin) the shared jobs and that org's own: the
+        other orgs' jobs name them, and a shared job's error may name their keys, so those
+        errors are shown as a failure without the text (it is in the service log)."""
         for job in self.scheduler.get_jobs():
-            status = self.status.setdefault(
-                job.id, JobStatus(id=job.id, trigger=str(job.trigger), next_run=None)
-            )
-            status.next_run = job.next_run_time
-        return sorted(self.status.values(), key=lambda s: s.id)
+            self._status(job.id, str(job.trigger)).next_run = job.next_run_time
+        shown = sorted(self.status.values(), key=lambda s: s.id)
+        if org is None:
+            return shown
+        return [
+            msgspec.structs.replace(s, last_error="failed (see the service log)")
+            if s.org is None and s.last_error
+            else s
+            for s in shown
+            if s.org in (None, org)
+        ]
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -276,8 +291,9 @@ class Jobs:
             for rule in policy.budgets:
                 if rule.period.calendar is not None:
                     wanted[f"close:{org}:{rule.period.calendar}"] = (org, rule.period.calendar)
-        for job_id in self._close_jobs - set(wanted):
+        for job_id in set(self._close_jobs) - set(wanted):
             self.scheduler.remove_job(job_id)
+            self.status.pop(job_id, None)
         for job_id, (org, unit) in wanted.items():
             tz = registry.current.orgs[org].tz
             self.scheduler.add_job(
@@ -289,7 +305,7 @@ class Jobs:
                 # Late is fine for a summary (an hour); the event id keeps it to one per period.
                 misfire_grace_time=3600,
             )
-        self._close_jobs = set(wanted)
+        self._close_jobs = {job_id: org for job_id, (org, _) in wanted.items()}
 
     def _closer(self, org: str, unit: CalendarUnit) -> Callable[[], Awaitable[int]]:
         async def close() -> int:
