@@ -6,6 +6,9 @@ import asyncio
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from budgetd.engine import Engine
 from budgetd.metrics import Metrics
 from budgetd.store.connect import redis_store
 from budgetd.usage import Usage
+from tests.api.conftest import write_policy
 from tests.engine.conftest import ACME, make_registry
 
 
@@ -26,8 +30,12 @@ def test_keys_new_writes_an_entry_that_authenticates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys_file = tmp_path / "keys.yaml"
-    assert main(["keys", "new", "--org", "acme", "--role", "admin", "--file", str(keys_file)]) == 0
-    assert main(["keys", "new", "--org", "globex", "--file", str(keys_file)]) == 0
+    policies = tmp_path / "policies"
+    write_policy(policies, ACME, "acme.yaml")
+    write_policy(policies, ACME.replace("org: acme", "org: globex"), "globex.yaml")
+    new = ["keys", "new", "--file", str(keys_file), "--policy-dir", str(policies)]
+    assert main([*new, "--org", "acme", "--role", "admin"]) == 0
+    assert main([*new, "--org", "globex"]) == 0
     first, second = capsys.readouterr().out.split()
     ring = KeyRing.load(keys_file)
     assert (
@@ -103,3 +111,45 @@ def test_ledger_trim_exports_first_and_reconcile(
     # What the trimmed entries charged moved to the archive: reconcile is still exact.
     assert main(["ledger", "reconcile", "--org", "acme"]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_ledger_export_edges_are_one_line_errors(
+    filled_ledger: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ledger", "export", "--org", "acme", "--since", "1969-12-31"]) == 2
+    assert capsys.readouterr().err == (
+        "budgetd: --since '1969-12-31': 1969-12-31T00:00:00 is before 1970-01-01, where the "
+        "ledger starts\n"
+    )
+    assert main(["ledger", "export", "--org", "acme", "--until", "yesterday"]) == 2
+    assert "--until 'yesterday': Invalid isoformat string" in capsys.readouterr().err
+    assert main(["ledger", "export", "--org", "no-such-org"]) == 1
+    assert capsys.readouterr().err == (
+        "budgetd: no ledger for org 'no-such-org' in this Redis (unknown org?)\n"
+    )
+
+
+def test_ledger_export_into_head_exits_quietly(tmp_path: Path, redis_url: str) -> None:
+    async def fill() -> None:
+        store = redis_store(redis_url)
+        await store.client.flushdb()
+        engine = Engine(make_registry(tmp_path, ACME), store, SystemClock(), Metrics())
+        for i in range(600):  # well past a pipe's 64 KiB buffer
+            usage = Usage(input_tokens=1, output_tokens=1)
+            await engine.record(
+                UsageRequest(org="acme", model="claude-haiku-test", usage=usage, record_id=f"u{i}")
+            )
+        await store.close()
+
+    asyncio.run(fill())
+    budgetd = str(Path(sys.executable).with_name("budgetd"))
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{budgetd} ledger export --org acme | head -n 1"],
+        env={**os.environ, "BUDGETD_REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout)["kind"] == "record"

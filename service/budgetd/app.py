@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
@@ -17,14 +19,15 @@ from budgetd.api.fastpath import FastPath
 from budgetd.api.openapi import SchemaPlugin
 from budgetd.api.problems import HANDLERS
 from budgetd.api.validation import MAX_BODY_BYTES
-from budgetd.auth import KeyRing
+from budgetd.auth import LiveKeys
 from budgetd.clock import Clock, SystemClock
 from budgetd.engine import Engine
 from budgetd.jobs.clock_sync import sync_clock
 from budgetd.jobs.scheduler import Jobs
 from budgetd.metrics import Metrics
+from budgetd.policy.loader import PRICING_FILE
 from budgetd.policy.registry import PolicyRegistry
-from budgetd.settings import Settings
+from budgetd.settings import ConfigError, Settings
 from budgetd.store.base import StoreUnavailable
 from budgetd.store.connect import embedded_store, redis_store
 from budgetd.store.events import EventQueue
@@ -60,6 +63,33 @@ class Budgetd(Litestar):
         await self.fastpath(scope, receive, send)
 
 
+def check_policy_paths(settings: Settings) -> None:
+    """The policy directory and the price table exist: without them every org would be
+    unknown (404 to everything) while the service said it was ready."""
+    directory = settings.policy_dir
+    if not directory.is_dir():
+        raise ConfigError(
+            f"BUDGETD_POLICY_DIR={directory}: not a directory (policy files and pricing.yaml "
+            f"live there; it is relative to the working directory {Path.cwd()})"
+        )
+    if settings.pricing_file is not None:
+        if not settings.pricing_file.is_file():
+            raise ConfigError(
+                f"BUDGETD_PRICING_FILE={settings.pricing_file}: price table not found"
+            )
+    elif not (directory / PRICING_FILE).is_file():
+        raise ConfigError(
+            f"{directory / PRICING_FILE}: price table not found (or set BUDGETD_PRICING_FILE)"
+        )
+
+
+async def _poll_keys(keys: LiveKeys, every_s: float) -> None:
+    """Reload the keys file when it changes, on the policies' poll interval."""
+    while True:
+        await asyncio.sleep(every_s)
+        keys.reload_if_changed()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -70,6 +100,7 @@ def create_app(
     """The service. ``store``, ``clock`` and ``registry`` may be injected (tests)."""
     metrics = Metrics()
     if registry is None:
+        check_policy_paths(settings)
         registry = PolicyRegistry(settings.policy_dir, settings.pricing_file)
     if store is None:
         store = (
@@ -84,12 +115,14 @@ def create_app(
     jobs = Jobs(
         engine, queue, settings, period_clock if isinstance(period_clock, SystemClock) else None
     )
-    keyring = KeyRing.load(settings.keys_file) if settings.keys_file else None
-    if keyring is None:
+    keys = LiveKeys(settings.keys_file, metrics.policy_load_errors) if settings.keys_file else None
+    if keys is None:
         log.warning(
             "no BUDGETD_KEYS_FILE: authentication is OFF, every caller may act on "
             "every org. Create keys with `budgetd keys new --org ORG`."
         )
+    elif not (status := keys.reload_if_changed() or keys.last_status).ok:
+        raise ConfigError(status.errors[0])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -102,14 +135,29 @@ def create_app(
                 "Set maxmemory-policy noeviction.",
                 policy,
             )
+        if settings.redis_url and await store.persistence() == (False, False):
+            log.warning(
+                "redis keeps nothing on disk (no AOF, no RDB snapshots): a Redis restart "
+                "resets every budget to zero. Set appendonly yes (or BUDGETD_DURABILITY=strict "
+                "to refuse to start without it)."
+            )
         if isinstance(period_clock, SystemClock):
             with contextlib.suppress(StoreUnavailable):
                 await sync_clock(engine, period_clock)
         await jobs.start()
+        poll = (
+            asyncio.create_task(_poll_keys(keys, settings.policy_poll_s))
+            if keys is not None and settings.policy_poll_s > 0
+            else None
+        )
         log.info("budgetd %s ready: store %s", __version__, store.description)
         try:
             yield
         finally:
+            if poll is not None:
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
             await jobs.stop()
             await store.close()
 
@@ -133,7 +181,7 @@ def create_app(
         ),
     )
     app.state.engine = engine
-    app.state.keyring = keyring
+    app.state.api_keys = keys
     app.state.metrics = metrics
     app.state.jobs = jobs
     app.state.queue = queue

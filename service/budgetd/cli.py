@@ -24,6 +24,7 @@ from budgetd.cli_ops import add_keys, add_ledger, add_serve
 from budgetd.cli_report import add_report_commands
 from budgetd.money import MICROS_PER_USD, PICOS_PER_MICRO, format_usd
 from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
+from budgetd.policy.registry import PolicyRegistry
 from budgetd.policy.schema import json_schema
 from budgetd.pricing import PricingError, cost
 from budgetd.pricing_table import (
@@ -33,7 +34,7 @@ from budgetd.pricing_table import (
     UnknownModelError,
     load_pricing,
 )
-from budgetd.settings import Settings
+from budgetd.settings import ConfigError, Settings
 from budgetd.usage import Usage
 
 DEFAULT_POLICY_DIR = Path("policies")
@@ -250,7 +251,8 @@ def _add_pricing(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 def openapi_text() -> str:
     """The service's OpenAPI document exactly as ``docs/openapi.json`` stores it (and as
     ``/schema/openapi.json`` serves it)."""
-    app = create_app(Settings())
+    # A registry that never loads: the document does not depend on policies or the directory.
+    app = create_app(Settings(), registry=PolicyRegistry(Path()))
     return json.dumps(document(OPERATIONS, app.openapi_schema.to_schema()), indent=2) + "\n"
 
 
@@ -285,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"budgetd: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

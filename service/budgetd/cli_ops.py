@@ -6,17 +6,32 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import yaml
 
 from budgetd import ledger
-from budgetd.auth import key_line, new_key
+from budgetd.auth import (
+    KeyEntry,
+    KeyName,
+    KeysFileError,
+    digest,
+    key_line,
+    new_key,
+    read_keys_file,
+)
+from budgetd.contract import OrgName
+from budgetd.policy.loader import PolicyError, load_policy_dir
 from budgetd.serve import run
-from budgetd.settings import from_env
+from budgetd.settings import ConfigError, from_env
 from budgetd.store.connect import redis_store
 from budgetd.store.scripted import ScriptStore
+from budgetd.yaml_errors import message_words
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -27,13 +42,57 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(message: str) -> int:
+    print(f"budgetd: {message}", file=sys.stderr)
+    return 1
+
+
+def _format_error(what: str, value: str, type_: Any) -> str | None:
+    """Why ``value`` is not a ``type_`` (an org or key name), in words; None when it is."""
+    try:
+        msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        return f"{what} {value!r} {message_words(str(exc))}"
+    return None
+
+
+def _keys_file(args: argparse.Namespace) -> Path:
+    path: Path | None = args.file or from_env().keys_file
+    if path is None:
+        raise ConfigError("give --file or set BUDGETD_KEYS_FILE")
+    return path
+
+
 def _keys_new(args: argparse.Namespace) -> int:
+    problem = _format_error("org", args.org, OrgName) or (
+        _format_error("name", args.name, KeyName) if args.name else None
+    )
+    if problem:
+        return _fail(problem)
+    policy_dir: Path = args.policy_dir or from_env().policy_dir
+    try:
+        orgs = load_policy_dir(policy_dir).orgs
+    except PolicyError as exc:
+        return _fail(f"cannot check the org against {policy_dir}: {exc.errors[0]}")
+    if args.org not in orgs:
+        return _fail(
+            f"org {args.org!r} has no policy in {policy_dir} (orgs: {', '.join(sorted(orgs))})"
+        )
+    existing: list[KeyEntry] = []
+    if args.file is not None and args.file.exists() and args.file.read_text().strip():
+        try:
+            existing = read_keys_file(args.file)
+        except KeysFileError as exc:
+            return _fail(str(exc))
     key = new_key()
-    line = key_line(key, args.org, args.role, args.name)
+    name = args.name or f"{args.org}-{args.role}-{digest(key)[:8]}"
+    if any(e.name == name for e in existing):
+        return _fail(f"a key named {name!r} is already in {args.file}; choose another --name")
+    line = key_line(key, args.org, args.role, name)
     if args.file is not None:
         path: Path = args.file
-        fresh = not path.exists() or not path.read_text().strip()
-        with path.open("a", encoding="utf-8") as out:
+        fresh = not existing
+        with path.open("w" if fresh else "a", encoding="utf-8") as out:
             out.write(("keys:\n" if fresh else "") + line + "\n")
         print(f"added to {path}; the key (shown once, store it now):", file=sys.stderr)
     else:
@@ -44,8 +103,45 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ms(value: str | None) -> int | None:
-    return ledger.bound_ms(dt.datetime.fromisoformat(value) if value is not None else None)
+def _keys_list(args: argparse.Namespace) -> int:
+    path = _keys_file(args)
+    try:
+        entries = read_keys_file(path)
+    except KeysFileError as exc:
+        return _fail(str(exc))
+    print(f"{'NAME':<24} {'ORG':<20} {'ROLE':<6} SHA256")
+    for e in entries:
+        print(f"{e.name or '(unnamed)':<24} {e.org:<20} {e.role:<6} {e.sha256[:12]}…")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    """Rewrite the keys file without the named key (atomically: a running service reloads
+    either the old file or the new one, never half of it)."""
+    path = _keys_file(args)
+    try:
+        entries = read_keys_file(path)
+    except KeysFileError as exc:
+        return _fail(str(exc))
+    kept = [e for e in entries if args.name not in (e.name, e.sha256)]
+    if len(kept) == len(entries):
+        return _fail(f"no key named {args.name!r} in {path}")
+    body = {"keys": [msgspec.to_builtins(e) for e in kept]}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+    print(f"revoked {args.name!r}; {len(kept)} key(s) left in {path}", file=sys.stderr)
+    return 0
+
+
+def _ms(value: str | None, flag: str) -> int | None:
+    """An ISO bound as epoch ms, or a one-line error naming the flag."""
+    if value is None:
+        return None
+    try:
+        return ledger.bound_ms(dt.datetime.fromisoformat(value))
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {value!r}: {exc}") from None
 
 
 def _redis_url() -> str:
@@ -68,19 +164,28 @@ async def _ledger_store() -> AsyncIterator[ScriptStore]:
 
 
 async def _export(args: argparse.Namespace) -> int:
+    since, until = _ms(args.since, "--since"), _ms(args.until, "--until")
     async with _ledger_store() as store:
+        if not await ledger.has_ledger(store, args.org):
+            return _fail(f"no ledger for org {args.org!r} in this Redis (unknown org?)")
         out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
-        async for chunk in ledger.export(
-            store, args.org, args.format, _ms(args.since) or 0, _ms(args.until)
-        ):
-            out.write(chunk)
-        if args.output:
-            out.close()
+        try:
+            async for chunk in ledger.export(store, args.org, args.format, since or 0, until):
+                out.write(chunk)
+            out.flush()
+        except BrokenPipeError:
+            # The reader left (``| head``): that is its choice, not an error. Point stdout at
+            # devnull so the interpreter's final flush does not raise again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        finally:
+            if args.output:
+                out.close()
         return 0
 
 
 async def _trim(args: argparse.Namespace) -> int:
-    before = _ms(args.before)
+    before = _ms(args.before, "--before")
     assert before is not None
     async with _ledger_store() as store:
         try:
@@ -124,9 +229,23 @@ def add_keys(subparsers: Subparsers) -> None:
     new = actions.add_parser("new", help="make a key; print it and its keys-file entry")
     new.add_argument("--org", required=True)
     new.add_argument("--role", choices=("app", "admin"), default="app")
-    new.add_argument("--name", default="", help="a label for people reading the keys file")
+    new.add_argument(
+        "--name", default="", help="stable, unique name (default: <org>-<role>-<8 hex>)"
+    )
     new.add_argument("--file", type=Path, help="append the entry to this keys file")
+    new.add_argument(
+        "--policy-dir", type=Path, help="where the org must have a policy (BUDGETD_POLICY_DIR)"
+    )
     new.set_defaults(handler=_keys_new)
+    listing = actions.add_parser("list", help="the keys of a keys file (names, orgs, roles)")
+    listing.add_argument("--file", type=Path, help="the keys file (BUDGETD_KEYS_FILE)")
+    listing.set_defaults(handler=_keys_list)
+    revoke = actions.add_parser(
+        "revoke", help="remove a key from the keys file (a running service drops it on reload)"
+    )
+    revoke.add_argument("name", help="the key's name (or its full sha256)")
+    revoke.add_argument("--file", type=Path, help="the keys file (BUDGETD_KEYS_FILE)")
+    revoke.set_defaults(handler=_keys_revoke)
 
 
 def add_ledger(subparsers: Subparsers) -> None:

@@ -75,6 +75,12 @@ def bound_ms(when: datetime | None) -> int | None:
     return ms
 
 
+async def has_ledger(store: ScriptStore, org: str) -> bool:
+    """Whether ``org`` has ledger entries here, or had them before a trim."""
+    found: int = await store.client.exists(keys.ledger(org), keys.ledger_archive(org))
+    return found > 0
+
+
 async def entries(
     store: ScriptStore, org: str, since_ms: int = 0, until_ms: int | None = None, page: int = 1000
 ) -> AsyncIterator[tuple[str, dict[str, str]]]:

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 
 import uvicorn
 
-from budgetd.settings import Settings
+from budgetd.app import create_app
+from budgetd.settings import ConfigError, Settings
+from budgetd.store.connect import redis_store
+
+
+async def _check_store(settings: Settings) -> None:
+    """Strict durability on a server that cannot confirm fsyncs is a start-up error."""
+    if settings.redis_url is None or settings.durability != "strict":
+        return
+    store = redis_store(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    store.durability = settings.durability
+    try:
+        await store.check_durability()
+    except RuntimeError as exc:
+        raise ConfigError(f"BUDGETD_DURABILITY=strict: {exc}") from None
+    finally:
+        await store.close()
 
 
 def run(settings: Settings) -> None:
@@ -16,12 +33,16 @@ def run(settings: Settings) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     if settings.workers > 1 and settings.redis_url is None:
-        raise SystemExit(
+        raise ConfigError(
             "several workers need a shared store: set BUDGETD_REDIS_URL "
             "(the embedded store lives inside one process)"
         )
+    # Build the app here first: a configuration mistake is then one line from ``budgetd``, not
+    # a traceback from a worker. One worker serves this very app; several import their own.
+    app = create_app(settings)
+    asyncio.run(_check_store(settings))
     uvicorn.run(
-        "budgetd.asgi:app",
+        app if settings.workers == 1 else "budgetd.asgi:app",
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

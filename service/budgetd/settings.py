@@ -10,6 +10,10 @@ from typing import Literal
 import msgspec
 
 
+class ConfigError(ValueError):
+    """A configuration mistake found at start: one line that names the setting or file."""
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str | None = None
     """``redis://``, ``rediss://`` or ``redis+cluster://``; None runs the embedded store."""
@@ -52,13 +56,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         days = self.ledger_retention_days
         if days and days < MIN_RETENTION_DAYS:
-            raise ValueError(
+            raise ConfigError(
                 f"BUDGETD_LEDGER_RETENTION_DAYS must be 0 (keep everything) or at least "
                 f"{MIN_RETENTION_DAYS}: period summaries and spike detection read the ledger of "
                 f"the last month, not {days}"
             )
         if days and self.ledger_export_dir is None:
-            raise ValueError(
+            raise ConfigError(
                 "BUDGETD_LEDGER_RETENTION_DAYS needs BUDGETD_LEDGER_EXPORT_DIR: entries are "
                 "exported there before they are trimmed"
             )
@@ -69,8 +73,36 @@ MIN_RETENTION_DAYS = 32
 
 def _durability(value: str) -> Literal["fast", "strict"]:
     if value not in ("fast", "strict"):
-        raise ValueError(f"BUDGETD_DURABILITY must be fast or strict, not {value!r}")
+        raise ConfigError(f"BUDGETD_DURABILITY must be fast or strict, not {value!r}")
     return value  # type: ignore[return-value]
+
+
+class _Env:
+    """Reads ``BUDGETD_*`` numbers, each error one line naming the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def int(self, name: str, default: int) -> int:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: not a whole number") from None
+
+    def seconds(self, name: str, default: float) -> float:
+        raw = self.env.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: not a number (seconds, e.g. 0.5)") from None
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"{name}={raw!r}: must be a finite number of seconds, 0 or more")
+        return value
 
 
 def _path(value: str | None) -> Path | None:
@@ -79,6 +111,7 @@ def _path(value: str | None) -> Path | None:
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     e = os.environ if env is None else env
+    n = _Env(e)
     defaults = Settings()
     return Settings(
         redis_url=e.get("BUDGETD_REDIS_URL") or None,
@@ -86,27 +119,23 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         pricing_file=_path(e.get("BUDGETD_PRICING_FILE")),
         keys_file=_path(e.get("BUDGETD_KEYS_FILE")),
         host=e.get("BUDGETD_HOST", defaults.host),
-        port=int(e.get("BUDGETD_PORT", defaults.port)),
-        workers=int(e.get("BUDGETD_WORKERS", defaults.workers)),
+        port=n.int("BUDGETD_PORT", defaults.port),
+        workers=n.int("BUDGETD_WORKERS", defaults.workers),
         durability=_durability(e.get("BUDGETD_DURABILITY", defaults.durability)),
-        redis_timeout_s=float(e.get("BUDGETD_REDIS_TIMEOUT_S", defaults.redis_timeout_s)),
-        policy_poll_s=float(e.get("BUDGETD_POLICY_POLL_S", defaults.policy_poll_s)),
-        sweep_interval_s=float(e.get("BUDGETD_SWEEP_INTERVAL_S", defaults.sweep_interval_s)),
-        clock_sync_s=float(e.get("BUDGETD_CLOCK_SYNC_S", defaults.clock_sync_s)),
-        delivery_interval_s=float(
-            e.get("BUDGETD_DELIVERY_INTERVAL_S", defaults.delivery_interval_s)
-        ),
-        delivery_attempts=int(e.get("BUDGETD_DELIVERY_ATTEMPTS", defaults.delivery_attempts)),
-        delivery_backoff_s=float(e.get("BUDGETD_DELIVERY_BACKOFF_S", defaults.delivery_backoff_s)),
-        delivery_timeout_s=float(e.get("BUDGETD_DELIVERY_TIMEOUT_S", defaults.delivery_timeout_s)),
-        forecast_interval_s=float(
-            e.get("BUDGETD_FORECAST_INTERVAL_S", defaults.forecast_interval_s)
-        ),
-        spike_interval_s=float(e.get("BUDGETD_SPIKE_INTERVAL_S", defaults.spike_interval_s)),
-        reports_interval_s=float(e.get("BUDGETD_REPORTS_INTERVAL_S", defaults.reports_interval_s)),
-        ledger_retention_days=int(e.get("BUDGETD_LEDGER_RETENTION_DAYS", "0")),
+        redis_timeout_s=n.seconds("BUDGETD_REDIS_TIMEOUT_S", defaults.redis_timeout_s),
+        policy_poll_s=n.seconds("BUDGETD_POLICY_POLL_S", defaults.policy_poll_s),
+        sweep_interval_s=n.seconds("BUDGETD_SWEEP_INTERVAL_S", defaults.sweep_interval_s),
+        clock_sync_s=n.seconds("BUDGETD_CLOCK_SYNC_S", defaults.clock_sync_s),
+        delivery_interval_s=n.seconds("BUDGETD_DELIVERY_INTERVAL_S", defaults.delivery_interval_s),
+        delivery_attempts=n.int("BUDGETD_DELIVERY_ATTEMPTS", defaults.delivery_attempts),
+        delivery_backoff_s=n.seconds("BUDGETD_DELIVERY_BACKOFF_S", defaults.delivery_backoff_s),
+        delivery_timeout_s=n.seconds("BUDGETD_DELIVERY_TIMEOUT_S", defaults.delivery_timeout_s),
+        forecast_interval_s=n.seconds("BUDGETD_FORECAST_INTERVAL_S", defaults.forecast_interval_s),
+        spike_interval_s=n.seconds("BUDGETD_SPIKE_INTERVAL_S", defaults.spike_interval_s),
+        reports_interval_s=n.seconds("BUDGETD_REPORTS_INTERVAL_S", defaults.reports_interval_s),
+        ledger_retention_days=n.int("BUDGETD_LEDGER_RETENTION_DAYS", 0),
         ledger_export_dir=_path(e.get("BUDGETD_LEDGER_EXPORT_DIR")),
-        ledger_retention_interval_s=float(
-            e.get("BUDGETD_LEDGER_RETENTION_INTERVAL_S", defaults.ledger_retention_interval_s)
+        ledger_retention_interval_s=n.seconds(
+            "BUDGETD_LEDGER_RETENTION_INTERVAL_S", defaults.ledger_retention_interval_s
         ),
     )

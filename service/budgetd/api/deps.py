@@ -10,7 +10,7 @@ from typing import Any
 from litestar import Request
 from litestar.datastructures import State
 
-from budgetd.auth import ANONYMOUS, KeyRing, Principal
+from budgetd.auth import ANONYMOUS, LiveKeys, Principal
 from budgetd.engine import Engine
 from budgetd.errors import InvalidRequest, Unauthorized
 
@@ -30,9 +30,11 @@ def caller_of(state: State, authorizations: list[str]) -> Principal:
     """``caller`` from the app's state and every ``Authorization`` header value (the fast path
     has no Litestar request). Two headers are refused: taking the first would let a proxy's
     added header and the client's disagree silently."""
-    ring: KeyRing | None = state.keyring
-    if ring is None:
+    keys: LiveKeys | None = state.api_keys
+    if keys is None:
         return ANONYMOUS
+    ring = keys.ring
+    assert ring is not None  # create_app refuses to start without one good load
     if len(authorizations) > 1:
         raise Unauthorized(
             f"{len(authorizations)} Authorization headers: send exactly one, "

@@ -45,7 +45,8 @@ async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
     loop_ok = lag_s < LOOP_LAG_LIMIT_S
     policy = engine.registry.last_status
     ready = engine.registry.loaded and loop_ok
-    body = {
+    keys = request.app.state.api_keys
+    body: dict[str, Any] = {
         "ready": ready,
         "store": {"ok": store_ok, "backend": engine.store.description},
         "policy": {
@@ -55,6 +56,12 @@ async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
         },
         "event_loop": {"ok": loop_ok, "lag_s": round(lag_s, 6)},
     }
+    if keys is not None:
+        body["keys"] = {
+            "loaded": keys.loaded,
+            "last_reload_ok": keys.last_status.ok,
+            "errors": list(keys.last_status.errors),
+        }
     if ready:
         return Response(body, status_code=200)
     return Response(body, status_code=503, headers={"Retry-After": str(RETRY_UNAVAILABLE_S)})

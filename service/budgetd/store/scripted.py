@@ -493,6 +493,15 @@ class ScriptStore:
         value = config.get("maxmemory-policy")
         return str(value) if value is not None else None
 
+    async def persistence(self) -> tuple[bool, bool] | None:
+        """(AOF on, RDB snapshots on) of the server; None where CONFIG is not allowed."""
+        try:
+            aof = await self.client.config_get("appendonly")
+            rdb = await self.client.config_get("save")
+        except redis.exceptions.RedisError:
+            return None
+        return aof.get("appendonly") == "yes", bool(rdb.get("save"))
+
     async def close(self) -> None:
         if self.pipeline is not None:
             await self.pipeline.close()

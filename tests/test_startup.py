@@ -1,0 +1,110 @@
+"""Start-up says what is wrong: a bad setting, a missing policy directory or price table, a
+Redis that keeps nothing on disk, each in one line that names it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from budgetd.app import create_app
+from budgetd.cli import main
+from budgetd.settings import ConfigError, Settings, from_env
+from tests.api.conftest import asgi_client, settings_for, write_policy
+from tests.engine.conftest import ACME
+from tests.servers import start_redis
+
+
+def test_a_bad_setting_is_one_named_line() -> None:
+    with pytest.raises(ConfigError) as raised:
+        from_env({"BUDGETD_REDIS_TIMEOUT_S": "half"})
+    assert str(raised.value) == ("BUDGETD_REDIS_TIMEOUT_S='half': not a number (seconds, e.g. 0.5)")
+    with pytest.raises(ConfigError, match=r"^BUDGETD_PORT='80a': not a whole number$"):
+        from_env({"BUDGETD_PORT": "80a"})
+    with pytest.raises(ConfigError, match=r"^BUDGETD_DURABILITY must be fast or strict"):
+        from_env({"BUDGETD_DURABILITY": "safe"})
+
+
+def test_serve_with_a_bad_setting_exits_with_the_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BUDGETD_REDIS_TIMEOUT_S", "half")
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err == (
+        "budgetd: BUDGETD_REDIS_TIMEOUT_S='half': not a number (seconds, e.g. 0.5)\n"
+    )
+
+
+def test_a_missing_policy_dir_or_price_table_is_an_error_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        create_app(Settings(policy_dir=tmp_path / "nowhere"))
+    assert str(raised.value) == (
+        f"BUDGETD_POLICY_DIR={tmp_path / 'nowhere'}: not a directory (policy files and "
+        "pricing.yaml live there; it is relative to the working directory "
+        f"{Path.cwd()})"
+    )
+    directory = tmp_path / "policies"
+    write_policy(directory, ACME)
+    (directory / "pricing.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"pricing.yaml: price table not found"):
+        create_app(Settings(policy_dir=directory))
+    with pytest.raises(ConfigError, match=r"BUDGETD_PRICING_FILE=.*: price table not found"):
+        create_app(Settings(policy_dir=directory, pricing_file=tmp_path / "none.yaml"))
+
+
+def _listen(name: str) -> list[logging.LogRecord]:
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logging.getLogger(name).addHandler(handler)
+    return seen
+
+
+async def test_a_redis_without_persistence_is_a_warning_or_in_strict_an_error(
+    tmp_path: Path,
+) -> None:
+    server = start_redis(tmp_path / "redis")  # --save "" --appendonly no
+    try:
+        directory = tmp_path / "policies"
+        write_policy(directory, ACME)
+        seen = _listen("budgetd")
+        app = create_app(settings_for(directory, redis_url=server.url))
+        async with asgi_client(app):
+            pass
+        warnings = [r.getMessage() for r in seen if r.levelno == logging.WARNING]
+        assert any("keeps nothing on disk (no AOF, no RDB snapshots)" in w for w in warnings)
+        strict = create_app(settings_for(directory, redis_url=server.url, durability="strict"))
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        task = asyncio.create_task(
+            strict({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)  # type: ignore[arg-type]
+        )
+        await inbox.put({"type": "lifespan.startup"})
+        failed = await outbox.get()
+        assert failed["type"] == "lifespan.startup.failed"
+        assert "durability=strict needs Redis with appendonly yes" in failed["message"]
+        task.cancel()
+    finally:
+        server.stop()
+
+
+def test_serve_in_strict_mode_without_aof_exits_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = start_redis(tmp_path / "redis")  # --appendonly no
+    try:
+        directory = tmp_path / "policies"
+        write_policy(directory, ACME)
+        monkeypatch.setenv("BUDGETD_POLICY_DIR", str(directory))
+        monkeypatch.setenv("BUDGETD_REDIS_URL", server.url)
+        monkeypatch.setenv("BUDGETD_DURABILITY", "strict")
+        assert main(["serve"]) == 2
+        assert capsys.readouterr().err == (
+            "budgetd: BUDGETD_DURABILITY=strict: durability=strict needs Redis with "
+            "appendonly yes\n"
+        )
+    finally:
+        server.stop()
