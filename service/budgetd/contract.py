@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from budgetd import bounds
 from budgetd.usage import Usage
 from budgetd.yaml_errors import describe_pattern
 
@@ -52,7 +53,7 @@ ModelId = Annotated[
         examples=["claude-sonnet-4-5", "claude-opus-4-8"],
     ),
 ]
-TokenCount = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_TOKENS)]
 Metadata = Annotated[
     dict[
         Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
@@ -71,19 +72,19 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     model: ModelId
     input_tokens: TokenCount
     """Estimate of the prompt's tokens."""
-    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=bounds.MAX_OUTPUT_TOKENS)]
     user: Identifier | None = None
     feature: Identifier | None = None
     reservation_id: Identifier | None = None
     """Client-chosen id; also the idempotency key. Generated when absent."""
     ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] | None = None
-    """Lease of the hold; the policy's ``hold_ttl_s`` when absent."""
+    """Lease of the hold; the policy's ``hold_ttl_s`` when absent, and never longer (422)."""
     cache_ttl: Literal["5m", "1h"] | None = None
     """The longest prompt-cache TTL the request writes, if it uses prompt caching."""
     batch: bool = False
     inference_geo: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
     speed: Literal["standard", "fast"] | None = None
-    web_searches: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    web_searches: Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_WEB_SEARCHES)] = 0
     """Most web searches the call may run."""
     metadata: Metadata | None = None
 
@@ -118,7 +119,7 @@ class UsageRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Idempotency key: the same id records once."""
     batch: bool = False
     metadata: Metadata | None = None
-    cost_micros: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    cost_micros: Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_CALL_MICROS)] | None = None
     """Charge this reported cost instead of pricing ``usage`` (e.g. the Agent SDK's
     ``total_cost_usd`` when the caller prefers it). The ledger keeps both, marked
     ``cost_source=reported``; budgets move by the reported amount."""
@@ -130,7 +131,9 @@ class AdjustmentRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     org: OrgName
     budget: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     """The budget's name in the org's policy."""
-    amount_micros: Annotated[int, msgspec.Meta(ge=-(10**15), le=10**15)]
+    amount_micros: Annotated[
+        int, msgspec.Meta(ge=-bounds.MAX_ADJUSTMENT_MICROS, le=bounds.MAX_ADJUSTMENT_MICROS)
+    ]
     """Added to the counter's spend; negative for a credit or refund. Never zero."""
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     entity: Identifier | None = None

@@ -15,6 +15,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from budgetd import bounds
 from budgetd import contract as c
 from budgetd.clock import Clock
 from budgetd.errors import (
@@ -88,6 +89,17 @@ def _cost(table: PricingTable, model: str, usage: Usage, batch: bool, now: datet
         raise UnknownModel(str(exc)) from None
     except PricingError as exc:
         raise InvalidRequest(str(exc), field="usage.speed") from None
+
+
+def _within_bound(amount: int, field: str) -> int:
+    """``amount``, if one call may cost that much (bounds.py: what keeps counters exact)."""
+    if amount > bounds.MAX_CALL_MICROS:
+        raise InvalidRequest(
+            f"this call prices at {amount} µ$, more than one call may cost "
+            f"({bounds.MAX_CALL_MICROS} µ$)",
+            field=field,
+        )
+    return amount
 
 
 def fingerprint(value: msgspec.Struct) -> str:
@@ -372,6 +384,12 @@ class Engine:
 
     async def reserve(self, request: c.ReserveRequest) -> c.Grant | c.Denied:
         policy = self.policy(request.org)
+        if request.ttl_s is not None and request.ttl_s > policy.hold_ttl_s:
+            raise InvalidRequest(
+                f"ttl_s is {request.ttl_s} s; org {request.org!r} holds for at most "
+                f"{policy.hold_ttl_s} s (its policy's hold_ttl_s)",
+                field="ttl_s",
+            )
         now = self.clock.now()
         try:
             amount = worst_case(
@@ -387,6 +405,7 @@ class Engine:
                 on=now.date(),
             )
             model = policy.pricing.model(request.model).id
+            _within_bound(amount, "max_tokens")
         except UnknownModelError as exc:
             raise UnknownModel(str(exc)) from None
         except PricingError as exc:
@@ -504,6 +523,7 @@ class Engine:
         self, policy: OrgPolicy, model: str, usage: Usage, batch: bool, now: datetime
     ) -> tuple[str, int, str]:
         priced = _cost(policy.pricing, model, usage, batch, now)
+        _within_bound(priced.cost_micros, "usage")
         lines = msgspec.json.encode({ln.kind: ln.picos for ln in priced.lines}).decode()
         return priced.model, priced.cost_micros, lines
 

@@ -11,7 +11,10 @@ from typing import Annotated
 
 import msgspec
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
+from budgetd import bounds
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_TOKENS)]
+Requests = Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_WEB_SEARCHES)]
 
 
 class CacheCreation(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,8 +23,8 @@ class CacheCreation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ServerToolUse(msgspec.Struct, frozen=True, kw_only=True):
-    web_search_requests: Count | None = None
-    web_fetch_requests: Count | None = None
+    web_search_requests: Requests | None = None
+    web_fetch_requests: Requests | None = None
 
 
 class Usage(msgspec.Struct, frozen=True, kw_only=True):

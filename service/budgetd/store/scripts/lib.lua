@@ -16,7 +16,16 @@
 
 local SCALE = 60000
 
+-- The largest amount a script keeps or formats (bounds.py, MAX_COUNTER_MICROS): integers up to
+-- it are exact in Lua's doubles, and far from HINCRBY's 64-bit overflow. Scripts check the
+-- amounts they will write before their first write; int() refusing one is a bug caught loudly,
+-- never a number formatted as INT64_MIN (what '%d' makes of 2^63 and beyond).
+local MAX_AMOUNT = 9007199254740991
+
 local function int(n)
+  if not (n >= -MAX_AMOUNT and n <= MAX_AMOUNT) then -- NaN fails both comparisons
+    error('budgetd: ' .. tostring(n) .. ' is out of bounds')
+  end
   return string.format('%d', n)
 end
 
@@ -55,7 +64,12 @@ local function bucket_read(key, per_minute, capacity, now)
   return level, last
 end
 
+-- A bucket's debt is at most one capacity: an under-estimate is taken, but one huge call cannot
+-- lock its scope out for longer than a minute's refill (plus the next call's own need).
 local function bucket_write(key, level, at, per_minute, capacity)
+  if level < -capacity * SCALE then
+    level = -capacity * SCALE
+  end
   redis.call('HSET', key, 't', int(level), 'ms', int(at))
   local missing = capacity * SCALE - level
   local ttl = 86400000
