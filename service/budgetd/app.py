@@ -25,6 +25,7 @@ from budgetd.engine import Engine
 from budgetd.jobs.clock_sync import sync_clock
 from budgetd.jobs.scheduler import Jobs
 from budgetd.metrics import Metrics
+from budgetd.observe import Observed
 from budgetd.policy.loader import PRICING_FILE
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.settings import ConfigError, Settings
@@ -48,11 +49,16 @@ OPERATIONS = [
 class Budgetd(Litestar):
     """Litestar with the hot routes (reserve, commit, release) served first by the raw-ASGI
     ``FastPath``, which hands everything else, and every request it does not fully serve, to
-    Litestar's own ``__call__``."""
+    Litestar's own ``__call__``; all of it inside ``Observed`` (request id, latency, access
+    log), so no route escapes the instrumentation."""
 
     @functools.cached_property
     def fastpath(self) -> FastPath:
         return FastPath(self, fallback=super().__call__)
+
+    @functools.cached_property
+    def observed(self) -> Observed:
+        return Observed(self.fastpath, self.state.metrics)
 
     async def __call__(
         self,
@@ -60,7 +66,7 @@ class Budgetd(Litestar):
         receive: Receive | LifeSpanReceive,
         send: Send | LifeSpanSend,
     ) -> None:
-        await self.fastpath(scope, receive, send)
+        await self.observed(scope, receive, send)
 
 
 def check_policy_paths(settings: Settings) -> None:
@@ -109,6 +115,7 @@ def create_app(
             else embedded_store()
         )
         store.durability = settings.durability
+    store.observe = metrics.observe_store_call
     period_clock: Clock = clock if clock is not None else SystemClock()
     engine = Engine(registry, store, period_clock, metrics)
     queue = EventQueue(store)

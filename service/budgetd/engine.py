@@ -9,7 +9,7 @@ import logging
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
@@ -133,7 +133,10 @@ class Engine:
         # reservation id → model, so most commits need no extra read to know what to price.
         self._models: OrderedDict[tuple[str, str], str] = OrderedDict()
         # Bound once: labels() is a locked dict lookup on every call.
-        self._reserved = {r: metrics.reservations.labels(result=r) for r in ("granted", "replay")}
+        self._decided = {
+            o: metrics.decisions.labels(outcome=o)
+            for o in ("granted", "replay", "denied", "fail_open", "fail_closed")
+        }
         self._committed = {o: metrics.commits.labels(overrun=str(o).lower()) for o in (True, False)}
 
     # -- helpers ---------------------------------------------------------------------------
@@ -272,6 +275,19 @@ class Engine:
             )
         return out
 
+    def _observe_org_budgets(
+        self, org: str, scopes: Sequence[c.ScopeState] | Sequence[c.DeniedScope]
+    ) -> None:
+        """Utilisation and remaining of the org-wide budgets (never per user or feature)."""
+        self.metrics.observe_budgets(
+            org,
+            (
+                (s.name, s.limit, (s.spent_micros or 0) + (s.held_micros or 0))
+                for s in scopes
+                if s.kind == "budget" and s.scope == "org"
+            ),
+        )
+
     @staticmethod
     def _warnings(limits: _Limits, outcome: ReserveOutcome, amount: int) -> list[c.Warning]:
         warnings: list[c.Warning] = []
@@ -376,6 +392,7 @@ class Engine:
         waits = [s.retry_after_s for s in scopes]
         # Every denying scope must clear: the answer is the longest wait, or none at all.
         retry = None if any(w is None for w in waits) else max(w for w in waits if w is not None)
+        self._decided["denied"].inc()
         for s in scopes:
             self.metrics.denials.labels(kind=s.kind, scope=s.scope).inc()
         return c.Denied(scopes=scopes, retry_after_s=retry)
@@ -445,15 +462,19 @@ class Engine:
                 f"reservation {rid!r} exists with a different request", state=outcome.state
             )
         if outcome.status == "denied":
-            return self._denied(limits, outcome, amount, now)
+            denied = self._denied(limits, outcome, amount, now)
+            self._observe_org_budgets(request.org, denied.scopes)
+            return denied
         self._remember_model(request.org, rid, model)
         replayed = outcome.status == "replay"
-        self._reserved["replay" if replayed else "granted"].inc()
+        self._decided["replay" if replayed else "granted"].inc()
+        scopes = self._scopes(limits, outcome.budgets_after, outcome.buckets_after)
+        self._observe_org_budgets(request.org, scopes)
         return c.Grant(
             reservation_id=rid,
             held_micros=amount,
             expires_at=_from_ms(outcome.deadline_ms),
-            scopes=self._scopes(limits, outcome.budgets_after, outcome.buckets_after),
+            scopes=scopes,
             warnings=self._warnings(limits, outcome, amount),
             replayed=replayed,
             durability=self.store.durability,
@@ -473,11 +494,13 @@ class Engine:
             if r.rule.failure == "fail_closed" and r.rule.mode == "enforce"
         ]
         if closed:
+            self._decided["fail_closed"].inc()
             self.metrics.store_failures.labels(decision="fail_closed").inc()
             raise StoreDown(
                 f"budget store unreachable ({exc}); fail-closed limits apply: "
                 + ", ".join(sorted(set(closed)))
             )
+        self._decided["fail_open"].inc()
         self.metrics.store_failures.labels(decision="fail_open").inc()
         log.warning("store unreachable; granting without a hold (every limit fails open): %s", exc)
         # The id carries who and what, so the commit can still record the spend later.
@@ -566,7 +589,7 @@ class Engine:
         self._models.pop((org, rid), None)
         if outcome.status == "committed":
             self._committed[outcome.overrun].inc()
-            self.metrics.spend.inc(amount)
+            self.metrics.add_spend(org, priced_model, amount)
         return c.CommitResult(
             reservation_id=rid,
             state="committed",
@@ -679,7 +702,7 @@ class Engine:
         if outcome.status == "conflict":
             raise Conflict(f"usage record {record_id!r} exists with a different body")
         if outcome.status == "recorded":
-            self.metrics.spend.inc(amount)
+            self.metrics.add_spend(request.org, model, amount)
         return c.RecordResult(
             record_id=record_id,
             cost_micros=amount,
@@ -722,7 +745,9 @@ class Engine:
             policy, Subject(org=org, user=user, feature=feature), model or "", now, 0, 0
         )
         status = await self.store_call(self.store.status(limits.budgets, limits.buckets))
-        return c.BudgetsResult(org=org, scopes=self._scopes(limits, status.budgets, status.buckets))
+        scopes = self._scopes(limits, status.budgets, status.buckets)
+        self._observe_org_budgets(org, scopes)
+        return c.BudgetsResult(org=org, scopes=scopes)
 
     async def expire(self, org: str, limit: int = 1000) -> tuple[int, int]:
         """Reclaim holds of ``org`` whose lease ran out (the sweep calls this per org)."""

@@ -9,6 +9,7 @@ import logging
 import uvicorn
 
 from budgetd.app import create_app
+from budgetd.metrics import cleanup_multiprocess, prepare_multiprocess
 from budgetd.settings import ConfigError, Settings
 from budgetd.store.connect import redis_store
 
@@ -41,13 +42,21 @@ def run(settings: Settings) -> None:
     # a traceback from a worker. One worker serves this very app; several import their own.
     app = create_app(settings)
     asyncio.run(_check_store(settings))
-    uvicorn.run(
-        app if settings.workers == 1 else "budgetd.asgi:app",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop=loop,
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        log_level="info",
-        access_log=False,
-    )
+    # Several workers: each writes its metric samples to a shared directory that every
+    # worker's /metrics reads (prometheus-client multiprocess mode). Set before the workers
+    # start: prometheus_client picks its storage when a worker first imports it.
+    samples = prepare_multiprocess() if settings.workers > 1 else None
+    try:
+        uvicorn.run(
+            app if settings.workers == 1 else "budgetd.asgi:app",
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop=loop,
+            http="httptools" if importlib.util.find_spec("httptools") else "h11",
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        if samples is not None:
+            cleanup_multiprocess(samples)

@@ -151,7 +151,7 @@ async def test_operational_endpoints(acme_client: Client) -> None:
     assert "/v1/reservations" in schema.json()["paths"]
     await acme_client.post("/v1/reservations", json=BODY)
     metrics = (await acme_client.get("/metrics")).text
-    assert 'budgetd_reservations_total{result="granted"} 1.0' in metrics
+    assert 'budgetd_decisions_total{outcome="granted"} 1.0' in metrics
     assert "bob" not in metrics  # no user ids in labels
 
 

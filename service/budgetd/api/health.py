@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from litestar import Request, Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from budgetd.api.deps import AnyRequest, engine_of
 from budgetd.api.openapi import Operation
@@ -69,8 +69,7 @@ async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
 
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 ROUTES = [healthz, readyz, metrics]

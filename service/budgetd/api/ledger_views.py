@@ -74,6 +74,7 @@ async def reconcile(request: Request[Any, Any, Any]) -> ReconcileResult:
     queue: EventQueue = request.app.state.queue
     await audit.admin_read(queue.store, org, principal, request.url.path, request.url.query or "")
     report = await ledger.reconcile(queue.store, org)
+    request.app.state.metrics.reconcile_differences.labels(org).set(len(report.differences))
     return ReconcileResult(ok=report.ok, report=report)
 
 

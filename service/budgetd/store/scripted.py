@@ -4,7 +4,8 @@ client. The client may be a real Redis, a Redis Cluster, or fakeredis (embedded 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -154,6 +155,8 @@ class ScriptStore:
         self._node_clients: dict[str, Redis] = {}
         """Strict mode on a cluster: one plain client per primary, for script + WAITAOF."""
         self.description = description
+        self.observe: Callable[[str, float, bool], None] | None = None
+        """Told (script, seconds, ok) after every script call (metrics.py's histogram)."""
         self.timeout_s = timeout_s
         self.durability: Durability = durability
         self._scripts: dict[str, AsyncScript] = {
@@ -169,7 +172,16 @@ class ScriptStore:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def run_script(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
-        return await self._bounded(self._call_until_settled(name, keys_, args))
+        if self.observe is None:
+            return await self._bounded(self._call_until_settled(name, keys_, args))
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await self._bounded(self._call_until_settled(name, keys_, args))
+            ok = True
+            return result
+        finally:
+            self.observe(name, time.perf_counter() - started, ok)
 
     async def _call_until_settled(
         self, name: str, keys_: Sequence[str], args: Sequence[str | int]
