@@ -138,9 +138,10 @@ async def test_the_fast_path_is_measured_and_ids_every_request(tmp_path: Path) -
     assert value(found, "process_cpu_seconds_total") > 0
 
 
-def exported_names() -> set[str]:
+def exported_names(tmp_path: Path) -> set[str]:
     """Every sample name the service can export (families are listed before their first sample)."""
-    app = create_app(settings_for(Path("/nonexistent")), store=embedded_store())
+    write_policy(tmp_path / "policies", ACME)
+    app = create_app(settings_for(tmp_path / "policies"), store=embedded_store())
     text = app.state.metrics.exposition().decode()
     names: set[str] = set()
     for line in text.splitlines():
@@ -157,9 +158,9 @@ def exported_names() -> set[str]:
 _METRIC = re.compile(r"\b((?:budgetd|process)_[a-z_]+)\b")
 
 
-def test_dashboard_loads_and_queries_only_exported_metrics() -> None:
+def test_dashboard_loads_and_queries_only_exported_metrics(tmp_path: Path) -> None:
     dashboard: dict[str, Any] = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
-    exported = exported_names()
+    exported = exported_names(tmp_path)
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     assert len(exprs) >= 10
     for expr in exprs:
@@ -170,9 +171,9 @@ def test_dashboard_loads_and_queries_only_exported_metrics() -> None:
     assert set(_METRIC.findall(variables["job"]["definition"])) <= exported
 
 
-def test_alert_rules_query_only_exported_metrics() -> None:
+def test_alert_rules_query_only_exported_metrics(tmp_path: Path) -> None:
     (rule,) = [o for o in objects(CASES["production"]) if o["kind"] == "PrometheusRule"]
-    exported = exported_names()
+    exported = exported_names(tmp_path)
     for group in rule["spec"]["groups"]:
         for r in group["rules"]:
             used = set(_METRIC.findall(r["expr"]))
