@@ -1,5 +1,5 @@
 """A real HTTP receiver on loopback for notification tests: records what it gets and answers
-with scripted status codes (or hangs)."""
+with scripted status codes (or hangs, or trickles an answer that never ends)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,35 @@ class Received(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Receiver:
-    """``statuses``: answers in order, then ``then`` forever; ``hang``: never answer."""
+    """``statuses``: answers in order, then ``then`` forever; ``hang``: never answer;
+    ``trickle``: start answering at once, then send a header line every 0.1 s and never finish
+    (slow, not silent: no single read of the sender waits long enough to time out)."""
 
     def __init__(
-        self, statuses: list[int] | None = None, then: int = 200, hang: bool = False
+        self,
+        statuses: list[int] | None = None,
+        then: int = 200,
+        hang: bool = False,
+        trickle: bool = False,
     ) -> None:
         self.statuses = list(statuses or [])
         self.then = then
         self.hang = hang
+        self.trickle = trickle
         self.received: list[Received] = []
         self.attempts = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        """The most requests open at once (a sender that gave up has closed its request)."""
         self.url = ""
+
+    async def _trickle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Until the sender hangs up."""
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        while not reader.at_eof():
+            await asyncio.sleep(0.1)
+            writer.write(b"x-slow: 1\r\n")
+            await writer.drain()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -44,6 +62,14 @@ class Receiver:
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.attempts += 1
+                if self.trickle:
+                    self.in_flight += 1
+                    self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                    try:
+                        await self._trickle(reader, writer)
+                    finally:
+                        self.in_flight -= 1
+                    return
                 if self.hang:
                     await asyncio.sleep(3600)
                 status = self.statuses.pop(0) if self.statuses else self.then
@@ -51,7 +77,12 @@ class Receiver:
                     self.received.append(Received(headers=headers, body=body))
                 writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionResetError, asyncio.CancelledError):
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionResetError,
+            BrokenPipeError,
+            asyncio.CancelledError,
+        ):
             pass
         finally:
             writer.close()

@@ -136,6 +136,36 @@ async def test_retry_until_success_then_dead_letter(tmp_path: Path, clean_redis:
         assert dead.attempts <= 3
 
 
+async def test_a_slow_receiver_gets_one_send_at_a_time(tmp_path: Path, clean_redis: str) -> None:
+    """httpx's timeout bounds each read, not the request: a receiver that keeps sending a
+    little kept one send open past its delivery lock, and the next pass sent the event again
+    while the first send was still open. Each send now has an overall deadline, shorter than
+    the lock: the slow attempts time out one after the other and the event is dead-lettered."""
+    async with (
+        Receiver(trickle=True).running() as hook,
+        instances(
+            tmp_path, clean_redis, hook.url, 2, delivery_timeout_s=0.5, delivery_attempts=2
+        ) as apps,
+    ):
+        for _ in range(5):  # 50 %: one event
+            await apps[0].post("/v1/reservations", json=CALL)
+
+        async def dead_letters() -> list[dict[str, Any]]:
+            r = await apps[0].get("/v1/admin/events?org=acme")
+            letters: list[dict[str, Any]] = r.json()["dead_letters"]
+            return letters
+
+        for _ in range(150):  # up to 15 s
+            if await dead_letters():
+                break
+            await asyncio.sleep(0.1)
+        letters = await dead_letters()
+    assert hook.most_in_flight == 1
+    assert len(letters) == 1
+    assert letters[0]["attempts"] == 2
+    assert "0.5 s" in letters[0]["error"]
+
+
 async def test_a_hanging_receiver_does_not_slow_reserve(tmp_path: Path, clean_redis: str) -> None:
     async with (
         Receiver(hang=True).running() as hook,

@@ -16,7 +16,7 @@ import time
 import httpx
 import msgspec
 
-from budgetd.jobs.channels import send
+from budgetd.jobs.channels import Sent, send
 from budgetd.metrics import Metrics
 from budgetd.policy.model import OrgPolicy
 from budgetd.policy.registry import PolicyRegistry
@@ -102,12 +102,20 @@ class Deliverer:
         now = time.time()
         if float(state.get("next_at", "0")) > now:
             return False  # in backoff; the entry stays pending and is claimed again later
-        # Longer than one send can take (its timeout), so the lock outlives the attempt.
+        # Race: a send still open when its lock expires would be sent again by another pass
+        # or replica. The lock outlives the send's overall deadline by a second (to write the
+        # mark); httpx's timeout bounds each read, not the request, so the deadline is ours.
         lease_ms = int((self.config.timeout_s + 1) * 1000)
         if not await self.queue.lock_delivery(org, eid, name, lease_ms, self.consumer):
             return False  # another replica is sending it right now
         attempts = int(state.get("attempts", "0")) + 1
-        result = await send(self.http, name, policy.channels[name], eid, fields, policy.tz)
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                result = await send(self.http, name, policy.channels[name], eid, fields, policy.tz)
+        except TimeoutError:
+            result = Sent(
+                ok=False, retry=True, error=f"no complete answer within {self.config.timeout_s} s"
+            )
         if result.ok:
             await self.queue.set_delivery_state(
                 org, eid, name, STATE_KEEP_S, state="done", attempts=attempts
