@@ -7,6 +7,9 @@ Keys file format (YAML), one entry per key::
         org: acme
         role: app          # app: its own org only; admin: its own org, incl. admin endpoints
         name: checkout-service   # stable, unique in the file (optional in older files)
+        user: svc-checkout # budgetd gateway: the user and feature its calls are charged to
+        feature: checkout
+        attribution_headers: false  # gateway: may x-budgetd-user / -feature name others?
 
 The file is live configuration, like the policies: ``LiveKeys`` reloads it when it changes (a
 removed key stops working within the poll interval); a broken or deleted file keeps the last
@@ -26,7 +29,7 @@ from typing import Annotated, Literal
 import msgspec
 from prometheus_client import Counter
 
-from budgetd.contract import OrgName
+from budgetd.contract import Identifier, OrgName
 from budgetd.errors import Forbidden, Unauthorized
 from budgetd.policy.registry import LoadStatus
 from budgetd.yaml_errors import YamlDocument, describe_pattern, located_validation_error
@@ -50,6 +53,13 @@ class KeyEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     role: Role = "app"
     name: KeyName | None = None
     """Stable and unique in the file; older files may leave it out."""
+    user: Identifier | None = None
+    """The user that ``budgetd gateway`` charges this key's calls to (none: org only)."""
+    feature: Identifier | None = None
+    """The feature that ``budgetd gateway`` charges this key's calls to."""
+    attribution_headers: bool = False
+    """Whether gateway calls may name another user / feature per call (``x-budgetd-user``,
+    ``x-budgetd-feature``): for a shared backend that knows its end users."""
 
 
 class KeysFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,6 +75,9 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     """None only when authentication is off (no keys file): any org."""
     role: Role
     name: str
+    user: str | None = None
+    feature: str | None = None
+    attribution_headers: bool = False
 
     def require_org(self, org: str) -> None:
         """An app or admin key acts on its own org only; anything else is 403, never a no-op."""
@@ -145,7 +158,14 @@ class KeyRing:
         # compare_digest on the found digest keeps the check's timing independent of the key.
         if entry is None or not hmac.compare_digest(entry.sha256, wanted):
             raise Unauthorized("unknown API key")
-        return Principal(org=entry.org, role=entry.role, name=entry.name or entry.sha256[:12])
+        return Principal(
+            org=entry.org,
+            role=entry.role,
+            name=entry.name or entry.sha256[:12],
+            user=entry.user,
+            feature=entry.feature,
+            attribution_headers=entry.attribution_headers,
+        )
 
 
 Signature = tuple[int, int] | None

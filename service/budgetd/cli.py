@@ -22,6 +22,7 @@ from budgetd.api.openapi import document
 from budgetd.app import OPERATIONS, create_app
 from budgetd.cli_ops import add_keys, add_ledger, add_serve
 from budgetd.cli_report import add_report_commands
+from budgetd.gateway.cli import add_gateway
 from budgetd.money import MICROS_PER_USD, PICOS_PER_MICRO, format_usd
 from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
 from budgetd.policy.registry import PolicyRegistry
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys(subparsers)
     add_ledger(subparsers)
     add_report_commands(subparsers)
+    add_gateway(subparsers)
     return parser
 
 

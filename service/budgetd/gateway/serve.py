@@ -1,0 +1,61 @@
+"""``budgetd gateway``: build the gateway app and run it under uvicorn."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import uvicorn
+
+from budgetd.app import create_app
+from budgetd.gateway.app import Gateway
+from budgetd.gateway.settings import GatewaySettings
+from budgetd.gateway.upstream_keys import UpstreamKeys
+from budgetd.settings import Settings
+
+log = logging.getLogger("budgetd.gateway")
+
+
+class GatewayConfigError(Exception):
+    pass
+
+
+def check(settings: Settings) -> None:
+    if settings.keys_file is None:
+        # Without keys nobody can say which org a call is charged to.
+        raise GatewayConfigError(
+            "budgetd gateway needs BUDGETD_KEYS_FILE: a caller's budgetd key names the org "
+            "its calls are charged to (create one with `budgetd keys new --org ORG`)"
+        )
+
+
+def create_gateway(settings: Settings, gateway: GatewaySettings) -> Gateway:
+    """The gateway over a budgetd service app built from ``settings`` (its store, policies,
+    keys and jobs)."""
+    check(settings)
+    return Gateway(create_app(settings), gateway, UpstreamKeys(gateway.upstream_keys_dir))
+
+
+def run(settings: Settings, gateway: GatewaySettings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if settings.workers > 1 and settings.redis_url is None:
+        raise SystemExit(
+            "several workers need a shared store: set BUDGETD_REDIS_URL "
+            "(the embedded store lives inside one process)"
+        )
+    try:
+        check(settings)  # fail here, with one line, not in every worker
+    except GatewayConfigError as exc:
+        raise SystemExit(f"budgetd: {exc}") from None
+    log.info("budgetd gateway: Anthropic at %s", gateway.upstream_url)
+    uvicorn.run(
+        "budgetd.gateway.asgi:app",
+        host=gateway.host,
+        port=gateway.port,
+        workers=settings.workers,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        log_level="info",
+        access_log=False,
+    )

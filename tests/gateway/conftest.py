@@ -1,0 +1,169 @@
+"""A fake Anthropic upstream and a real ``budgetd gateway`` process in front of it, on a Redis of
+our own; the tests read budgets and prices through an Engine on the same Redis and price table.
+
+Orgs: ``gw-test`` (roomy budgets; every test measures the change it causes) and ``gw-poor``
+(a budget a few calls exhaust, for denials)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from budgetd.auth import new_key
+from budgetd.clock import SystemClock
+from budgetd.contract import CostRequest
+from budgetd.engine import Engine
+from budgetd.metrics import Metrics
+from budgetd.policy.registry import PolicyRegistry
+from budgetd.store.connect import redis_store
+from budgetd.usage import Usage
+from tests.gateway.procs import ROOT, UPSTREAM_KEY, Server, start_fake_upstream, start_gateway
+
+MODEL = "claude-haiku-4-5"
+GW_TEST = """
+org: gw-test
+timezone: UTC
+defaults: {hold_ttl_s: 600}
+budgets:
+  - {name: org-month, scope: org, limit_usd: 1000, period: month}
+  - {name: user-day, scope: user, limit_usd: 100, period: day}
+  - {name: feature-day, scope: feature, limit_usd: 100, period: day}
+"""
+GW_POOR = """
+org: gw-poor
+timezone: UTC
+defaults: {hold_ttl_s: 600}
+budgets:
+  - {name: tiny-month, scope: org, limit_usd: 0.05, period: month}
+"""
+
+
+@dataclass
+class Keys:
+    app: str
+    """gw-test, charged to user alice and feature chat; may not name others."""
+    shared: str
+    """gw-test, feature backend; callers name the user per call (x-budgetd-user)."""
+    poor: str
+    """gw-poor."""
+
+
+def _entry(key: str, org: str, **extra: Any) -> str:
+    from budgetd.auth import digest  # noqa: PLC0415
+
+    lines = [f"  - sha256: {digest(key)}", f"    org: {org}", "    role: app"]
+    lines += [f"    {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in extra.items()]
+    return "\n".join(lines)
+
+
+@dataclass
+class Setup:
+    gateway: Server
+    upstream: Server
+    keys: Keys
+    policy_dir: Path
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Setup]:
+    work = tmp_path_factory.mktemp("gateway")
+    policies = work / "policies"
+    policies.mkdir()
+    (policies / "pricing.yaml").write_text((ROOT / "policies" / "pricing.yaml").read_text())
+    (policies / "gw-test.yaml").write_text(GW_TEST)
+    (policies / "gw-poor.yaml").write_text(GW_POOR)
+    keys = Keys(app=new_key(), shared=new_key(), poor=new_key())
+    (work / "keys.yaml").write_text(
+        "keys:\n"
+        + "\n".join(
+            [
+                _entry(keys.app, "gw-test", name="app", user="alice", feature="chat"),
+                _entry(
+                    keys.shared,
+                    "gw-test",
+                    name="shared",
+                    feature="backend",
+                    attribution_headers=True,
+                ),
+                _entry(keys.poor, "gw-poor", name="poor", user="bob"),
+            ]
+        )
+        + "\n"
+    )
+    # Its own database: other suites flush db 0 of the shared test server.
+    url = redis_url.rsplit("/", 1)[0] + "/7"
+    upstream = start_fake_upstream(work)
+    env = {
+        "BUDGETD_REDIS_URL": url,
+        "BUDGETD_POLICY_DIR": str(policies),
+        "BUDGETD_KEYS_FILE": str(work / "keys.yaml"),
+        "BUDGETD_POLICY_POLL_S": "0",
+        "BUDGETD_GATEWAY_UPSTREAM_URL": upstream.url,
+        "BUDGETD_GATEWAY_UPSTREAM_KEY": UPSTREAM_KEY,
+        "BUDGETD_GATEWAY_READ_TIMEOUT_S": "3",
+    }
+    gateway = start_gateway(work, env)
+    yield Setup(gateway, upstream, keys, policies, url)
+    gateway.stop()
+    upstream.stop()
+
+
+class Ledger:
+    """Reads budgets and prices through an Engine on the gateway's Redis and price table."""
+
+    def __init__(self, setup: Setup) -> None:
+        registry = PolicyRegistry(setup.policy_dir, None)
+        status = registry.reload()
+        assert status.ok, status.errors
+        self.store = redis_store(setup.redis_url, timeout_s=5.0)
+        self.engine = Engine(registry, self.store, SystemClock(), Metrics())
+
+    async def org(
+        self, org: str = "gw-test", *, user: str | None = None, feature: str | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """(spent, held) micros of every budget of ``org`` for that user / feature."""
+        result = await self.engine.budgets(org, user, feature, None)
+        return {
+            f"{s.scope}:{s.name}": (s.spent_micros or 0, s.held_micros or 0)
+            for s in result.scopes
+            if s.kind == "budget"
+        }
+
+    async def settled(self, org: str = "gw-test", **who: str | None) -> dict[str, tuple[int, int]]:
+        """The budgets once no hold is open (the gateway settles just after the answer's last
+        byte, so a test may look a moment before it did)."""
+        deadline = time.monotonic() + 10
+        while True:
+            now = await self.org(org, **who)
+            if all(held == 0 for _, held in now.values()) or time.monotonic() > deadline:
+                return now
+            await asyncio.sleep(0.01)
+
+    def price(self, model: str, usage: dict[str, Any], *, batch: bool = False) -> int:
+        request = CostRequest(model=model, usage=msgspec.convert(usage, Usage), batch=batch)
+        return self.engine.price(request).cost_micros
+
+
+@pytest.fixture
+async def ledger(gateway_setup: Setup) -> AsyncIterator[Ledger]:
+    made = Ledger(gateway_setup)
+    yield made
+    await made.store.close()
+
+
+def upstream_log(setup: Setup) -> list[dict[str, Any]]:
+    log: list[dict[str, Any]] = httpx.get(setup.upstream.url + "/_fake/log").json()
+    return log
+
+
+def spent(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, int]:
+    return {name: after[name][0] - before.get(name, (0, 0))[0] for name in after}
