@@ -2,7 +2,7 @@
 our own; the tests read budgets and prices through an Engine on the same Redis and price table.
 
 Orgs: ``gw-test`` (roomy budgets; every test measures the change it causes) and ``gw-poor``
-(a budget a few calls exhaust, for denials)."""
+and ``gw-poor-node`` (budgets one call exhausts, for denials)."""
 
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ budgets:
   - {name: feature-day, scope: feature, limit_usd: 100, period: day}
 """
 GW_POOR = """
-org: gw-poor
+org: {org}
 timezone: UTC
-defaults: {hold_ttl_s: 600}
+defaults: {{hold_ttl_s: 600}}
 budgets:
-  - {name: tiny-month, scope: org, limit_usd: 0.05, period: month}
+  - {{name: tiny-month, scope: org, limit_usd: 0.05, period: month}}
 """
 
 
@@ -53,7 +53,9 @@ class Keys:
     shared: str
     """gw-test, feature backend; callers name the user per call (x-budgetd-user)."""
     poor: str
-    """gw-poor."""
+    """gw-poor (the Python SDK's denials)."""
+    poor_node: str
+    """gw-poor-node (the TypeScript SDK's and Claude Code's denials)."""
 
 
 def _entry(key: str, org: str, **extra: Any) -> str:
@@ -80,8 +82,9 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
     policies.mkdir()
     (policies / "pricing.yaml").write_text((ROOT / "policies" / "pricing.yaml").read_text())
     (policies / "gw-test.yaml").write_text(GW_TEST)
-    (policies / "gw-poor.yaml").write_text(GW_POOR)
-    keys = Keys(app=new_key(), shared=new_key(), poor=new_key())
+    for org in ("gw-poor", "gw-poor-node"):
+        (policies / f"{org}.yaml").write_text(GW_POOR.format(org=org))
+    keys = Keys(app=new_key(), shared=new_key(), poor=new_key(), poor_node=new_key())
     (work / "keys.yaml").write_text(
         "keys:\n"
         + "\n".join(
@@ -95,6 +98,7 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
                     attribution_headers=True,
                 ),
                 _entry(keys.poor, "gw-poor", name="poor", user="bob"),
+                _entry(keys.poor_node, "gw-poor-node", name="poor-node"),
             ]
         )
         + "\n"

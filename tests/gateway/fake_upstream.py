@@ -14,7 +14,9 @@ Claude Code, which sends what it sends) can ask for a behaviour:
 ``[fake:out=N]`` / ``[fake:cache]``    N output tokens / cache writes and reads in ``usage``
 ``[fake:hang]``                        no answer at all (for upstream timeouts)
 
-Otherwise the answer is "hi" (or a ``tool_use`` block when the request has tools), with
+``[fake:tool]``                        a ``tool_use`` of the request's first tool
+
+Otherwise the answer is "hi", with
 ``input_tokens`` = request body bytes // 16 + 3 (a number the test cannot guess without the same
 formula, which is the point: tests price what the fake *reported*, from its log).
 
@@ -96,8 +98,10 @@ def usage_for(body_size: int, marks: dict[str, int], *, batch: bool = False) -> 
     return usage
 
 
-def message_for(request: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
-    if request.get("tools"):
+def message_for(
+    request: dict[str, Any], usage: dict[str, Any], marks: dict[str, int]
+) -> dict[str, Any]:
+    if request.get("tools") and "tool" in marks:
         tool = request["tools"][0]
         content: list[dict[str, Any]] = [
             {"type": "text", "text": "Let me check."},
@@ -302,7 +306,7 @@ async def _messages(body: bytes, entry: dict[str, Any], send: Send) -> None:
     if "hang" in marks:
         await asyncio.sleep(3600)
     usage = usage_for(len(body), marks)
-    message = message_for(request, usage)
+    message = message_for(request, usage, marks)
     entry["status"] = 200
     if not request.get("stream"):
         entry["usage"] = usage
@@ -336,6 +340,11 @@ async def _messages(body: bytes, entry: dict[str, Any], send: Send) -> None:
 
 async def _batches(method: str, path: str, body: bytes, entry: dict[str, Any], send: Send) -> None:
     parts = path.removeprefix("/v1/messages/batches").strip("/").split("/")
+    if method == "GET" and parts == [""]:
+        page = [_batch(b, entry) for b in BATCHES]
+        return await _send(
+            send, 200, _encode({"data": page, "has_more": False, "first_id": None, "last_id": None})
+        )
     if method == "POST" and parts == [""]:
         requests = msgspec.json.decode(body)["requests"]
         batch_id = "msgbatch_" + uuid.uuid4().hex[:24]
@@ -356,11 +365,11 @@ async def _batches(method: str, path: str, body: bytes, entry: dict[str, Any], s
                 result = {"type": "expired"}
             else:
                 usage = usage_for(size, marks, batch=True)
-                result = {"type": "succeeded", "message": message_for(params, usage)}
+                result = {"type": "succeeded", "message": message_for(params, usage, marks)}
             results.append({"custom_id": item["custom_id"], "result": result})
         BATCHES[batch_id] = {"results": results, "canceled": False}
         entry["batch_results"] = results
-        return await _send(send, 200, _encode(_batch(batch_id)))
+        return await _send(send, 200, _encode(_batch(batch_id, entry)))
     batch_id = parts[0]
     if batch_id not in BATCHES:
         return await _send(send, 404, _error_body(404, f"no batch {batch_id}"))
@@ -368,16 +377,16 @@ async def _batches(method: str, path: str, body: bytes, entry: dict[str, Any], s
         BATCHES[batch_id]["canceled"] = True
         for r in BATCHES[batch_id]["results"]:
             r["result"] = {"type": "canceled"}
-        return await _send(send, 200, _encode(_batch(batch_id)))
+        return await _send(send, 200, _encode(_batch(batch_id, entry)))
     if method == "GET" and parts[1:] == ["results"]:
         lines = b"".join(_encode(r) + b"\n" for r in BATCHES[batch_id]["results"])
         return await _send(send, 200, lines, b"application/binary")
     if method == "GET" and len(parts) == 1:
-        return await _send(send, 200, _encode(_batch(batch_id)))
+        return await _send(send, 200, _encode(_batch(batch_id, entry)))
     await _send(send, 404, _error_body(404, f"no route {method} {path}"))
 
 
-def _batch(batch_id: str) -> dict[str, Any]:
+def _batch(batch_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     results = BATCHES[batch_id]["results"]
     counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
     for r in results:
@@ -392,7 +401,8 @@ def _batch(batch_id: str) -> dict[str, Any]:
         "expires_at": "2026-11-30T00:00:00Z",
         "archived_at": None,
         "cancel_initiated_at": None,
-        "results_url": f"/v1/messages/batches/{batch_id}/results",
+        # Absolute, on the API's own host, as Anthropic's are.
+        "results_url": f"http://{entry['headers'].get('host')}/v1/messages/batches/{batch_id}/results",
     }
 
 

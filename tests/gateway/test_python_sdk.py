@@ -88,7 +88,7 @@ async def test_tool_use_and_beta_route(gateway_setup: Setup, ledger: Ledger, sdk
     client = sdk(gateway_setup, gateway_setup.keys.app)
     tools = [{"name": "weather", "description": "weather", "input_schema": {"type": "object"}}]
     message = await client.beta.messages.create(
-        **ask("weather?", tools=tools), betas=["fake-beta-2026"]
+        **ask("weather? [fake:tool]", tools=tools), betas=["fake-beta-2026"]
     )
     assert message.stop_reason == "tool_use"
     seen = upstream_log(gateway_setup)[-1]
@@ -214,3 +214,68 @@ async def test_keys_paths_and_free_calls(gateway_setup: Setup, sdk: SDK) -> None
     ) as bearer:
         answer = await bearer.messages.create(**ask("hi"))
     assert answer.content[0].text == "hi"
+
+
+def batch_request(custom_id: str, text: str, max_tokens: int = 256) -> dict[str, Any]:
+    return {"custom_id": custom_id, "params": ask(text, max_tokens=max_tokens)}
+
+
+async def test_batch_holds_at_submit_and_charges_each_result_once(
+    gateway_setup: Setup, ledger: Ledger, sdk: SDK
+) -> None:
+    before = await ledger.settled()
+    client = sdk(gateway_setup, gateway_setup.keys.app)
+    batch = await client.messages.batches.create(
+        requests=[
+            batch_request("ok", "first"),
+            batch_request("long", "second [fake:out=50]"),
+            batch_request("bad", "third [fake:error=400]"),
+        ]
+    )
+    held = await ledger.org()
+    assert held["org:org-month"][1] > 0  # three worst cases at the batch price
+    assert spent(before, held)["org:org-month"] == 0
+    # The SDK follows the batch's results_url: the gateway hands out its own.
+    assert batch.results_url is not None
+    assert batch.results_url.startswith(gateway_setup.gateway.url)
+    results = {r.custom_id: r.result async for r in await client.messages.batches.results(batch.id)}
+    assert {k: r.type for k, r in results.items()} == {
+        "ok": "succeeded",
+        "long": "succeeded",
+        "bad": "errored",
+    }
+    expected = sum(
+        ledger.price(MODEL, r.message.usage.model_dump(exclude_none=True), batch=True)  # type: ignore[union-attr]
+        for r in results.values()
+        if r.type == "succeeded"
+    )
+    after = await ledger.settled()
+    assert spent(before, after)["org:org-month"] == expected
+    assert after["org:org-month"][1] == 0
+    # Reading the results again charges nothing more.
+    again = [r async for r in await client.messages.batches.results(batch.id)]
+    assert len(again) == 3
+    assert await ledger.settled() == after
+
+
+async def test_batch_cancel_releases_and_denial_refuses_the_batch(
+    gateway_setup: Setup, ledger: Ledger, sdk: SDK
+) -> None:
+    before = await ledger.settled()
+    client = sdk(gateway_setup, gateway_setup.keys.app)
+    batch = await client.messages.batches.create(
+        requests=[batch_request("a", "one"), batch_request("b", "two")]
+    )
+    canceled = await client.messages.batches.cancel(batch.id)
+    assert canceled.results_url is not None and canceled.results_url.startswith(
+        gateway_setup.gateway.url
+    )
+    kinds = [r.result.type async for r in await client.messages.batches.results(batch.id)]
+    assert kinds == ["canceled", "canceled"]
+    assert await ledger.settled() == before
+
+    poor = sdk(gateway_setup, gateway_setup.keys.poor)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await poor.messages.batches.create(requests=[batch_request("x", "big", max_tokens=100_000)])
+    assert "tiny-month" in refused.value.message
+    assert (await ledger.settled("gw-poor"))["org:tiny-month"][1] == 0

@@ -19,6 +19,7 @@ from budgetd.auth import Principal
 from budgetd.engine import Engine
 from budgetd.errors import BudgetdError
 from budgetd.gateway import errors
+from budgetd.gateway.batches import Batches
 from budgetd.gateway.exchange import Exchange
 from budgetd.gateway.settings import GatewaySettings
 from budgetd.gateway.upstream import Upstream
@@ -45,6 +46,7 @@ _SERVED = (
     "POST /v1/messages, POST /v1/messages/count_tokens, /v1/messages/batches (+ /{id}, "
     "/{id}/results, /{id}/cancel) and GET /v1/models"
 )
+_BATCHES = "/v1/messages/batches"
 _HEALTH = frozenset({"/healthz", "/readyz"})
 _ATTRIBUTION_HEADERS = (b"x-budgetd-user", b"x-budgetd-feature")
 
@@ -60,6 +62,8 @@ class Gateway:
         self.upstream = Upstream(settings)
         self.keys = keys
         self.max_body = settings.max_body_bytes
+        self.public_url = settings.public_url
+        self.batches = Batches()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -106,10 +110,27 @@ class Gateway:
             )
         except RequestRefused as exc:
             return await reply(send, errors.error(400, f"budgetd: {exc} (field {exc.field})"))
-        exchange = Exchange(self.engine, self.upstream, principal.org, api_key)
+        x = Exchange(self.engine, self.upstream, principal, api_key)
         if call.route is Route.MESSAGE:
-            return await exchange.message(call, method, target, body, receive, send)
-        await exchange.passthrough(call, method, target, body, send)
+            return await x.message(call, method, target, body, receive, send)
+        if call.route is Route.BATCH_SUBMIT:
+            return await self.batches.submit(
+                x, call, method, target, body, send, self._public(scope)
+            )
+        if call.route is Route.BATCH_RESULTS:
+            return await self.batches.results(x, call, method, target, send)
+        if path.startswith(_BATCHES) and method != "DELETE":
+            return await self.batches.rewrite(
+                x, call, method, target, body, send, self._public(scope)
+            )
+        await x.passthrough(call, method, target, body, send)
+
+    def _public(self, scope: dict[str, Any]) -> str:
+        """The gateway's own base URL as its callers reach it (batch ``results_url``s)."""
+        if self.public_url:
+            return self.public_url
+        host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+        return f"{scope.get('scheme', 'http')}://{host}"
 
     def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         """The caller's key, sent the way the SDKs and Claude Code send it: ``x-api-key``, or

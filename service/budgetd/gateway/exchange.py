@@ -23,6 +23,7 @@ from budgetd_client.core import (
     worst_case_usage,
 )
 
+from budgetd.auth import Principal
 from budgetd.contract import CommitRequest, Denied, ReserveRequest
 from budgetd.engine import Engine
 from budgetd.errors import BudgetdError, UnknownModel
@@ -37,16 +38,22 @@ RESERVATION_HEADER = b"x-budgetd-reservation-id"
 
 
 class Exchange:
-    def __init__(self, engine: Engine, upstream: Upstream, org: str, api_key: str) -> None:
+    def __init__(
+        self, engine: Engine, upstream: Upstream, principal: Principal, api_key: str
+    ) -> None:
+        assert principal.org is not None  # the gateway refuses to start without keys
         self.engine = engine
         self.upstream = upstream
-        self.org = org
+        self.org = principal.org
+        self.user = principal.user
+        self.feature = principal.feature
         self.api_key = api_key
 
-    async def reserve(self, reserve: Reserve) -> str | errors.Reply:
+    async def reserve(self, reserve: Reserve, ttl_s: int | None = None) -> str | errors.Reply:
         """The reservation id, or the answer that refuses the call."""
+        fields = {"org": self.org, **reserve.fields(), "ttl_s": ttl_s}
         try:
-            request = msgspec.convert({"org": self.org, **reserve.fields()}, ReserveRequest)
+            request = msgspec.convert(fields, ReserveRequest)
         except msgspec.ValidationError as exc:
             return errors.error(400, f"budgetd: {exc}")
         try:
@@ -97,21 +104,25 @@ class Exchange:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Before any answer: nothing was billed, nothing was sent to the caller yet.
             await self.settle(rid, reserve, settlement)
-            return await reply(send, _unreachable(exc))
+            return await reply(send, unreachable(exc))
         # Incomplete: the response is left unfinished, so the server cuts the caller's
         # connection as Anthropic cut ours (ASGI: an app that returns mid-body aborts it).
         await self.settle(rid, reserve, settlement)
 
-    async def settle(self, rid: str, reserve: Reserve, settlement: Settlement) -> None:
+    async def settle(self, rid: str, reserve: Reserve | None, settlement: Settlement) -> None:
         """Commit or release ``rid``; a failure here is logged (the caller has its answer) and
         the hold's lease returns it later."""
         try:
             if isinstance(settlement, Release):
                 await self.engine.release(self.org, rid)
                 return
+            assert reserve is not None
             await self._commit(rid, reserve, settlement)
         except BudgetdError as exc:
             log.error("could not settle reservation %s of org %s: %s", rid, self.org, exc.detail)
+
+    async def settle_release(self, rid: str) -> None:
+        await self.settle(rid, None, Release(reason="not sent"))
 
     async def _commit(self, rid: str, reserve: Reserve, commit: Commit) -> None:
         try:
@@ -147,11 +158,11 @@ class Exchange:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (aiohttp.ClientError, TimeoutError) as exc:
             if not started:
-                await reply(send, _unreachable(exc))
+                await reply(send, unreachable(exc))
             # else: left unfinished, so the caller's connection is cut like ours was.
 
 
-def _unreachable(exc: BaseException) -> errors.Reply:
+def unreachable(exc: BaseException) -> errors.Reply:
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return errors.error(504, "budgetd: Anthropic did not answer in time; nothing was charged")
     return errors.error(502, f"budgetd: could not reach Anthropic ({exc!r}); nothing was charged")

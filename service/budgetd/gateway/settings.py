@@ -27,6 +27,9 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True):
     upstream_keys_dir: Path | None = None
     """A mounted secret: one file per org, named after the org, holding its Anthropic key.
     Read at each call (a rotated secret is used at once); wins over the environment."""
+    public_url: str | None = None
+    """How callers reach the gateway (``https://budgetd-gateway.internal``), for the batch
+    ``results_url`` it hands out; the request's own scheme and ``Host`` when unset."""
     max_body_bytes: int = 32 * 1024 * 1024
     """Anthropic's own request size limit for the Messages API."""
 
@@ -58,4 +61,5 @@ def from_env(env: Mapping[str, str] | None = None) -> GatewaySettings:
         connect_timeout_s=_float(e, "BUDGETD_GATEWAY_CONNECT_TIMEOUT_S", d.connect_timeout_s),
         read_timeout_s=_float(e, "BUDGETD_GATEWAY_READ_TIMEOUT_S", d.read_timeout_s),
         upstream_keys_dir=Path(keys_dir) if keys_dir else None,
+        public_url=(e.get("BUDGETD_GATEWAY_PUBLIC_URL") or "").rstrip("/") or None,
     )
