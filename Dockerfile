@@ -27,6 +27,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 # Then the code, installed as a regular (non-editable) package into the same environment.
 COPY README.md ./
 COPY service ./service
+# budgetd_client ships in the same package: `budgetd gateway` runs on its core.
+COPY clients/python/src ./clients/python/src
 # hadolint ignore=SC2086
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable $UV_NO_INSTALL

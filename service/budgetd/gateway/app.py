@@ -135,14 +135,9 @@ class Gateway:
     def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         """The caller's key, sent the way the SDKs and Claude Code send it: ``x-api-key``, or
         ``Authorization: Bearer`` (``ANTHROPIC_AUTH_TOKEN``)."""
-        authorization = None
-        for name, value in headers:
-            if name == b"x-api-key":
-                authorization = "Bearer " + value.decode("latin-1")
-                break
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-        principal = caller_of(self.inner.state, authorization)
+        api_keys = [b"Bearer " + v for k, v in headers if k == b"x-api-key"]
+        sent = api_keys or [v for k, v in headers if k == b"authorization"]
+        principal = caller_of(self.inner.state, [v.decode("latin-1") for v in sent])
         if not principal.attribution_headers:
             named = [n.decode() for n, _ in headers if n in _ATTRIBUTION_HEADERS]
             if named:
