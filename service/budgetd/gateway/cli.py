@@ -10,11 +10,7 @@ from budgetd.settings import from_env
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    try:
-        settings, gateway = from_env(), gateway_from_env()
-    except ValueError as exc:
-        raise SystemExit(f"budgetd: {exc}") from None
-    serve.run(settings, gateway)
+    serve.run(from_env(), gateway_from_env())
     return 0
 
 

@@ -11,28 +11,20 @@ from budgetd.app import create_app
 from budgetd.gateway.app import Gateway
 from budgetd.gateway.settings import GatewaySettings
 from budgetd.gateway.upstream_keys import UpstreamKeys
-from budgetd.settings import Settings
+from budgetd.settings import ConfigError, Settings
 
 log = logging.getLogger("budgetd.gateway")
-
-
-class GatewayConfigError(Exception):
-    pass
-
-
-def check(settings: Settings) -> None:
-    if settings.keys_file is None:
-        # Without keys nobody can say which org a call is charged to.
-        raise GatewayConfigError(
-            "budgetd gateway needs BUDGETD_KEYS_FILE: a caller's budgetd key names the org "
-            "its calls are charged to (create one with `budgetd keys new --org ORG`)"
-        )
 
 
 def create_gateway(settings: Settings, gateway: GatewaySettings) -> Gateway:
     """The gateway over a budgetd service app built from ``settings`` (its store, policies,
     keys and jobs)."""
-    check(settings)
+    if settings.keys_file is None:
+        # Without keys nobody can say which org a call is charged to.
+        raise ConfigError(
+            "budgetd gateway needs BUDGETD_KEYS_FILE: a caller's budgetd key names the org "
+            "its calls are charged to (create one with `budgetd keys new --org ORG`)"
+        )
     return Gateway(create_app(settings), gateway, UpstreamKeys(gateway.upstream_keys_dir))
 
 
@@ -40,17 +32,15 @@ def run(settings: Settings, gateway: GatewaySettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     if settings.workers > 1 and settings.redis_url is None:
-        raise SystemExit(
+        raise ConfigError(
             "several workers need a shared store: set BUDGETD_REDIS_URL "
             "(the embedded store lives inside one process)"
         )
-    try:
-        check(settings)  # fail here, with one line, not in every worker
-    except GatewayConfigError as exc:
-        raise SystemExit(f"budgetd: {exc}") from None
+    # Built here first, as `budgetd serve` does: a mistake is one line, not a worker's traceback.
+    app = create_gateway(settings, gateway)
     log.info("budgetd gateway: Anthropic at %s", gateway.upstream_url)
     uvicorn.run(
-        "budgetd.gateway.asgi:app",
+        app if settings.workers == 1 else "budgetd.gateway.asgi:app",
         host=gateway.host,
         port=gateway.port,
         workers=settings.workers,

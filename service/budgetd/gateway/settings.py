@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 
+from budgetd.settings import ConfigError
+
 ANTHROPIC_URL = "https://api.anthropic.com"
 
 
@@ -41,9 +43,9 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         parsed = float(value)
     except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
+        raise ConfigError(f"{name}={value!r}: not a number of seconds") from None
     if parsed <= 0:
-        raise ValueError(f"{name} must be positive, not {value!r}")
+        raise ConfigError(f"{name}={value!r}: must be positive")
     return parsed
 
 
@@ -52,7 +54,7 @@ def from_env(env: Mapping[str, str] | None = None) -> GatewaySettings:
     d = GatewaySettings()
     port = e.get("BUDGETD_GATEWAY_PORT", str(d.port))
     if not port.isdigit():
-        raise ValueError(f"BUDGETD_GATEWAY_PORT must be a port number, not {port!r}")
+        raise ConfigError(f"BUDGETD_GATEWAY_PORT={port!r}: not a port number")
     keys_dir = e.get("BUDGETD_GATEWAY_UPSTREAM_KEYS_DIR")
     return GatewaySettings(
         upstream_url=e.get("BUDGETD_GATEWAY_UPSTREAM_URL", d.upstream_url).rstrip("/"),
