@@ -2,7 +2,8 @@
 
 Submit: every request of the batch is reserved at the batch price (the core's reserves), all or
 none: one denial releases the others and refuses the batch, as Anthropic refuses a batch it
-cannot take. The holds last a day (a batch's own deadline).
+cannot take. The holds last the policy's ``hold_ttl_s``, the longest lease it allows: an org
+that batches through the gateway sets it to a day, a batch's own deadline.
 
 Results (``GET /v1/messages/batches/{id}/results``, streamed through): each line is settled as
 the core reads it. A succeeded request's usage is *recorded* under the id
@@ -33,8 +34,6 @@ from budgetd.usage import Usage
 
 log = logging.getLogger("budgetd.gateway")
 
-BATCH_HOLD_S = 86_400
-"""Anthropic ends every batch within 24 hours."""
 REMEMBERED_BATCHES = 10_000
 IN_FLIGHT = 64
 """Reserves (and settlements) of one batch sent to the store at once."""
@@ -66,7 +65,7 @@ class Batches:
         refusal: errors.Reply | None = None
         for start in range(0, len(call.reserves), IN_FLIGHT):
             window = call.reserves[start : start + IN_FLIGHT]
-            held = await asyncio.gather(*(x.reserve(r, ttl_s=BATCH_HOLD_S) for r in window))
+            held = await asyncio.gather(*(x.reserve(r) for r in window))
             for reserve, rid in zip(window, held, strict=True):
                 if isinstance(rid, errors.Reply):
                     refusal = refusal or rid

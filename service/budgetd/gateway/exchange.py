@@ -49,9 +49,9 @@ class Exchange:
         self.feature = principal.feature
         self.api_key = api_key
 
-    async def reserve(self, reserve: Reserve, ttl_s: int | None = None) -> str | errors.Reply:
+    async def reserve(self, reserve: Reserve) -> str | errors.Reply:
         """The reservation id, or the answer that refuses the call."""
-        fields = {"org": self.org, **reserve.fields(), "ttl_s": ttl_s}
+        fields = {"org": self.org, **reserve.fields()}
         try:
             request = msgspec.convert(fields, ReserveRequest)
         except msgspec.ValidationError as exc:
