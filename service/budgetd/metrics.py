@@ -192,6 +192,11 @@ class Metrics:
             "Ledger entries exported and trimmed by the retention job",
             registry=r,
         )
+        self.store_data_lost = Counter(
+            "budgetd_store_data_lost_total",
+            "Org event streams found gone with their delivery group: Redis lost its data",
+            registry=r,
+        )
         self.events_dead = Counter(
             "budgetd_events_dead_lettered_total",
             "Deliveries given up after the last attempt",

@@ -166,6 +166,56 @@ async def test_a_slow_receiver_gets_one_send_at_a_time(tmp_path: Path, clean_red
     assert "0.5 s" in letters[0]["error"]
 
 
+GLOBEX = """
+org: globex
+timezone: UTC
+channels:
+  hook: {{webhook: "{url}", secret_env: BUDGETD_TEST_HOOK_SECRET}}
+defaults:
+  notify: [hook]
+  forecast: false
+  spike_factor: null
+budgets:
+  - {{name: org-day, scope: org, limit_usd: 0.01, period: day}}
+"""
+
+
+async def test_delivery_recovers_after_redis_loses_its_data(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    """FLUSHDB (or a restart without persistence) takes the consumer groups with it: delivery
+    recreates them and goes on, one org's broken stream does not stop the others, and /readyz
+    and a metric say the store lost data (the pod stays ready: it can still decide)."""
+    directory = tmp_path / "policies"
+    async with Receiver().running() as hook:
+        write_policy(directory, GLOBEX.format(url=hook.url), name="a-globex.yaml")
+        write_policy(directory, POLICY.format(url=hook.url), name="b-acme.yaml")
+        app = create_app(
+            settings_for(directory, **FAST), store=redis_store(clean_redis, timeout_s=5)
+        )
+        async with asgi_client(app) as client:
+            for _ in range(5):  # 50 %: one event
+                await client.post("/v1/reservations", json=CALL)
+            assert await wait_for(lambda: len(hook.received) == 1)
+            ready = await client.get("/readyz")
+            assert ready.json()["store"]["data_lost_at"] is None
+
+            store = redis_store(clean_redis)
+            await store.client.flushdb()
+            # And one org's stream is beyond repair (not a stream at all).
+            await store.client.set("bd:{o:globex}:events", "not a stream")
+            await store.close()
+            for _ in range(5):  # 50 % again: the flush took the counters and the marker
+                await client.post("/v1/reservations", json=CALL)
+            assert await wait_for(lambda: len(hook.received) == 2), "no delivery after a flush"
+            assert {r.json()["org"] for r in hook.received} == {"acme"}
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["store"]["data_lost_at"] is not None
+            metrics = (await client.get("/metrics")).text
+            assert "budgetd_store_data_lost_total 1.0" in metrics
+
+
 async def test_a_hanging_receiver_does_not_slow_reserve(tmp_path: Path, clean_redis: str) -> None:
     async with (
         Receiver(hang=True).running() as hook,

@@ -48,7 +48,11 @@ async def readyz(request: AnyRequest) -> Response[dict[str, Any]]:
     keys = request.app.state.api_keys
     body: dict[str, Any] = {
         "ready": ready,
-        "store": {"ok": store_ok, "backend": engine.store.description},
+        "store": {
+            "ok": store_ok,
+            "backend": engine.store.description,
+            "data_lost_at": request.app.state.jobs.data_lost_at(),
+        },
         "policy": {
             "loaded": engine.registry.loaded,
             "last_reload_ok": policy.ok,

@@ -15,12 +15,13 @@ import time
 
 import httpx
 import msgspec
+import redis.exceptions
 
 from budgetd.jobs.channels import Sent, send
 from budgetd.metrics import Metrics
 from budgetd.policy.model import OrgPolicy
 from budgetd.policy.registry import PolicyRegistry
-from budgetd.store.events import Event, EventQueue
+from budgetd.store.events import Event, EventQueue, GroupLost
 
 log = logging.getLogger(__name__)
 STATE_KEEP_S = 7 * 86_400
@@ -57,6 +58,9 @@ class Deliverer:
         self.config = config or DeliveryConfig()
         self.http = httpx.AsyncClient(timeout=self.config.timeout_s)
         self._groups: set[str] = set()
+        self.data_lost_at: float | None = None
+        """When this process last found an org's stream gone with its group (Redis lost its
+        data); None if it never did."""
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -67,17 +71,41 @@ class Deliverer:
             return 0
         settled = 0
         for org, policy in self.registry.current.orgs.items():
-            if org not in self._groups:
-                await self.queue.ensure_group(org)
-                self._groups.add(org)
+            # One org's broken stream (a wrong type, a script error) must not stop delivery for
+            # the others; an unreachable Redis stops the pass (StoreUnavailable, raised on).
+            try:
+                settled += await self._org_pass(policy)
+            except redis.exceptions.ResponseError as exc:
+                log.warning("delivery for org %s failed: %s", org, exc)
+        return settled
+
+    async def _org_pass(self, policy: OrgPolicy) -> int:
+        org = policy.org
+        if org not in self._groups:
+            await self.queue.ensure_group(org)
+            self._groups.add(org)
+        try:
             events = await self.queue.claim_stale(
                 org, self.consumer, self.config.claim_idle_ms, self.config.batch
             )
             fresh = await self.queue.read_new(org, self.consumer, self.config.batch)
-            self.metrics.events_read.inc(len(fresh))
-            results = await asyncio.gather(*(self._settle(policy, e) for e in events + fresh))
-            settled += sum(results)
-        return settled
+        except GroupLost:
+            # The group this process made is gone with its stream: Redis lost its data. Make
+            # it again (from the stream's start: events emitted since the loss are in it) and
+            # say so; what was pending in the old group is lost with it.
+            self.data_lost_at = time.time()
+            self.metrics.store_data_lost.inc()
+            log.error(
+                "org %s: the event stream and its delivery group are gone; Redis lost its "
+                "data (a restart without persistence, FLUSHDB?). Budget counters, holds and "
+                "the ledger went with them. Delivery group recreated.",
+                org,
+            )
+            await self.queue.ensure_group(org)
+            return 0
+        self.metrics.events_read.inc(len(fresh))
+        results = await asyncio.gather(*(self._settle(policy, e) for e in events + fresh))
+        return sum(results)
 
     async def _settle(self, policy: OrgPolicy, event: Event) -> bool:
         fields = {"org": policy.org, **event.fields}

@@ -242,6 +242,11 @@ class Jobs:
             if s.org in (None, org)
         ]
 
+    def data_lost_at(self) -> str | None:
+        """When delivery last found Redis had lost its data (ISO 8601), for /readyz."""
+        at = self.deliverer.data_lost_at
+        return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+
     # -- jobs ------------------------------------------------------------------------------
 
     async def reload_policy(self) -> None:

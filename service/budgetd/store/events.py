@@ -15,6 +15,16 @@ from budgetd.store.scripted import ScriptStore
 GROUP = "delivery"
 
 
+class GroupLost(Exception):
+    """The org's stream has no delivery group (NOGROUP): the stream, and with it the group,
+    is gone since the group was made. Redis lost its data (a restart without persistence,
+    FLUSHDB), or someone deleted the stream."""
+
+
+def _nogroup(exc: redis.exceptions.ResponseError) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True):
     stream_id: str
     """Position in the org's stream."""
@@ -53,9 +63,14 @@ class EventQueue:
                 raise
 
     async def read_new(self, org: str, consumer: str, count: int) -> list[Event]:
-        reply: Any = await self.client.xreadgroup(
-            GROUP, consumer, {keys.events(org): ">"}, count=count
-        )
+        try:
+            reply: Any = await self.client.xreadgroup(
+                GROUP, consumer, {keys.events(org): ">"}, count=count
+            )
+        except redis.exceptions.ResponseError as exc:
+            if _nogroup(exc):
+                raise GroupLost(org) from exc
+            raise
         if not reply:
             return []
         # RESP2 answers [[stream, rows]]; RESP3 answers {stream: [rows]}.
@@ -65,9 +80,14 @@ class EventQueue:
     async def claim_stale(self, org: str, consumer: str, idle_ms: int, count: int) -> list[Event]:
         """Take over entries another consumer (a crashed replica, or a retry in backoff) has
         held for ``idle_ms``; a claim resets the idle time, so no two consumers take one."""
-        reply = await self.client.xautoclaim(
-            keys.events(org), GROUP, consumer, idle_ms, start_id="0-0", count=count
-        )
+        try:
+            reply = await self.client.xautoclaim(
+                keys.events(org), GROUP, consumer, idle_ms, start_id="0-0", count=count
+            )
+        except redis.exceptions.ResponseError as exc:
+            if _nogroup(exc):
+                raise GroupLost(org) from exc
+            raise
         return _events(reply[1])
 
     async def ack(self, org: str, event: Event) -> None:
