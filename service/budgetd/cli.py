@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from budgetd.api.openapi import document
+from budgetd.api.openapi import document, model_ids
 from budgetd.app import OPERATIONS, create_app
 from budgetd.cli_ops import add_keys, add_ledger, add_serve
 from budgetd.cli_report import add_report_commands
@@ -252,9 +252,10 @@ def _add_pricing(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 def openapi_text() -> str:
     """The service's OpenAPI document exactly as ``docs/openapi.json`` stores it (and as
     ``/schema/openapi.json`` serves it)."""
-    # A registry that never loads: the document does not depend on policies or the directory.
+    # A registry that never loads: the document depends on no policy, only on the price table.
     app = create_app(Settings(), registry=PolicyRegistry(Path()))
-    return json.dumps(document(OPERATIONS, app.openapi_schema.to_schema()), indent=2) + "\n"
+    ids = model_ids(_load_pricing(DEFAULT_PRICING))
+    return json.dumps(document(OPERATIONS, app.openapi_schema.to_schema(), ids), indent=2) + "\n"
 
 
 def _openapi(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ OrgName = Annotated[
     msgspec.Meta(
         pattern=describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", ORG_WORDS),
         description=f"The org: {ORG_WORDS}.",
-        examples=["acme"],
+        examples=["acme-research"],
     ),
 ]
 RESERVATION_ID_WORDS = (
@@ -40,6 +40,8 @@ RESERVATION_ID_PATTERN = describe_pattern(
 )
 """A reservation id in a path: a client's ``reservation_id`` (an ``Identifier``) or a generated
 one (a degraded grant's id carries org, user, feature and model, so it may be longer)."""
+MODEL_ID_TITLE = "ModelId"
+"""Marks model fields in the JSON Schema: the served OpenAPI lists the priced ids there."""
 MODEL_WORDS = (
     "a model id of up to 128 letters, digits, '_', '.', ':', '@' or '-', starting with a letter "
     "or digit"
@@ -48,9 +50,10 @@ ModelId = Annotated[
     str,
     msgspec.Meta(
         pattern=describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$", MODEL_WORDS),
+        title=MODEL_ID_TITLE,
         description="A model id of the price table (or an alias the org's policy defines); "
         "any other id is 422 unknown-model.",
-        examples=["claude-sonnet-4-5", "claude-opus-4-8"],
+        examples=["claude-haiku-4-5", "claude-sonnet-4-6"],
     ),
 ]
 TokenCount = Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_TOKENS)]
@@ -132,7 +135,12 @@ class AdjustmentRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     budget: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     """The budget's name in the org's policy."""
     amount_micros: Annotated[
-        int, msgspec.Meta(ge=-bounds.MAX_ADJUSTMENT_MICROS, le=bounds.MAX_ADJUSTMENT_MICROS)
+        int,
+        msgspec.Meta(
+            ge=-bounds.MAX_ADJUSTMENT_MICROS,
+            le=bounds.MAX_ADJUSTMENT_MICROS,
+            extra_json_schema={"not": {"const": 0}},
+        ),
     ]
     """Added to the counter's spend; negative for a credit or refund. Never zero."""
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]

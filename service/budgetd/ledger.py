@@ -85,6 +85,8 @@ async def entries(
     store: ScriptStore, org: str, since_ms: int = 0, until_ms: int | None = None, page: int = 1000
 ) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """Ledger entries with stream id in [since, until), oldest first, a page at a time."""
+    if until_ms is not None and until_ms <= since_ms:
+        return  # an empty range (``until`` at the epoch would be the stream id "-1-…")
     start = f"{since_ms}-0"
     end = "+" if until_ms is None else f"{until_ms - 1}-18446744073709551615"
     while True:

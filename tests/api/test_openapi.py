@@ -7,15 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from budgetd.app import OPERATIONS
+from budgetd.app import OPERATIONS, create_app
 from budgetd.cli import openapi_text
-from tests.api.conftest import Client
+from budgetd.store.base import Store
+from tests.api.conftest import asgi_client, settings_for
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 
-async def test_served_document_is_the_checked_in_file(acme_client: Client) -> None:
-    served = (await acme_client.get("/schema/openapi.json")).json()
+async def test_served_document_is_the_checked_in_file(store: Store) -> None:
+    # The service on the repository's own policies and price table, as `budgetd serve` runs.
+    app = create_app(settings_for(CHECKED_IN.parents[1] / "policies"), store=store)
+    async with asgi_client(app) as client:
+        served = (await client.get("/schema/openapi.json")).json()
     assert openapi_text() == CHECKED_IN.read_text(), (
         "docs/openapi.json is out of date; regenerate it with `budgetd openapi > docs/openapi.json`"
     )
@@ -64,3 +68,6 @@ def test_bodies_refuse_unknown_fields_and_carry_bounds_and_patterns() -> None:
     assert (props["max_tokens"]["minimum"], props["max_tokens"]["maximum"]) == (1, 10_000_000)
     assert "starting with a letter or digit" in props["org"]["description"]
     assert props["model"]["examples"] and props["model"]["pattern"]
+    assert "claude-haiku-4-5" in props["model"]["enum"]  # the price table's ids and aliases
+    adjust = schemas["AdjustmentRequest"]["properties"]["amount_micros"]
+    assert adjust["not"] == {"const": 0}

@@ -126,7 +126,7 @@ async def test_ledger_bounds_before_1970_are_a_problem_before_streaming(tmp_path
                 params={"org": "acme", name: "1969-12-31T00:00:00Z"},
                 headers=auth,
             )
-            assert "before 1970-01-01" in str(_problem(r, 422, name)["detail"])
+            assert "from 1970 on" in str(_problem(r, 422, name)["detail"])
 
 
 async def test_keys_are_sent_exactly_and_once(tmp_path: Path) -> None:
@@ -147,3 +147,23 @@ async def test_keys_are_sent_exactly_and_once(tmp_path: Path) -> None:
             assert "2 Authorization headers" in str(_problem(r, 401, None)["detail"])
         cost = await client.post("/v1/cost", json={"model": "claude-haiku-test", "usage": {}})
         _problem(cost, 401, None)
+
+
+async def test_ledger_bounds_are_rfc3339_and_until_the_epoch_is_empty(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    (admin,) = write_keys(keys, ("acme", "admin"))
+    directory = tmp_path / "policies"
+    write_policy(directory, ACME)
+    app = create_app(settings_for(directory, keys_file=keys), store=embedded_store())
+    auth = {"Authorization": f"Bearer {admin}"}
+    async with asgi_client(app) as client:
+        lax = await client.get(
+            "/v1/admin/ledger", params={"org": "acme", "until": "0"}, headers=auth
+        )
+        assert "RFC 3339" in str(_problem(lax, 422, "until")["detail"])
+        epoch = await client.get(
+            "/v1/admin/ledger",
+            params={"org": "acme", "until": "1970-01-01T00:00:00Z"},
+            headers=auth,
+        )
+        assert (epoch.status_code, epoch.text) == (200, "")

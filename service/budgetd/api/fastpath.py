@@ -96,6 +96,17 @@ OPERATIONS = [
         tags=("reservations",),
         description="A replay (same reservation_id, same body) answers 201 again with "
         "`replayed: true`; the same id with another body is 409.",
+        links={
+            action: {
+                "operationId": action,
+                "parameters": {
+                    "reservation_id": "$response.body#/reservation_id",
+                    "org": "$request.body#/org",
+                },
+                "description": f"{action.capitalize()} the reservation just granted.",
+            }
+            for action in ("commit", "release")
+        },
     ),
     Operation(
         "POST",

@@ -5,7 +5,7 @@ not its Redis)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get
@@ -20,6 +20,7 @@ from budgetd.contract import OrgName
 from budgetd.errors import InvalidRequest
 from budgetd.reports import audit
 from budgetd.store.events import EventQueue
+from budgetd.yaml_errors import describe_pattern
 
 MEDIA_TYPES: dict[ledger.Format, str] = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 
@@ -30,11 +31,26 @@ class ReconcileResult(msgspec.Struct, frozen=True, kw_only=True):
     report: ledger.Reconciliation
 
 
+LEDGER_BOUND_WORDS = "an RFC 3339 time from 1970 on, e.g. 2026-11-01T00:00:00Z"
+# Text, not a datetime: a lax conversion would also read "0" as an epoch timestamp.
+LedgerBound = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(
+            r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+            r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-][01][0-9]:[0-5][0-9])$",
+            LEDGER_BOUND_WORDS,
+        ),
+        description=f"Ledger bound: {LEDGER_BOUND_WORDS}.",
+    ),
+]
+
+
 class ExportQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     org: OrgName
-    since: datetime | None = None
-    """Entries at or after this time (ISO 8601; UTC without a zone), 1970 or later."""
-    until: datetime | None = None
+    since: LedgerBound | None = None
+    """Entries at or after this time (RFC 3339; a time without a zone is UTC), 1970 or later."""
+    until: LedgerBound | None = None
     """Entries before this time."""
     format: ledger.Format = "jsonl"
 
@@ -43,11 +59,14 @@ class OrgOnlyQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     org: OrgName
 
 
-def _bound_ms(name: str, when: datetime | None) -> int | None:
+def _bound_ms(name: str, text: str | None) -> int | None:
+    if text is None:
+        return None
     try:
-        return ledger.bound_ms(when)
-    except ValueError as exc:
+        ms = ledger.bound_ms(datetime.fromisoformat(text))
+    except ValueError as exc:  # a 30th of February, or before 1970
         raise InvalidRequest(f"{name}: {exc}", field=name) from None
+    return ms
 
 
 @get("/v1/admin/ledger", summary="Export the org's ledger (JSON lines or CSV), oldest first")

@@ -18,7 +18,9 @@ from litestar.enums import OpenAPIMediaType
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 
 from budgetd.api.problems import PROBLEM_JSON, TYPE_BASE
-from budgetd.contract import DeniedScope
+from budgetd.contract import MODEL_ID_TITLE, DeniedScope
+from budgetd.policy.registry import PolicyRegistry
+from budgetd.pricing_table import PricingTable
 
 REF = "#/components/schemas/{name}"
 
@@ -79,6 +81,9 @@ class Operation:
     ok_media: dict[str, dict[str, Any]] | None = None
     tags: tuple[str, ...] = ()
     description: str = ""
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """OpenAPI links of the success response (what a client, or a stateful fuzzer, can call
+    next with values from this answer)."""
 
 
 class _Types:
@@ -205,6 +210,8 @@ def _operation(types: _Types, op: Operation) -> dict[str, Any]:
         ok["content"] = op.ok_media
     elif ok_type is not None:
         ok["content"] = {"application/json": {"schema": types.of(ok_type)}}
+    if op.links:
+        ok["links"] = op.links
     responses: dict[str, Any] = {str(status): ok}
     problems = set(op.problems) | {414}
     if op.auth:
@@ -221,9 +228,24 @@ def _operation(types: _Types, op: Operation) -> dict[str, Any]:
     return out
 
 
-def document(operations: list[Operation], generated: dict[str, Any]) -> dict[str, Any]:
+def _list_models(node: Any, model_ids: list[str]) -> None:
+    """Every model field (titled ``ModelId``) gets the priced ids as an enum."""
+    if isinstance(node, dict):
+        if node.get("title") == MODEL_ID_TITLE:
+            node["enum"] = model_ids
+        for value in node.values():
+            _list_models(value, model_ids)
+    elif isinstance(node, list):
+        for value in node:
+            _list_models(value, model_ids)
+
+
+def document(
+    operations: list[Operation], generated: dict[str, Any], model_ids: list[str] | None = None
+) -> dict[str, Any]:
     """The OpenAPI document: ``operations`` described here, and whatever else Litestar
-    ``generated`` for paths none of them covers."""
+    ``generated`` for paths none of them covers; model fields list ``model_ids`` (the price
+    table's ids and aliases) when given."""
     types_used: list[Any] = []
     for op in operations:
         for t in (op.body, op.query, op.ok[1]):
@@ -250,13 +272,16 @@ def document(operations: list[Operation], generated: dict[str, Any]) -> dict[str
             "description": "An API key from `budgetd keys new` (`bdk_...`), sent exactly, once.",
         }
     }
-    return {
+    doc = {
         "openapi": "3.1.0",
         "info": generated.get("info", {}),
         "servers": generated.get("servers", [{"url": "/"}]),
         "paths": dict(sorted(paths.items())),
         "components": components,
     }
+    if model_ids:
+        _list_models(doc, model_ids)
+    return doc
 
 
 class SchemaPlugin(OpenAPIRenderPlugin):
@@ -265,9 +290,20 @@ class SchemaPlugin(OpenAPIRenderPlugin):
     def __init__(self, operations: list[Operation]) -> None:
         super().__init__(path="/openapi.json", media_type=OpenAPIMediaType.OPENAPI_JSON)
         self.operations = operations
-        self._rendered: bytes | None = None
+        self._rendered: tuple[PricingTable | None, bytes] | None = None
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        if self._rendered is None:
-            self._rendered = msgspec.json.encode(document(self.operations, openapi_schema))
-        return self._rendered
+        registry: PolicyRegistry = request.app.state.engine.registry
+        pricing = registry.current.pricing if registry.loaded else None
+        # Rendered again only when the price table changes (a policy reload may bring one).
+        if self._rendered is None or self._rendered[0] is not pricing:
+            ids = model_ids(pricing) if pricing is not None else None
+            body = msgspec.json.encode(document(self.operations, openapi_schema, ids))
+            self._rendered = (pricing, body)
+        return self._rendered[1]
+
+
+def model_ids(pricing: PricingTable) -> list[str]:
+    """The ids and aliases of the price table, sorted: what ``model`` fields accept (besides
+    the aliases an org's policy adds)."""
+    return sorted(pricing.models)
