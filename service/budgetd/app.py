@@ -14,7 +14,16 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from budgetd import __version__
-from budgetd.api import admin, budgets, fastpath, health, ledger_views, reports, reservations
+from budgetd.api import (
+    admin,
+    budgets,
+    fastpath,
+    health,
+    ledger_views,
+    reports,
+    reservations,
+    web,
+)
 from budgetd.api.fastpath import FastPath
 from budgetd.api.openapi import SchemaPlugin
 from budgetd.api.problems import HANDLERS
@@ -176,6 +185,7 @@ def create_app(
             *admin.ROUTES,
             *ledger_views.ROUTES,
             *reports.ROUTES,
+            *web.ROUTES,
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=MAX_BODY_BYTES,

@@ -161,11 +161,20 @@ async def _report(args: argparse.Namespace) -> int:
                 report = await query.daily(store, args.org, since, until)
             else:
                 report = await query.usage(
-                    store, args.org, args.by, since, until, args.top, args.sort
+                    store,
+                    args.org,
+                    args.by,
+                    since,
+                    until,
+                    args.top,
+                    args.sort,
+                    now + dt.timedelta(days=1),
                 )
             rows, body = report.rows, report
             title = f"{args.org}: by {args.by}, {since} to {until - dt.timedelta(days=1)}"
-            if report.entities > len(report.rows):
+            if report.entities is None:
+                title += f" (top {len(report.rows)})"
+            elif report.entities > len(report.rows):
                 title += f" (top {len(report.rows)} of {report.entities:,})"
             table = _usage_table(report, title)
     if args.format == "json":

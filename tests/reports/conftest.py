@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -105,3 +106,9 @@ def real_range() -> tuple[date, date]:
     """Ledger entries are stamped with Redis time (today, UTC), whatever the frozen clock says."""
     today = datetime.now(UTC).date()
     return today - timedelta(days=2), today + timedelta(days=2)
+
+
+def this_month() -> tuple[date, date]:
+    """ACME's month so far (America/New_York), read as its one month bucket."""
+    today = datetime.now(ZoneInfo("America/New_York")).date()
+    return today.replace(day=1), today + timedelta(days=1)

@@ -5,12 +5,15 @@ followers run at the same time."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 
 from budgetd.engine import Engine
 from budgetd.reports import follower, query
 from budgetd.reports.budgets import budgets
-from tests.reports.conftest import SONNET, Call, real_range, traffic
+from budgetd.store import keys
+from budgetd.store.scripted import ScriptStore
+from tests.reports.conftest import SONNET, Call, real_range, this_month, traffic
 
 
 def expected(calls: list[Call], key: str) -> dict[str, list[int]]:
@@ -66,9 +69,16 @@ async def test_top_n_and_sort(report_engine: Engine) -> None:
     await follower.follow(report_engine.store, "acme", report_engine.policy("acme").tz)
     since, until = real_range()
     spend = {u: t[0] for u, t in expected(calls, "user").items()}
-    top = await query.usage(report_engine.store, "acme", "user", since, until, top=2)
+    first, tomorrow = this_month()
+    top = await query.usage(
+        report_engine.store, "acme", "user", first, tomorrow, top=2, tomorrow=tomorrow
+    )
     assert top.entities == 3
     assert [r.entity for r in top.rows] == sorted(spend, key=lambda u: -spend[u])[:2]
+    # Over several day buckets: the same ranking, and no count (that would need the union).
+    days = await query.usage(report_engine.store, "acme", "user", since, until, top=2)
+    assert days.entities is None
+    assert [r.entity for r in days.rows] == [r.entity for r in top.rows]
     by_calls = await query.usage(report_engine.store, "acme", "feature", since, until, sort="calls")
     assert [r.calls for r in by_calls.rows] == sorted(
         (r.calls for r in by_calls.rows), reverse=True
@@ -120,3 +130,27 @@ async def test_budgets_against_actual(report_engine: Engine) -> None:
     for user in ("alice", "bob", "carol"):
         assert rows[("user-day", user)].spent_micros == sum(c.cost for c in calls if c.user == user)
     assert rows[("user-day", "alice")].limit_micros == 2_000_000
+
+
+async def test_top_over_several_buckets_equals_the_union(real_store: ScriptStore) -> None:
+    """Top-N over several days (the threshold algorithm) equals ranking the full union."""
+    rng = random.Random(5)
+    client = real_store.client
+    ranks = [keys.report_rank("acme", "user", f"d:2026-10-{d:02d}") for d in (3, 4, 5, 6)]
+    for rank in ranks:
+        users = rng.sample(range(3000), 1500)
+        await client.zadd(
+            rank,
+            {
+                f"u{u}": int(rng.paretovariate(1.1) * 1000) if u % 3 else rng.randrange(50)
+                for u in users
+            },
+        )
+    union: dict[str, float] = defaultdict(float)
+    for rank in ranks:
+        for name, score in await client.zrange(rank, 0, -1, withscores=True):
+            union[name] += score
+    for top in (1, 5, 20, 300):
+        got = await query._top_union(client, ranks, top)
+        want = sorted(union.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        assert [union[n] for n in got] == [score for _, score in want], top

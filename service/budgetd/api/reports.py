@@ -79,7 +79,8 @@ async def usage_report(
     if top is not None and not 1 <= top <= 10_000:
         raise InvalidRequest("top must be between 1 and 10000", field="top")
     start, end = range_of(engine, org, since, until)
-    report = await query.usage(_store(request), org, by, start, end, top, sort)
+    tomorrow = today(engine, org) + timedelta(days=1)
+    report = await query.usage(_store(request), org, by, start, end, top, sort, tomorrow)
     return _respond(report, report.rows, format)
 
 

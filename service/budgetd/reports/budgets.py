@@ -58,6 +58,46 @@ async def _top_entities(
     return [str(n) for n in names]
 
 
+async def rows_for(
+    engine: Engine, org: str, user: str | None, feature: str | None, only_scope: str | None = None
+) -> list[BudgetRow]:
+    """The budget rows that apply to one subject (``only_scope``: of that scope only)."""
+    policy = engine.policy(org)
+    now = engine.clock.now()
+    rules = {rule.name: rule for rule in policy.budgets}
+    view = await engine.budgets(org, user, feature, None)
+    rows: list[BudgetRow] = []
+    for s in view.scopes:
+        if s.kind != "budget" or (only_scope is not None and s.scope != only_scope):
+            continue
+        rule = rules.get(s.name)
+        spent, held = s.spent_micros or 0, s.held_micros or 0
+        projected = (
+            project(spent, held, s.period_start, s.period_end, now)
+            if rule is not None and rule.period.calendar and s.period_start and s.period_end
+            else None
+        )
+        rows.append(
+            BudgetRow(
+                budget=s.name,
+                scope=s.scope,
+                entity=s.entity,
+                mode=s.mode,
+                period=s.period or "",
+                period_start=s.period_start,
+                period_end=s.period_end,
+                limit_micros=s.limit,
+                spent_micros=spent,
+                held_micros=held,
+                remaining_micros=s.remaining,
+                used_pct=round(100 * (spent + held) / s.limit, 1) if s.limit else 0.0,
+                projected_micros=projected,
+                thresholds_pct=list(rule.thresholds_pct) if rule is not None else [],
+            )
+        )
+    return rows
+
+
 async def budgets(engine: Engine, store: ScriptStore, org: str, top: int = TOP) -> BudgetsReport:
     policy = engine.policy(org)
     now = engine.clock.now()
@@ -68,40 +108,13 @@ async def budgets(engine: Engine, store: ScriptStore, org: str, top: int = TOP) 
         subjects += [(None, f) for f in await _top_entities(store, org, "feature", month, top)]
     if "user" in scopes_in_use:
         subjects += [(u, None) for u in await _top_entities(store, org, "user", month, top)]
-    thresholds = {rule.name: list(rule.thresholds_pct) for rule in policy.budgets}
-    calendar = {rule.name: rule.period.calendar is not None for rule in policy.budgets}
     rows: list[BudgetRow] = []
     seen: set[tuple[str, str]] = set()
     for user, feature in subjects:
-        view = await engine.budgets(org, user, feature, None)
-        for s in view.scopes:
-            if s.kind != "budget" or (s.name, s.entity) in seen:
-                continue
-            seen.add((s.name, s.entity))
-            spent, held = s.spent_micros or 0, s.held_micros or 0
-            projected = (
-                project(spent, held, s.period_start, s.period_end, now)
-                if calendar.get(s.name) and s.period_start and s.period_end
-                else None
-            )
-            rows.append(
-                BudgetRow(
-                    budget=s.name,
-                    scope=s.scope,
-                    entity=s.entity,
-                    mode=s.mode,
-                    period=s.period or "",
-                    period_start=s.period_start,
-                    period_end=s.period_end,
-                    limit_micros=s.limit,
-                    spent_micros=spent,
-                    held_micros=held,
-                    remaining_micros=s.remaining,
-                    used_pct=round(100 * (spent + held) / s.limit, 1) if s.limit else 0.0,
-                    projected_micros=projected,
-                    thresholds_pct=thresholds.get(s.name, []),
-                )
-            )
+        for row in await rows_for(engine, org, user, feature):
+            if (row.budget, row.entity) not in seen:
+                seen.add((row.budget, row.entity))
+                rows.append(row)
     return BudgetsReport(org=org, at=now, rows=rows)
 
 

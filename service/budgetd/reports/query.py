@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
@@ -47,13 +46,14 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     since: date
     until: date
     """Exclusive."""
-    entities: int
-    """How many entities had spend in the range (more than ``rows`` when ``top`` cut it)."""
+    entities: int | None
+    """How many entities had spend in the range (more than ``rows`` when ``top`` cut it);
+    None for a top-N over several buckets (counting would mean building their union)."""
     total: Row
     rows: list[Row]
 
 
-def _row(entity: str, t: list[int], day: str | None = None) -> Row:
+def row(entity: str, t: list[int], day: str | None = None) -> Row:
     cost, calls, inp, w5, w1, cr, out = t
     prompt = inp + w5 + w1 + cr
     return Row(
@@ -73,13 +73,14 @@ def _row(entity: str, t: list[int], day: str | None = None) -> Row:
     )
 
 
-def cover(since: date, until: date) -> Iterator[str]:
+def cover(since: date, until: date, tomorrow: date) -> Iterator[str]:
     """Buckets that cover [since, until) exactly: a whole month as ``m:YYYY-MM``, other days
-    as ``d:YYYY-MM-DD``."""
+    as ``d:YYYY-MM-DD``. Days from ``tomorrow`` on hold nothing yet, so this month so far is
+    its month bucket too (one bucket, not a union of days)."""
     day = since
     while day < until:
         next_month = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-        if day.day == 1 and next_month <= until:
+        if day.day == 1 and (next_month <= until or tomorrow <= until):
             yield f"m:{day:%Y-%m}"
             day = next_month
         else:
@@ -120,11 +121,44 @@ async def _all_rows(
     return totals
 
 
+async def _top_union(client: Any, ranks: list[str], top: int) -> list[str]:
+    """The ``top`` entities by spend summed over several buckets, without building the union
+    (Fagin's threshold algorithm): read each bucket's ranking a page at a time, look every newly
+    seen entity up in all buckets, and stop once the ``top``-th best sum is at least the sum of
+    the scores at the current depth, which no entity not yet seen can beat (spend is never
+    negative in these views). Skewed spend (a few heavy users) stops after a page or two."""
+    page = max(2 * top, 200)
+    totals: dict[str, float] = {}
+    depth = 0
+    while True:
+        pipe = client.pipeline(transaction=False)
+        for rank in ranks:
+            pipe.zrevrange(rank, depth, depth + page - 1, withscores=True)
+        pages = await pipe.execute()
+        fresh = list({name for rows in pages for name, _ in rows if name not in totals})
+        if fresh:
+            pipe = client.pipeline(transaction=False)
+            for rank in ranks:
+                pipe.zmscore(rank, fresh)
+            scores = await pipe.execute()
+            for i, name in enumerate(fresh):
+                totals[name] = sum(s[i] or 0.0 for s in scores)
+        depth += page
+        threshold = sum(rows[-1][1] for rows in pages if len(rows) == page)
+        best = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        if all(len(rows) < page for rows in pages) or (
+            len(best) >= top and best[top - 1][1] >= threshold
+        ):
+            return [name for name, _ in best[:top]]
+
+
 async def _top(
     store: ScriptStore, org: str, view: View, bkts: list[str], top: int
-) -> tuple[int, dict[str, list[int]]]:
-    """(how many entities, the top ``top`` by spend with their totals)."""
+) -> tuple[int | None, dict[str, list[int]]]:
+    """(how many entities, or None when the range spans several buckets and counting them
+    would mean building their union; the top ``top`` by spend with their totals)."""
     client = store.client
+    count: int | None = None
     if len(bkts) == 1:
         rank = keys.report_rank(org, view, bkts[0])
         pipe = client.pipeline(transaction=False)
@@ -132,15 +166,7 @@ async def _top(
         pipe.zrevrange(rank, 0, top - 1)
         count, names = await pipe.execute()
     else:
-        # A temporary union in the org's slot (so it works on a cluster), dropped at once and
-        # expiring on its own should this process die in between.
-        temp = keys.report_rank(org, view, f"tmp:{uuid.uuid4().hex}")
-        pipe = client.pipeline(transaction=False)
-        pipe.zunionstore(temp, [keys.report_rank(org, view, b) for b in bkts])
-        pipe.pexpire(temp, 60_000)
-        pipe.zrevrange(temp, 0, top - 1)
-        pipe.delete(temp)
-        count, _, names, _ = await pipe.execute()
+        names = await _top_union(client, [keys.report_rank(org, view, b) for b in bkts], top)
     totals: dict[str, list[int]] = {}
     if names:
         pipe = client.pipeline(transaction=False)
@@ -150,7 +176,7 @@ async def _top(
             for entity, value in zip(names, values, strict=True):
                 if value is not None:
                     _add(totals, entity, _unpack(value))
-    return int(count), totals
+    return count, totals
 
 
 async def usage(
@@ -161,16 +187,19 @@ async def usage(
     until: date,
     top: int | None = None,
     sort: str = "cost_micros",
+    tomorrow: date | None = None,
 ) -> Report:
     """Spend, calls and tokens per model, user, feature or session over [since, until);
-    ``top``: only the biggest spenders."""
+    ``top``: only the biggest spenders. ``tomorrow``: the org's first day with no entries
+    yet (its today + 1), which lets a month so far be read as its month bucket."""
     _check_range(since, until)
-    bkts = list(cover(since, until))
+    bkts = list(cover(since, until, tomorrow or until))
     models = await _all_rows(store, org, "model", bkts)
     total = [0] * len(METRICS)
     for t in models.values():
         for i, v in enumerate(t):
             total[i] += v
+    count: int | None
     if by == "model":
         count, totals = len(models), models
     elif top is None:
@@ -178,7 +207,7 @@ async def usage(
         count = len(totals)
     else:
         count, totals = await _top(store, org, by, bkts, top)
-    rows = [_row(e, t) for e, t in totals.items()]
+    rows = [row(e, t) for e, t in totals.items()]
     rows.sort(key=lambda r: (-_sort_value(r, sort), r.entity))
     if top is not None:
         rows = rows[:top]
@@ -188,7 +217,7 @@ async def usage(
         since=since,
         until=until,
         entities=count,
-        total=_row("total", total),
+        total=row("total", total),
         rows=rows,
     )
 
@@ -215,14 +244,14 @@ async def daily(store: ScriptStore, org: str, since: date, until: date) -> Repor
             t = _unpack(found[model])
             for i, v in enumerate(t):
                 total[i] += v
-            rows.append(_row(model, t, day=d.isoformat()))
+            rows.append(row(model, t, day=d.isoformat()))
     return Report(
         org=org,
         by="day",
         since=since,
         until=until,
         entities=len(rows),
-        total=_row("total", total),
+        total=row("total", total),
         rows=rows,
     )
 
