@@ -1,30 +1,30 @@
-"""A batch job that records its usage after the fact.
+"""A Message Batches job under a budget.
 
-Message Batches run asynchronously, so there is nothing to reserve around: submit the batch,
-wait for it, then record each result's usage through ``POST /v1/usage`` (priced at the batch
-discount). Each record's id is derived from the batch and the request's ``custom_id``, so a job
-that crashes and re-runs its recording step never charges a result twice.
+The guarded client reserves every request of the batch at submit (its worst case at the
+batch price, held for up to 24 hours) and settles each request when its result is read:
+succeeded ones are charged their usage at the batch price, errored, canceled and expired ones
+give their hold back. ``settle_batch`` waits for the batch to end and reads the results.
+Results are recorded under ``batch.<batch id>.<custom id>``, so reading them again (or from
+another process, ``--batch-id``) never charges twice.
 
     BUDGETD_URL=http://127.0.0.1:8080 python examples/batch_job.py --org acme --feature nightly
-    python examples/batch_job.py --org acme --feature nightly --batch-id msgbatch_...  # record only
+    python examples/batch_job.py --org acme --feature nightly --batch-id msgbatch_...  # settle only
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import time
 
 import anthropic
-from budgetd_client import BudgetdClient
+from budgetd_client import BudgetdClient, guard, settle_batch
 
 MODEL = os.environ.get("CLAUDE_MODEL", "claude-haiku-4-5")
 QUESTIONS = ["What is 2+2?", "Name a prime above 100.", "Capital of Portugal?"]
 
 
-def submit(client: anthropic.Anthropic) -> str:
-    batch = client.messages.batches.create(
+def submit(claude: anthropic.Anthropic) -> str:
+    batch = claude.messages.batches.create(
         requests=[
             {
                 "custom_id": f"q{i}",
@@ -40,51 +40,24 @@ def submit(client: anthropic.Anthropic) -> str:
     return batch.id
 
 
-def wait(client: anthropic.Anthropic, batch_id: str) -> None:
-    while client.messages.batches.retrieve(batch_id).processing_status != "ended":
-        time.sleep(30)
-
-
-def record(
-    client: anthropic.Anthropic, budgetd: BudgetdClient, batch_id: str, org: str, feature: str
-) -> int:
-    total = 0
-    for item in client.messages.batches.results(batch_id):
-        if item.result.type != "succeeded":
-            continue  # errored / expired / canceled requests are not billed
-        message = item.result.message
-        key = hashlib.sha256(f"{batch_id}/{item.custom_id}".encode()).hexdigest()[:32]
-        recorded = budgetd.record_usage(
-            org=org,
-            feature=feature,
-            model=message.model,
-            usage=message.usage,  # verbatim; service_tier "batch" also says so
-            batch=True,
-            record_id=f"batch.{key}",
-            metadata={"batch_id": batch_id, "custom_id": item.custom_id},
-        )
-        total += recorded.cost_micros
-        note = " (already recorded)" if recorded.replayed else ""
-        print(f"{item.custom_id}: {recorded.cost_micros} micros{note}")
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budgetd", default=os.environ.get("BUDGETD_URL", "http://127.0.0.1:8080"))
     parser.add_argument("--api-key", default=os.environ.get("BUDGETD_API_KEY"))
     parser.add_argument("--org", required=True)
     parser.add_argument("--feature", default="batch")
-    parser.add_argument("--batch-id", help="record the results of an existing batch")
+    parser.add_argument("--batch-id", help="settle the results of an existing batch")
     args = parser.parse_args()
 
-    client = anthropic.Anthropic()
-    with BudgetdClient(args.budgetd, api_key=args.api_key, retries=5) as budgetd:
-        batch_id = args.batch_id or submit(client)
+    with BudgetdClient(args.budgetd, api_key=args.api_key) as budgetd:
+        claude = guard(anthropic.Anthropic(), budgetd=budgetd, org=args.org, feature=args.feature)
+        batch_id = args.batch_id or submit(claude)
         print(f"batch {batch_id}")
-        wait(client, batch_id)
-        total = record(client, budgetd, batch_id, args.org, args.feature)
-        print(f"recorded ${total / 1e6:.6f}")
+        settled = settle_batch(claude, batch_id, poll_s=30)
+        print(f"results: {settled.counts}")
+        for scope in budgetd.budgets(org=args.org, feature=args.feature).scopes:
+            if scope.kind == "budget":
+                print(f"{scope.name}: spent ${(scope.spent_micros or 0) / 1e6:.6f}")
 
 
 if __name__ == "__main__":

@@ -41,19 +41,23 @@ def main() -> None:
     while question := input("> ").strip():
         history.append({"role": "user", "content": question})
         try:
-            # Charged to this user: a per-call override (or `with claude.scope(user=...)`).
+            # Charged to this user: a per-call header (or `with budgetd_client.scope(user=...)`).
             reply = claude.messages.create(
                 model=MODEL,
                 max_tokens=1024,
                 system=SYSTEM,
                 messages=history,
-                budget_user=args.user,
+                extra_headers={"x-budgetd-user": args.user},
             )
-        except BudgetExceeded as denied:
+        except anthropic.RateLimitError as limited:
+            # budgetd's denial is an Anthropic 429 too: one handler for both.
             history.pop()
-            names = ", ".join(f"{s.scope} {s.name}" for s in denied.scopes)
-            wait = f"try again in {denied.retry_after} s" if denied.retry_after else "ask an admin"
-            print(f"[budget exceeded: {names}; {wait}]")
+            if isinstance(limited, BudgetExceeded):
+                names = ", ".join(f"{s.scope} {s.name}" for s in limited.scopes)
+                wait = f"try in {limited.retry_after} s" if limited.retry_after else "ask an admin"
+                print(f"[budget exceeded: {names}; {wait}]")
+            else:
+                print("[Anthropic rate limit: try again shortly]")
             continue
         except ServiceUnavailable as down:
             history.pop()

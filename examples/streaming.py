@@ -47,7 +47,6 @@ async def main() -> None:
                     print("\n[stopped early: the tokens so far are still charged]")
                     break
             print()
-            print(f"[reservation {stream.reservation.id}: {stream.reservation.result}]")
         budgets = await budgetd.budgets(org=args.org, user=args.user)
         for scope in budgets.scopes:
             if scope.kind == "budget":

@@ -244,17 +244,30 @@ class Chunks(httpx2.SyncByteStream, httpx2.AsyncByteStream):
 
 
 class FakeMessagesAPI:
-    """``POST /v1/messages`` answering JSON or SSE from canned data; ``mode`` picks a failure."""
+    """The Messages API from canned data: ``POST /v1/messages`` (JSON or SSE; ``mode`` picks a
+    failure; ``tool_use`` answers a tool call until a tool result comes back),
+    ``count_tokens``, and Message Batches (submit, retrieve, results, cancel)."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.mode = "ok"
         self.cut: int | None = None
         self.deltas: tuple[int, ...] = (120, 200)
+        self.tool_use = False
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_results: dict[str, str] = {}
+        """custom id → result type (``succeeded`` when absent)."""
 
     def handler(self, request: httpx2.Request) -> httpx2.Response:
+        self.paths.append(f"{request.method} {request.url.raw_path.decode()}")
+        path = request.url.path
+        if "/batches" in path:
+            return self.batch(request)
         body = json.loads(request.content)
         self.calls.append(body)
+        self.headers.append(dict(request.headers))
         if self.mode == "overloaded":
             return httpx2.Response(
                 529,
@@ -263,10 +276,10 @@ class FakeMessagesAPI:
                     "error": {"type": "overloaded_error", "message": "Overloaded"},
                 },
             )
-        if request.url.path.endswith("/count_tokens"):
+        if path.endswith("/count_tokens"):
             return httpx2.Response(200, json={"input_tokens": 1234})
         if not body.get("stream"):
-            return httpx2.Response(200, json=message_json())
+            return httpx2.Response(200, json=self.reply(body))
         events = stream_events(deltas=self.deltas)
         if self.mode == "error_event":
             events = [
@@ -283,6 +296,72 @@ class FakeMessagesAPI:
             headers={"content-type": "text/event-stream"},
             stream=Chunks(events, self.cut),
         )
+
+    def reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        last = body["messages"][-1]["content"]
+        answered = isinstance(last, list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in last
+        )
+        if not self.tool_use or answered:
+            return message_json()
+        tool = body["tools"][0]["name"]
+        return {
+            **message_json(),
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": tool, "input": {"x": 2}}],
+            "stop_reason": "tool_use",
+        }
+
+    def batch(self, request: httpx2.Request) -> httpx2.Response:
+        parts = request.url.path.split("/batches")[1].strip("/").split("/")
+        if request.method == "POST" and parts == [""]:
+            batch_id = f"msgbatch_{len(self.batches) + 1:02d}"
+            requests = json.loads(request.content)["requests"]
+            self.batches[batch_id] = {"requests": requests, "status": "in_progress"}
+            return httpx2.Response(200, json=self.batch_json(batch_id))
+        batch_id = parts[0]
+        if parts[1:] == ["cancel"]:
+            self.batches[batch_id]["status"] = "canceling"
+            for r in self.batches[batch_id]["requests"]:
+                self.batch_results.setdefault(r["custom_id"], "canceled")
+            return httpx2.Response(200, json=self.batch_json(batch_id))
+        if parts[1:] == ["results"]:
+            lines = []
+            for r in self.batches[batch_id]["requests"]:
+                kind = self.batch_results.get(r["custom_id"], "succeeded")
+                result: dict[str, Any] = {"type": kind}
+                if kind == "succeeded":
+                    usage = {**USAGE, "service_tier": "batch"}
+                    result["message"] = message_json(usage, model=r["params"]["model"])
+                elif kind == "errored":
+                    result["error"] = {"type": "error", "error": {"type": "api_error"}}
+                lines.append(json.dumps({"custom_id": r["custom_id"], "result": result}))
+            return httpx2.Response(200, content="\n".join(lines).encode())
+        self.batches[batch_id]["status"] = "ended"
+        return httpx2.Response(200, json=self.batch_json(batch_id))
+
+    def batch_json(self, batch_id: str) -> dict[str, Any]:
+        status = self.batches[batch_id]["status"]
+        ended = status == "ended"
+        return {
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": {
+                "processing": 0 if ended else len(self.batches[batch_id]["requests"]),
+                "succeeded": 0,
+                "errored": 0,
+                "canceled": 0,
+                "expired": 0,
+            },
+            "created_at": "2026-11-23T15:00:00Z",
+            "expires_at": "2026-11-24T15:00:00Z",
+            "ended_at": "2026-11-23T16:00:00Z" if ended else None,
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "results_url": (
+                f"http://fake-anthropic/v1/messages/batches/{batch_id}/results" if ended else None
+            ),
+        }
 
     def sync_client(self) -> anthropic.Anthropic:
         return anthropic.Anthropic(

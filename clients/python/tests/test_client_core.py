@@ -310,5 +310,7 @@ def test_batch_results_settle_each_line_as_it_arrives() -> None:
     ]
     first = outcomes[0].settlement
     assert isinstance(first, Commit) and first.batch and first.usage == USAGE
-    assert batch_id_of(200, b'{"id": "msgbatch_1", "type": "message_batch"}') == "msgbatch_1"
-    assert batch_id_of(400, b'{"id": "x"}') is None
+    answer = b'{"id": "msgbatch_1", "type": "message_batch"}'
+    assert batch_id_of(200, JSON, answer) == "msgbatch_1"
+    assert batch_id_of(200, [("content-encoding", "gzip")], gzip.compress(answer)) == "msgbatch_1"
+    assert batch_id_of(400, JSON, b'{"id": "x"}') is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import httpx2
 import pytest
-from budgetd_client import AsyncBudgetdClient, BudgetExceeded, guard
+from budgetd_client import AsyncBudgetdClient, BudgetExceeded, guard, scope
 
 from conftest import COST, HAIKU, FakeMessagesAPI, Recorder, cost_with_output
 
@@ -56,9 +56,14 @@ async def test_denied_call_never_reaches_the_api(
     claude: object, budgetd: AsyncBudgetdClient, fake_api: FakeMessagesAPI
 ) -> None:
     # Worst case of 1,000,000 output tokens at $5/MTok = $5 > alice's $1 a day.
-    with pytest.raises(BudgetExceeded) as denied:
-        await claude.messages.create(model=HAIKU, max_tokens=1_000_000, messages=MESSAGES)  # type: ignore[attr-defined]
+    with pytest.raises(anthropic.RateLimitError) as denied:
+        await claude.messages.create(  # type: ignore[attr-defined]
+            model=HAIKU, max_tokens=1_000_000, messages=MESSAGES, timeout=60
+        )
     assert fake_api.calls == []
+    assert isinstance(denied.value, BudgetExceeded)
+    assert denied.value.status_code == 429
+    assert "user-day (user alice)" in denied.value.message
     assert [s.name for s in denied.value.scopes] == ["user-day"]
     assert denied.value.retry_after is None  # more than the whole limit: waiting won't help
     assert await spent(budgetd) == (0, 0)
@@ -142,15 +147,23 @@ async def test_stream_failing_before_any_token_releases(
 
 
 async def test_per_call_and_scoped_overrides(
-    claude: object, budgetd: AsyncBudgetdClient, recorder: Recorder
+    claude: object, budgetd: AsyncBudgetdClient, recorder: Recorder, fake_api: FakeMessagesAPI
 ) -> None:
     await claude.messages.create(  # type: ignore[attr-defined]
-        model=HAIKU, max_tokens=10, messages=MESSAGES, budget_user="bob", budget_metadata={"k": "v"}
+        model=HAIKU,
+        max_tokens=10,
+        messages=MESSAGES,
+        extra_headers={"x-budgetd-user": "bob", "x-budgetd-session": "s1"},
     )
-    with claude.scope(user="carol", feature="search"):  # type: ignore[attr-defined]
+    with scope(user="carol", feature="search"):
         await claude.messages.create(model=HAIKU, max_tokens=10, messages=MESSAGES)  # type: ignore[attr-defined]
     first, second = recorder.bodies("/v1/reservations")
-    assert (first["user"], first["feature"], first["metadata"]) == ("bob", "chat", {"k": "v"})
+    assert (first["user"], first["feature"], first["metadata"]) == (
+        "bob",
+        "chat",
+        {"session": "s1"},
+    )
+    assert not any(k.startswith("x-budgetd") for k in fake_api.headers[0])
     assert (second["user"], second["feature"]) == ("carol", "search")
     assert await spent(budgetd, "bob") == (COST, 0)
     assert await spent(budgetd, "carol") == (COST, 0)
@@ -163,7 +176,8 @@ async def test_count_tokens_estimate_when_allowed(
     claude = guard(
         fake_api.async_client(), budgetd=budgetd, org="acme", user="alice", count_tokens=True
     )
-    await claude.messages.create(model=HAIKU, max_tokens=10, messages=MESSAGES)
+    long = [{"role": "user", "content": "Say hello. " * 500}]
+    await claude.messages.create(model=HAIKU, max_tokens=10, messages=long)
     (reserve,) = recorder.bodies("/v1/reservations")
-    assert reserve["input_tokens"] == 1234
+    assert reserve["input_tokens"] == 1296  # the count_tokens answer + 5 %, below the bound
     assert len(fake_api.calls) == 2  # count_tokens + create

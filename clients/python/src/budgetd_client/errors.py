@@ -41,14 +41,14 @@ class BudgetExceeded(BudgetdError):
         self,
         detail: str,
         *,
-        scopes: list[DeniedScope],
-        retry_after: int | None,
+        scopes: list[DeniedScope] | None = None,
+        retry_after: int | None = None,
         status: int | None = 429,
         type: str | None = None,
         body: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail, status=status, type=type, body=body)
-        self.scopes = scopes
+        self.scopes = scopes or []
         self.retry_after = retry_after
         """Seconds until every denying scope may pass; None when waiting alone will not help."""
 

@@ -18,9 +18,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-import msgspec
-
 from budgetd_client.client import AsyncBudgetdClient, BudgetdClient, CacheTTL, Speed
+from budgetd_client.core import Attribution
 from budgetd_client.errors import BudgetdError
 from budgetd_client.types import CommitResult, Grant, ReleaseResult
 
@@ -29,33 +28,34 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class Scope(msgspec.Struct, frozen=True, kw_only=True):
-    """Who a call is charged to. Unset fields fall back to the outer scope."""
-
-    user: str | None = None
-    feature: str | None = None
-    metadata: dict[str, str] | None = None
-
-    def over(self, base: Scope) -> Scope:
-        meta = {**(base.metadata or {}), **(self.metadata or {})} or None
-        return Scope(
-            user=self.user or base.user, feature=self.feature or base.feature, metadata=meta
-        )
-
+Scope = Attribution
+"""Who a call is charged to (user, feature, session, metadata); unset fields fall back to the
+outer scope. The same type the core reads attribution into."""
 
 _SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
     "budgetd_client_scope", default=None
 )
 
 
+def current_scope() -> Scope:
+    """The attribution of the enclosing ``scope()`` blocks (empty outside any)."""
+    return _SCOPE.get() or Scope()
+
+
 @contextlib.contextmanager
 def scope(
-    *, user: str | None = None, feature: str | None = None, metadata: dict[str, str] | None = None
+    *,
+    user: str | None = None,
+    feature: str | None = None,
+    session: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Iterator[Scope]:
-    """Charge every guarded call (and ``reservation``) inside the block to this user/feature.
-    A ``contextvars`` variable: it follows threads' and tasks' own contexts, and nests."""
-    outer = _SCOPE.get() or Scope()
-    inner = Scope(user=user, feature=feature, metadata=metadata).over(outer)
+    """Charge every guarded call (and ``reservation``) inside the block to this user, feature
+    or session. A ``contextvars`` variable: it follows threads' and tasks' own contexts, and
+    nests."""
+    inner = Scope(user=user, feature=feature, session=session, metadata=metadata).over(
+        current_scope()
+    )
     token = _SCOPE.set(inner)
     try:
         yield inner
@@ -187,7 +187,7 @@ class _BudgetBase:
 
     def current(self, override: Scope | None = None) -> Scope:
         """Defaults < the enclosing ``scope()`` blocks < a per-call override."""
-        effective = (_SCOPE.get() or Scope()).over(self.defaults)
+        effective = current_scope().over(self.defaults)
         return override.over(effective) if override else effective
 
     scope = staticmethod(scope)
@@ -232,7 +232,7 @@ class Budget(_BudgetBase):
             max_tokens=max_tokens,
             user=who.user,
             feature=who.feature,
-            metadata=who.metadata,
+            metadata=who.reserve_metadata(),
             reservation_id=reservation_id,
             ttl_s=ttl_s,
             cache_ttl=cache_ttl,
@@ -334,7 +334,7 @@ class AsyncBudget(_BudgetBase):
             max_tokens=max_tokens,
             user=who.user,
             feature=who.feature,
-            metadata=who.metadata,
+            metadata=who.reserve_metadata(),
             reservation_id=reservation_id,
             ttl_s=ttl_s,
             cache_ttl=cache_ttl,

@@ -63,6 +63,9 @@ class _Body:
             zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in ("gzip", "deflate") else None
         )
 
+    def flush(self) -> bytes:
+        return self._z.flush() if self._z is not None and self.readable else b""
+
     def decode(self, data: bytes) -> bytes:
         if not self.readable:
             return b""
@@ -120,7 +123,7 @@ class MessageSettler:
             return Release(reason=f"HTTP {self.status}")
         if self.sse:
             if complete:
-                for line in self._lines.flush():
+                for line in self._lines.feed(self._body.flush()) + self._lines.flush():
                     self._line(line)
                 self._line(b"")
             if self.usage is None:
@@ -131,6 +134,8 @@ class MessageSettler:
                 batch=self.reserve.batch,
                 partial=not self.finished,
             )
+        if complete:
+            self._json += self._body.flush()
         message = _json_object(bytes(self._json)) if self._body.readable else None
         usage = message.get("usage") if message else None
         if isinstance(usage, dict) and message is not None:
@@ -239,11 +244,12 @@ def batch_outcome(item: Mapping[str, Any]) -> BatchOutcome | None:
     return BatchOutcome(custom_id, Release(reason=f"batch request {kind}"))
 
 
-def batch_id_of(status: int, body: bytes) -> str | None:
+def batch_id_of(status: int, headers: Iterable[tuple[Any, Any]], body: bytes) -> str | None:
     """The batch id in a batch submit's answer (None when it was refused)."""
     if not 200 <= status < 300:
         return None
-    batch = _json_object(body)
+    decoder = _Body({_text(k).lower(): _text(v) for k, v in headers})
+    batch = _json_object(decoder.decode(body) + decoder.flush())
     batch_id = batch.get("id") if batch else None
     return batch_id if isinstance(batch_id, str) else None
 
