@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -394,12 +394,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def budgetd_url(app: Litestar) -> Iterator[str]:
-    """The app served by uvicorn on a loopback port, in a thread."""
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a loopback port, in a thread: its base URL."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="auto")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -408,9 +408,18 @@ def budgetd_url(app: Litestar) -> Iterator[str]:
         assert thread.is_alive(), "uvicorn exited"
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def budgetd_url(app: Litestar) -> Iterator[str]:
+    """The app served by uvicorn on a loopback port, in a thread."""
+    with serve(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,5 +1,10 @@
-"""What the sync and async clients share: request bodies, answer decoding, the retry policy's
-bookkeeping, counters, and the record of reservations granted locally while failing open."""
+"""Everything the sync and async clients do, written once.
+
+Each endpoint is a *flow*: a generator that yields the HTTP calls it needs (:class:`Http`) and
+gets each decoded answer (or its typed error, thrown in) back. :class:`BudgetdClient` and
+:class:`AsyncBudgetdClient` only run flows, one with plain calls and one with ``await``; the
+retry policy (stamina: exponential backoff with jitter under an overall deadline) is the same
+object in both."""
 
 from __future__ import annotations
 
@@ -7,20 +12,31 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import httpx
 import msgspec
+import stamina
 
-from budgetd_client.errors import BudgetdError, ServiceUnavailable, from_problem
-from budgetd_client.types import CommitResult, Grant, RecordResult, ReleaseResult
+from budgetd_client.errors import BudgetdError, NotFound, ServiceUnavailable, from_problem
+from budgetd_client.types import (
+    AdjustmentResult,
+    BudgetsResult,
+    CommitResult,
+    CostResult,
+    Grant,
+    RecordResult,
+    ReleaseResult,
+)
 
 log = logging.getLogger("budgetd_client")
 
 FailMode = Literal["open", "closed"]
+Speed = Literal["standard", "fast"]
+CacheTTL = Literal["5m", "1h"]
 T = TypeVar("T")
 USER_AGENT = "budgetd-client/0.1.0"
 LOCAL_DEGRADED_KEEP = 10_000
@@ -99,7 +115,25 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Unreachable(Exception):
-    """Internal: one attempt could not get an answer from budgetd."""
+    """Internal: one attempt could not get an answer from budgetd (retried)."""
+
+    def __init__(self, cause: BaseException | str) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class Http:
+    """One call to budgetd: the flow gets ``into`` back, or the typed error."""
+
+    method: str
+    path: str
+    into: type[Any]
+    body: bytes | None = None
+    params: dict[str, str] | None = None
+
+
+Flow = Generator[Http, Any, T]
 
 
 class Base:
@@ -114,6 +148,7 @@ class Base:
         fail_mode: FailMode,
         retries: int,
         backoff_s: float,
+        deadline_s: float,
     ) -> None:
         if fail_mode not in ("open", "closed"):
             raise ValueError("fail_mode must be 'open' or 'closed'")
@@ -122,6 +157,7 @@ class Base:
         self.fail_mode: FailMode = fail_mode
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
+        self.deadline_s = deadline_s
         self.stats = ClientStats()
         self._headers = {"user-agent": USER_AGENT, "content-type": "application/json"}
         if api_key:
@@ -135,8 +171,248 @@ class Base:
             raise ValueError("org is required (pass org=... here or to the client)")
         return chosen
 
-    def _delay(self, attempt: int) -> float:
-        return float(self.backoff_s * (2 ** (attempt - 1)))
+    def _retrying(self) -> Any:
+        """stamina's retry loop: ``retries`` more attempts after the first, exponential backoff
+        from ``backoff_s`` with as much again of jitter, all within ``deadline_s``."""
+        return stamina.retry_context(
+            on=Unreachable,
+            attempts=self.retries + 1,
+            timeout=self.deadline_s,
+            wait_initial=self.backoff_s,
+            wait_max=max(self.backoff_s, 1.0),
+            wait_jitter=self.backoff_s,
+        )
+
+    def _attempt(self, number: int) -> None:
+        self.stats.bump("requests")
+        if number > 1:
+            self.stats.bump("retries")
+
+    def _answer(self, http: Http, response: httpx.Response) -> Any:
+        """The decoded answer; raises :class:`Unreachable` for a 5xx worth retrying."""
+        if response.status_code >= 500:
+            # budgetd's own 503 (store down, fail-closed limit) is an answer, raised as is
+            # once retries run out; any other 5xx means budgetd is not working.
+            raise Unreachable(
+                self._error(response)
+                if self._is_answer(response)
+                else f"HTTP {response.status_code}"
+            )
+        return self._decode(response, http.into)
+
+    def _failed(self, http: Http, exc: BaseException) -> Unreachable:
+        log.info("budgetd %s %s attempt failed: %r", http.method, http.path, exc)
+        return Unreachable(exc)
+
+    def _gave_up(self, http: Http, last: Unreachable) -> BudgetdError:
+        if isinstance(last.cause, ServiceUnavailable) and not last.cause.unreachable:
+            return last.cause
+        return self._unreachable(f"{http.method} {http.path}", last.cause)
+
+    # -- the flows -------------------------------------------------------------------------
+
+    def reserve_flow(
+        self,
+        *,
+        model: str,
+        input_tokens: int,
+        max_tokens: int,
+        org: str | None = None,
+        user: str | None = None,
+        feature: str | None = None,
+        reservation_id: str | None = None,
+        ttl_s: int | None = None,
+        cache_ttl: CacheTTL | None = None,
+        batch: bool = False,
+        inference_geo: str | None = None,
+        speed: Speed | None = None,
+        web_searches: int = 0,
+        metadata: dict[str, str] | None = None,
+    ) -> Flow[Grant]:
+        """Hold the worst-case cost of a call on every applicable limit.
+
+        Raises:
+            BudgetExceeded: a limit denied it (``.scopes``, ``.retry_after``); nothing is held.
+            ServiceUnavailable: budgetd unreachable and ``fail_mode="closed"``, or budgetd's
+                store is down and a fail-closed limit applies.
+        """
+        org = self._org(org)
+        rid = reservation_id or new_id()
+        body = body_of(
+            org=org,
+            model=model,
+            input_tokens=input_tokens,
+            max_tokens=max_tokens,
+            user=user,
+            feature=feature,
+            reservation_id=rid,
+            ttl_s=ttl_s,
+            cache_ttl=cache_ttl,
+            batch=batch or None,
+            inference_geo=inference_geo,
+            speed=speed,
+            web_searches=web_searches or None,
+            metadata=metadata,
+        )
+        try:
+            grant: Grant = yield Http("POST", "/v1/reservations", Grant, body=body)
+        except ServiceUnavailable as exc:
+            if not exc.unreachable:
+                raise
+            if self.fail_mode == "closed":
+                raise self._refuse(rid, org, exc) from None
+            pending = Pending(
+                org=org, model=model, user=user, feature=feature, metadata=metadata, batch=batch
+            )
+            return self._grant_locally(rid, pending, exc)
+        return grant
+
+    def commit_flow(
+        self,
+        reservation_id: str,
+        usage: Any,
+        *,
+        model: str | None = None,
+        batch: bool = False,
+        org: str | None = None,
+    ) -> Flow[CommitResult]:
+        """Settle the actual cost from the response's ``usage`` (sent verbatim).
+
+        ``model`` is the response's model (the reserved one when None). A fail-open reservation
+        is recorded through ``/v1/usage`` instead; if budgetd is still unreachable the result's
+        ``state`` is ``"unrecorded"`` (logged and counted, never raised).
+        """
+        org = self._org(org)
+        used = usage_dict(usage)
+        call = Http(
+            "POST",
+            f"/v1/reservations/{reservation_id}/commit",
+            CommitResult,
+            body=body_of(usage=used, model=model, batch=batch or None),
+            params={"org": org},
+        )
+        pending = self._pending_of(reservation_id)
+        if pending is None:
+            committed: CommitResult = yield call
+            return committed
+        try:
+            try:
+                # An attempt of the reserve may have reached budgetd before it went away.
+                result: CommitResult = yield call
+            except NotFound:
+                record = yield from self.record_flow(
+                    org=pending.org,
+                    model=model or pending.model,
+                    usage=used,
+                    user=pending.user,
+                    feature=pending.feature,
+                    record_id=reservation_id,
+                    batch=batch or pending.batch,
+                    metadata=pending.metadata,
+                )
+                result = self._as_commit(reservation_id, record)
+        except ServiceUnavailable as exc:
+            self._forget(reservation_id)
+            return self._unrecorded(reservation_id, org, used, exc)
+        self._forget(reservation_id)
+        self.stats.bump("degraded_commits")
+        return result
+
+    def release_flow(self, reservation_id: str, *, org: str | None = None) -> Flow[ReleaseResult]:
+        """Void the hold (the call failed). Releasing twice answers the state it is in."""
+        org = self._org(org)
+        call = Http(
+            "POST", f"/v1/reservations/{reservation_id}/release", ReleaseResult, params={"org": org}
+        )
+        if self._pending_of(reservation_id) is None:
+            released: ReleaseResult = yield call
+            return released
+        self._forget(reservation_id)
+        try:
+            released = yield call
+        except (NotFound, ServiceUnavailable):
+            return self._released_locally(reservation_id)
+        return released
+
+    def record_flow(
+        self,
+        *,
+        model: str,
+        usage: Any,
+        org: str | None = None,
+        user: str | None = None,
+        feature: str | None = None,
+        record_id: str | None = None,
+        batch: bool = False,
+        metadata: dict[str, str] | None = None,
+        cost_micros: int | None = None,
+    ) -> Flow[RecordResult]:
+        """Record a call made without a reservation (batch results, agent runs). The same
+        ``record_id`` records once; one is generated when None, so retries are safe.
+        ``cost_micros`` charges a reported cost instead of budgetd's price of ``usage``."""
+        body = body_of(
+            org=self._org(org),
+            model=model,
+            usage=usage_dict(usage),
+            user=user,
+            feature=feature,
+            record_id=record_id or new_id(),
+            batch=batch or None,
+            metadata=metadata,
+            cost_micros=cost_micros,
+        )
+        recorded: RecordResult = yield Http("POST", "/v1/usage", RecordResult, body=body)
+        return recorded
+
+    def adjust_flow(
+        self,
+        *,
+        budget: str,
+        amount_micros: int,
+        reason: str,
+        entity: str | None = None,
+        org: str | None = None,
+        adjustment_id: str | None = None,
+    ) -> Flow[AdjustmentResult]:
+        """Admin keys: move one budget's spend in its current period by ``amount_micros``
+        (negative for a refund or credit), with a ledger entry saying why. The same
+        ``adjustment_id`` adjusts once; one is generated when None, so retries are safe."""
+        body = body_of(
+            org=self._org(org),
+            budget=budget,
+            entity=entity,
+            amount_micros=amount_micros,
+            reason=reason,
+            adjustment_id=adjustment_id or new_id(),
+        )
+        adjusted: AdjustmentResult = yield Http(
+            "POST", "/v1/admin/adjustments", AdjustmentResult, body=body
+        )
+        return adjusted
+
+    def cost_flow(
+        self, *, model: str, usage: Any, batch: bool = False, org: str | None = None
+    ) -> Flow[CostResult]:
+        """What ``usage`` costs, recorded nowhere."""
+        body = body_of(model=model, usage=usage_dict(usage), batch=batch or None, org=org)
+        cost: CostResult = yield Http("POST", "/v1/cost", CostResult, body=body)
+        return cost
+
+    def budgets_flow(
+        self,
+        *,
+        org: str | None = None,
+        user: str | None = None,
+        feature: str | None = None,
+        model: str | None = None,
+    ) -> Flow[BudgetsResult]:
+        """Each limit that applies to the scope: limit, spent, held, remaining, period."""
+        params = {"org": self._org(org)}
+        params.update(
+            {k: v for k, v in (("user", user), ("feature", feature), ("model", model)) if v}
+        )
+        budgets: BudgetsResult = yield Http("GET", "/v1/budgets", BudgetsResult, params=params)
+        return budgets
 
     @staticmethod
     def _decode(response: httpx.Response, into: type[T]) -> T:

@@ -43,9 +43,6 @@ from budgetd_client.reservation import current_scope
 log = logging.getLogger("budgetd_client")
 T = TypeVar("T")
 
-BATCH_HOLD_S = 86_400
-"""Lease of a batch request's hold: the longest budgetd grants, and the API's processing
-window (a batch ends within 24 hours)."""
 BATCHES_KEPT = 1_000
 """Batches whose reservations the guard remembers (oldest forgotten first)."""
 
@@ -210,17 +207,13 @@ class Guard:
             log.warning("count_tokens failed, holding the bound: %r", exc)
         return reserve
 
-    def _reserve(
-        self, request: httpx2.Request, reserve: Reserve, *, ttl_s: int | None = None
-    ) -> Flow[str]:
+    def _reserve(self, request: httpx2.Request, reserve: Reserve) -> Flow[str]:
         rid = new_id()
         fields = reserve.fields()
         if self.margin:
             fields["input_tokens"] = int(fields["input_tokens"] * (1 + self.margin)) + 1
         try:
-            yield Budgetd(
-                "reserve", {**fields, "org": self.org, "reservation_id": rid, "ttl_s": ttl_s}
-            )
+            yield Budgetd("reserve", {**fields, "org": self.org, "reservation_id": rid})
         except BudgetdError as exc:
             raise as_anthropic_error(exc, request) from exc
         return rid
@@ -261,7 +254,8 @@ class Guard:
         held: dict[str, _Held] = {}
         try:
             for reserve in call.reserves:
-                rid = yield from self._reserve(request, reserve, ttl_s=BATCH_HOLD_S)
+                # Held for the policy's hold_ttl_s: budgetd refuses a longer ttl_s.
+                rid = yield from self._reserve(request, reserve)
                 held[str(reserve.custom_id)] = _Held(rid, reserve)
             response = yield Send(upstream)
             content = yield Read(response)
