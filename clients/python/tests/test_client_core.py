@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -311,6 +315,18 @@ def test_batch_results_settle_each_line_as_it_arrives() -> None:
     first = outcomes[0].settlement
     assert isinstance(first, Commit) and first.batch and first.usage == USAGE
     answer = b'{"id": "msgbatch_1", "type": "message_batch"}'
-    assert batch_id_of(200, JSON, answer) == "msgbatch_1"
-    assert batch_id_of(200, [("content-encoding", "gzip")], gzip.compress(answer)) == "msgbatch_1"
-    assert batch_id_of(400, JSON, b'{"id": "x"}') is None
+    assert batch_id_of(200, answer) == "msgbatch_1"
+    assert batch_id_of(200, gzip.compress(answer), [("content-encoding", "gzip")]) == "msgbatch_1"
+    assert batch_id_of(400, b'{"id": "x"}', JSON) is None
+
+
+def test_the_core_imports_without_http_clients_or_the_sdk() -> None:
+    """budgetd gateway imports the core server-side: it must not drag in httpx, stamina or
+    the anthropic SDK."""
+    code = (
+        "import sys, budgetd_client.core\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "assert not loaded & {'httpx', 'httpx2', 'stamina', 'anthropic'}, loaded\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": src})

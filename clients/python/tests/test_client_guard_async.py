@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import httpx2
 import pytest
-from budgetd_client import AsyncBudgetdClient, BudgetExceeded, guard, scope
+from budgetd_client import AsyncBudgetdClient, BudgetExceeded, asettle_batch, guard, scope
 
 from conftest import COST, HAIKU, FakeMessagesAPI, Recorder, cost_with_output
 
@@ -181,3 +181,26 @@ async def test_count_tokens_estimate_when_allowed(
     (reserve,) = recorder.bodies("/v1/reservations")
     assert reserve["input_tokens"] == 1296  # the count_tokens answer + 5 %, below the bound
     assert len(fake_api.calls) == 2  # count_tokens + create
+
+
+async def test_async_guard_is_a_real_async_client_and_budgets_every_path(
+    claude: object, budgetd: AsyncBudgetdClient, fake_api: FakeMessagesAPI
+) -> None:
+    assert isinstance(claude, anthropic.AsyncAnthropic)
+    await claude.with_options(timeout=30).messages.create(
+        model=HAIKU, max_tokens=300, messages=MESSAGES
+    )
+    await claude.beta.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    raw = await claude.messages.with_raw_response.create(
+        model=HAIKU, max_tokens=300, messages=MESSAGES
+    )
+    assert (await raw.parse()).usage.output_tokens == 200
+    assert await spent(budgetd) == (3 * COST, 0)
+    params = {"model": HAIKU, "max_tokens": 300, "messages": MESSAGES}
+    batch = await claude.messages.batches.create(
+        requests=[{"custom_id": "a", "params": params}, {"custom_id": "b", "params": params}]  # type: ignore[list-item]
+    )
+    fake_api.batch_results["b"] = "expired"
+    settled = await asettle_batch(claude, batch.id, poll_s=0)
+    assert settled.counts == {"succeeded": 1, "expired": 1}
+    assert await spent(budgetd) == (3 * COST + COST // 2, 0)

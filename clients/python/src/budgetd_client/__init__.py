@@ -9,8 +9,9 @@ Quick start::
                    org="acme", user="alice", feature="chat")
     message = claude.messages.create(model=..., max_tokens=1024, messages=[...])
 
-The names that need the ``anthropic`` SDK (``guard``, the transports, the SDK-typed errors) are
-imported on first use, so the client and :mod:`budgetd_client.core` work without it.
+Names are imported on first use: :mod:`budgetd_client.core` (which ``budgetd gateway`` imports
+server-side) needs neither the HTTP clients nor the ``anthropic`` SDK, and the client needs the
+SDK only for ``guard`` and the transports.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from budgetd_client._core import ClientStats, FailMode
-from budgetd_client.agent import AgentRecord, arecord_agent_result, record_agent_result
-from budgetd_client.client import AsyncBudgetdClient, BudgetdClient
 from budgetd_client.errors import (
     BudgetdError,
     BudgetExceeded,
@@ -31,15 +29,6 @@ from budgetd_client.errors import (
     ServiceUnavailable,
     Unauthorized,
     UnknownModel,
-)
-from budgetd_client.estimate import cache_ttl_of, estimate_input_tokens
-from budgetd_client.reservation import (
-    AsyncBudget,
-    AsyncReservation,
-    Budget,
-    Reservation,
-    Scope,
-    scope,
 )
 from budgetd_client.types import (
     AdjustmentResult,
@@ -55,10 +44,22 @@ from budgetd_client.types import (
 )
 
 if TYPE_CHECKING:
+    from budgetd_client._core import ClientStats, FailMode
+    from budgetd_client.agent import AgentRecord, arecord_agent_result, record_agent_result
+    from budgetd_client.client import AsyncBudgetdClient, BudgetdClient
     from budgetd_client.denial import (
         BudgetdRefusedError,
         BudgetdUnavailableError,
         BudgetExceededError,
+    )
+    from budgetd_client.estimate import cache_ttl_of, estimate_input_tokens
+    from budgetd_client.reservation import (
+        AsyncBudget,
+        AsyncReservation,
+        Budget,
+        Reservation,
+        Scope,
+        scope,
     )
     from budgetd_client.sdk import (
         AsyncGuardedAnthropic,
@@ -70,26 +71,43 @@ if TYPE_CHECKING:
     )
     from budgetd_client.transport import AsyncBudgetTransport, BudgetTransport
 
-_NEEDS_ANTHROPIC = {
-    "AsyncBudgetTransport": "budgetd_client.transport",
-    "BudgetTransport": "budgetd_client.transport",
-    "BudgetExceededError": "budgetd_client.denial",
-    "BudgetdRefusedError": "budgetd_client.denial",
-    "BudgetdUnavailableError": "budgetd_client.denial",
-    "AsyncGuardedAnthropic": "budgetd_client.sdk",
-    "BatchSettled": "budgetd_client.sdk",
-    "GuardedAnthropic": "budgetd_client.sdk",
-    "asettle_batch": "budgetd_client.sdk",
-    "guard": "budgetd_client.sdk",
-    "settle_batch": "budgetd_client.sdk",
+# Imported on first use: importing budgetd_client.core (as budgetd gateway does) must need
+# neither the HTTP clients nor the anthropic SDK.
+_LAZY = {
+    "ClientStats": "_core",
+    "FailMode": "_core",
+    "AgentRecord": "agent",
+    "arecord_agent_result": "agent",
+    "record_agent_result": "agent",
+    "AsyncBudgetdClient": "client",
+    "BudgetdClient": "client",
+    "BudgetExceededError": "denial",
+    "BudgetdRefusedError": "denial",
+    "BudgetdUnavailableError": "denial",
+    "cache_ttl_of": "estimate",
+    "estimate_input_tokens": "estimate",
+    "AsyncBudget": "reservation",
+    "AsyncReservation": "reservation",
+    "Budget": "reservation",
+    "Reservation": "reservation",
+    "Scope": "reservation",
+    "scope": "reservation",
+    "AsyncGuardedAnthropic": "sdk",
+    "BatchSettled": "sdk",
+    "GuardedAnthropic": "sdk",
+    "asettle_batch": "sdk",
+    "guard": "sdk",
+    "settle_batch": "sdk",
+    "AsyncBudgetTransport": "transport",
+    "BudgetTransport": "transport",
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _NEEDS_ANTHROPIC.get(name)
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'budgetd_client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(f"budgetd_client.{module}"), name)
     globals()[name] = value
     return value
 

@@ -263,7 +263,7 @@ class Guard:
             for h in held.values():
                 yield from self.settle(h.reservation_id, Release(reason="batch not submitted"))
             raise
-        batch_id = batch_id_of(response.status_code, response.headers.raw, content)
+        batch_id = batch_id_of(response.status_code, content, response.headers.raw)
         if batch_id is None:
             for h in held.values():
                 yield from self.settle(h.reservation_id, Release(reason="batch refused"))

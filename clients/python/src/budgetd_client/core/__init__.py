@@ -35,7 +35,7 @@ Response side::
 
     reader = BatchResultsReader(status, headers)         # a batch's results (JSON lines)
     reader.feed(chunk) / reader.finish()                 # -> [BatchOutcome(custom_id, settlement)]
-    batch_id_of(status, body)                            # a batch submit's answer -> its id
+    batch_id_of(status, body, headers=())                # a batch submit's answer -> its id
 
 ``Commit(usage, model, batch, partial, unknown)``: commit ``usage`` verbatim, priced at
 ``model`` (the response's). ``Release(reason)``: void the hold. ``complete=False`` means the

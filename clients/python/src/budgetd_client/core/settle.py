@@ -244,8 +244,9 @@ def batch_outcome(item: Mapping[str, Any]) -> BatchOutcome | None:
     return BatchOutcome(custom_id, Release(reason=f"batch request {kind}"))
 
 
-def batch_id_of(status: int, headers: Iterable[tuple[Any, Any]], body: bytes) -> str | None:
-    """The batch id in a batch submit's answer (None when it was refused)."""
+def batch_id_of(status: int, body: bytes, headers: Iterable[tuple[Any, Any]] = ()) -> str | None:
+    """The batch id in a batch submit's answer (None when it was refused); ``headers`` say
+    how the body is encoded, when it was not decoded already."""
     if not 200 <= status < 300:
         return None
     decoder = _Body({_text(k).lower(): _text(v) for k, v in headers})
