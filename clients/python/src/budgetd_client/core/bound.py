@@ -120,10 +120,12 @@ class _Walk:
         self.proven = True
 
     def content(self, value: Any) -> None:
-        if isinstance(value, list):
+        # Concrete types: this runs over every block of a large prompt, and an ABC check
+        # costs several times a type check. Decoded JSON is dicts and lists.
+        if type(value) is list:
             for item in value:
                 self.content(item)
-        elif isinstance(value, Mapping):
+        elif type(value) is dict:
             kind = value.get("type")
             if kind == "image":
                 self.image(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -129,21 +130,26 @@ class Reserve:
         return replace(self, input_tokens=self.bound.counted(count_tokens_answer))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Call:
     """What to do about one outgoing request."""
 
     route: Route
-    headers: list[tuple[Any, Any]]
+    headers: list[Header]
     """The request's headers for upstream: budgetd's own removed, ``accept-encoding`` limited
     to ``DECODABLE`` on budgeted routes; same str/bytes type as given."""
     reserves: tuple[Reserve, ...] = ()
     """One for a message; one per request for a batch submit; none otherwise."""
     stream: bool = False
     batch_id: str | None = None
-    count_body: bytes | None = field(default=None, repr=False)
-    """Body of the matching ``count_tokens`` request (messages only), for shells whose caller
-    opted into the round trip."""
+    request: dict[str, Any] | None = field(default=None, repr=False)
+    """The decoded body (messages only)."""
+
+    @functools.cached_property
+    def count_body(self) -> bytes | None:
+        """Body of the matching ``count_tokens`` request (messages only), for shells whose
+        caller opted into the round trip; built on first use."""
+        return count_body(self.request) if self.request is not None else None
 
 
 def route_of(method: str, target: str) -> tuple[Route, str | None]:
@@ -204,7 +210,7 @@ def plan_call(
             headers=outgoing,
             reserves=(reserve,),
             stream=request.get("stream") is True,
-            count_body=count_body(request),
+            request=request,
         )
     requests = request.get("requests")
     if not isinstance(requests, list) or not requests:
@@ -244,7 +250,7 @@ def plan_message(
         user=who.user,
         feature=who.feature,
         metadata=who.reserve_metadata(),
-        cache_ttl=cache_ttl_of(request),
+        cache_ttl=cache_ttl_of(request, body),
         batch=batch,
         inference_geo=geo if isinstance(geo, str) else None,
         speed=speed if speed in ("standard", "fast") else None,
@@ -267,35 +273,38 @@ def upstream_headers(pairs: Iterable[Header]) -> list[Header]:
     return out
 
 
-def cache_ttl_of(request: Mapping[str, Any]) -> CacheTTL | None:
+def cache_ttl_of(request: Mapping[str, Any], body: bytes | None = None) -> CacheTTL | None:
     """The longest prompt-cache TTL the request writes: ``"1h"`` when any ``cache_control``
     says ``"ttl": "1h"``, else ``"5m"`` when any ``cache_control`` is present (the top-level
-    one, automatic caching, too), else None."""
+    one, automatic caching, too), else None. Given the raw ``body``, a request that never says
+    ``cache_control`` is answered without walking it (the walk is most of a large request's
+    planning time)."""
+    if body is not None and b'"cache_control"' not in body:
+        return None
     found: CacheTTL | None = None
-    parts: list[Any] = [request.get(k) for k in ("system", "messages", "tools")]
+    stack: list[Any] = [request.get(k) for k in ("system", "messages", "tools")]
     top = request.get("cache_control")
-    if isinstance(top, Mapping):
-        parts.append({"cache_control": top})
-    stack = parts
+    if isinstance(top, dict):
+        stack.append({"cache_control": top})
     while stack:
         node = stack.pop()
-        if isinstance(node, Mapping):
+        if type(node) is dict:
             control = node.get("cache_control")
-            if isinstance(control, Mapping):
+            if type(control) is dict:
                 if control.get("ttl") == "1h":
                     return "1h"
                 found = "5m"
-            stack.extend(v for v in node.values() if isinstance(v, Mapping | list))
-        elif isinstance(node, list):
-            stack.extend(v for v in node if isinstance(v, Mapping | list))
+            stack.extend(node.values())
+        elif type(node) is list:
+            stack.extend(node)
     return found
 
 
 def web_searches_of(tools: Any) -> int:
     """The most web searches the request's server tools may run."""
     total = 0
-    for tool in tools if isinstance(tools, list) else ():
-        if isinstance(tool, Mapping) and str(tool.get("type", "")).startswith("web_search"):
+    for tool in tools if type(tools) is list else ():
+        if type(tool) is dict and str(tool.get("type", "")).startswith("web_search"):
             uses = tool.get("max_uses")
             total += uses if isinstance(uses, int) else DEFAULT_WEB_SEARCHES
     return total
