@@ -20,10 +20,12 @@ WORKDIR /src
 # Faker (test-data generators), which Litestar imports only to generate OpenAPI examples,
 # and budgetd does not ask for them.
 ENV UV_NO_INSTALL="--no-install-package polyfactory --no-install-package faker"
+# Optional extras, e.g. --build-arg UV_EXTRAS="--extra otel" for OpenTelemetry traces.
+ARG UV_EXTRAS=""
 COPY pyproject.toml uv.lock ./
 # hadolint ignore=SC2086
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-install-project $UV_NO_INSTALL
+    uv sync --frozen --no-dev --no-install-project $UV_EXTRAS $UV_NO_INSTALL
 # Then the code, installed as a regular (non-editable) package into the same environment.
 COPY README.md ./
 COPY service ./service
@@ -31,7 +33,7 @@ COPY service ./service
 COPY clients/python/src ./clients/python/src
 # hadolint ignore=SC2086
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable $UV_NO_INSTALL
+    uv sync --frozen --no-dev --no-editable $UV_EXTRAS $UV_NO_INSTALL
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ARG VERSION=0.1.0

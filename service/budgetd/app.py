@@ -42,6 +42,7 @@ from budgetd.store.base import StoreUnavailable
 from budgetd.store.connect import embedded_store, redis_store
 from budgetd.store.events import EventQueue
 from budgetd.store.scripted import ScriptStore
+from budgetd.tracing import Tracing, tracing_from
 
 log = logging.getLogger("budgetd")
 
@@ -67,7 +68,12 @@ class Budgetd(Litestar):
 
     @functools.cached_property
     def observed(self) -> Observed:
-        return Observed(self.fastpath, self.state.metrics)
+        return Observed(
+            self.fastpath,
+            self.state.metrics,
+            access_log=self.state.settings.access_log,
+            tracing=self.state.tracing,
+        )
 
     async def __call__(
         self,
@@ -111,8 +117,9 @@ def create_app(
     store: ScriptStore | None = None,
     clock: Clock | None = None,
     registry: PolicyRegistry | None = None,
+    tracing: Tracing | None = None,
 ) -> Litestar:
-    """The service. ``store``, ``clock`` and ``registry`` may be injected (tests)."""
+    """The service. ``store``, ``clock``, ``registry`` and ``tracing`` may be injected (tests)."""
     metrics = Metrics()
     if registry is None:
         check_policy_paths(settings)
@@ -190,6 +197,9 @@ def create_app(
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=MAX_BODY_BYTES,
         lifespan=[lifespan],
+        # Logging is configured once per process by logs.py (JSON for every logger); Litestar's
+        # default config would replace the root handlers with its own text format.
+        logging_config=None,
         openapi_config=OpenAPIConfig(
             title="budgetd",
             version=__version__,
@@ -200,6 +210,8 @@ def create_app(
     app.state.engine = engine
     app.state.api_keys = keys
     app.state.metrics = metrics
+    app.state.settings = settings
+    app.state.tracing = tracing if tracing is not None else tracing_from(settings)
     app.state.jobs = jobs
     app.state.queue = queue
     return app

@@ -1,7 +1,7 @@
 """Instrumentation around the whole ASGI app, outermost, so no route escapes it (the raw-ASGI
 fast path included): a request id (the caller's ``X-Request-Id`` or a new one, echoed in the
-answer and bound to every log line of the request), the request duration by route and
-outcome, and the access log line."""
+answer and on every log line of the request), the request duration by route and outcome, the
+access log line, and a server span when tracing is on (``budgetd.tracing``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from budgetd.logs import AccessLog, request_id_var
 from budgetd.metrics import Metrics
+from budgetd.tracing import Tracing
+
+_access = AccessLog()
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
@@ -78,11 +82,20 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 class Observed:
-    """ASGI app: ``app`` with every HTTP request measured, id'd and logged."""
+    """ASGI app: ``app`` with every HTTP request measured, id'd, logged and (optionally) traced."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        *,
+        access_log: bool = True,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
+        self.tracing = tracing
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -90,6 +103,7 @@ class Observed:
         started = time.perf_counter()
         rid = _request_id(scope["headers"])
         rid_header = (REQUEST_ID_HEADER, rid.encode("latin-1"))
+        route = route_of(scope["path"])
         status = 500
 
         async def send_with_id(message: Any) -> None:
@@ -99,8 +113,30 @@ class Observed:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
+        token = request_id_var.set(rid)
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.tracing is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                with self.tracing.server_span(scope, route, rid) as span:
+                    await self.app(scope, receive, send_with_id)
+                    span.set_attribute("http.response.status_code", status)
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.observe_request(route_of(scope["path"]), outcome_of(status), elapsed)
+            outcome = outcome_of(status)
+            self.metrics.observe_request(route, outcome, elapsed)
+            if self.access_log and _access.enabled():
+                method, path = scope["method"], scope["path"]
+                _access.write(
+                    {
+                        "method": method,
+                        "path": path,
+                        "route": route,
+                        "status": status,
+                        "outcome": outcome,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "client": scope["client"][0] if scope.get("client") else None,
+                        "message": f"{method} {path} {status}",
+                    }
+                )
+            request_id_var.reset(token)

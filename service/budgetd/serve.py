@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import logging
 
 import uvicorn
 
+from budgetd import logs
 from budgetd.app import create_app
 from budgetd.metrics import cleanup_multiprocess, prepare_multiprocess
 from budgetd.settings import ConfigError, Settings
@@ -29,9 +29,8 @@ async def _check_store(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Every job run is logged at INFO by APScheduler: once a second is noise, not news.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # One JSON format for every logger, here and (through log_config) in every worker.
+    logs.configure(settings.log_level)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     if settings.workers > 1 and settings.redis_url is None:
         raise ConfigError(
@@ -54,7 +53,8 @@ def run(settings: Settings) -> None:
             workers=settings.workers,
             loop=loop,
             http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            log_level="info",
+            log_config=logs.dict_config(settings.log_level),
+            log_level=settings.log_level,
             access_log=False,
         )
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -52,6 +52,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ledger_export_dir: Path | None = None
     """Where the retention job writes what it trims (JSON lines, one file per org and run)."""
     ledger_retention_interval_s: float = 3600.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Every logger's level; one JSON object per line (logs.py)."""
+    access_log: bool = True
+    """One JSON line per HTTP request, with its request id."""
+    tracing: Literal["off", "otlp"] = "off"
+    """otlp: a server span per request to the OTLP exporter (needs the otel extra)."""
 
     def __post_init__(self) -> None:
         days = self.ledger_retention_days
@@ -105,6 +111,20 @@ class _Env:
         return value
 
 
+def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> Any:
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r}: must be one of {', '.join(allowed)}")
+    return raw
+
+
+def _flag(name: str, raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: must be true or false")
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -138,4 +158,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         ledger_retention_interval_s=n.seconds(
             "BUDGETD_LEDGER_RETENTION_INTERVAL_S", defaults.ledger_retention_interval_s
         ),
+        log_level=_choice(
+            "BUDGETD_LOG_LEVEL",
+            e.get("BUDGETD_LOG_LEVEL", defaults.log_level),
+            ("debug", "info", "warning", "error"),
+        ),
+        access_log=_flag("BUDGETD_ACCESS_LOG", e.get("BUDGETD_ACCESS_LOG", "true")),
+        tracing=_choice("BUDGETD_TRACING", e.get("BUDGETD_TRACING", "off"), ("off", "otlp")),
     )

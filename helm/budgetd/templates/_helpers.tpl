@@ -111,6 +111,10 @@ processes would each keep their own budgets). */}}
   value: {{ .Values.config.durability | quote }}
 - name: BUDGETD_LOG_LEVEL
   value: {{ .Values.config.logLevel | quote }}
+- name: BUDGETD_ACCESS_LOG
+  value: {{ .Values.config.accessLog | quote }}
+- name: BUDGETD_TRACING
+  value: {{ .Values.config.tracing | quote }}
 - name: BUDGETD_POLICY_DIR
   value: /etc/budgetd/policies
 {{- if .Values.pricingTable }}
