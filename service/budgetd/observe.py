@@ -31,9 +31,11 @@ _EXACT = {
     "/healthz": "healthz",
     "/readyz": "readyz",
     "/metrics": "metrics",
-    "/v1/messages": "gateway",
 }
 _PREFIXES = (
+    # The gateway's Anthropic paths: messages, count_tokens, batches, models.
+    ("/v1/messages", "gateway"),
+    ("/v1/models", "gateway"),
     ("/v1/admin/", "admin"),
     ("/schema", "schema"),
     ("/v1/reports", "reports"),

@@ -69,7 +69,8 @@ CASES: dict[str, dict[str, Any]] = {
         "auth": {"keys": KEYS},
         "gateway": {
             "enabled": True,
-            "env": [{"name": "BUDGETD_GATEWAY_UPSTREAM", "value": "https://api.anthropic.com"}],
+            "upstreamKeysSecret": "anthropic-keys",
+            "env": [{"name": "BUDGETD_GATEWAY_READ_TIMEOUT_S", "value": "300"}],
         },
     },
     "valkey-trial": {"replicaCount": 2, "valkey": {"enabled": True}},

@@ -77,6 +77,14 @@ def test_schema_rejects_typos_and_wrong_types(values: dict[str, Any], message: s
         ({"replicaCount": 2}, "several budgetd processes need a shared Redis"),
         ({"config": {"workers": 2}}, "several budgetd processes need a shared Redis"),
         (
+            {
+                "redis": {"url": "redis://r:6379/0"},
+                "auth": {"enabled": False},
+                "gateway": {"enabled": True},
+            },
+            "gateway.enabled needs auth.enabled",
+        ),
+        (
             {"redis": {"url": "redis://r:6379/0"}, "smokeTest": {"enabled": False}},
             "auth.enabled is true but no keys are given",
         ),
@@ -168,7 +176,13 @@ def test_gateway_runs_the_gateway_command_beside_the_server() -> None:
     assert container["args"][0] == "gateway"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["BUDGETD_REDIS_URL"] == "redis://redis.data.svc:6379/0"
-    assert env["BUDGETD_GATEWAY_UPSTREAM"] == "https://api.anthropic.com"
+    assert env["BUDGETD_KEYS_FILE"] == "/etc/budgetd/keys/keys.yaml"  # the gateway needs keys
+    assert env["BUDGETD_GATEWAY_UPSTREAM_URL"] == "https://api.anthropic.com"
+    assert env["BUDGETD_GATEWAY_PORT"] == str(container["ports"][0]["containerPort"])
+    assert env["BUDGETD_GATEWAY_READ_TIMEOUT_S"] == "300"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["BUDGETD_GATEWAY_UPSTREAM_KEYS_DIR"] in mounts
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     selectors = [s["spec"]["selector"] for s in by_kind(objs, "Service")]
     assert len(selectors) == 2 and selectors[0] != selectors[1]
 

@@ -47,7 +47,7 @@ _SERVED = (
     "/{id}/results, /{id}/cancel) and GET /v1/models"
 )
 _BATCHES = "/v1/messages/batches"
-_HEALTH = frozenset({"/healthz", "/readyz"})
+_HEALTH = frozenset({"/healthz", "/readyz", "/metrics"})
 _ATTRIBUTION_HEADERS = (b"x-budgetd-user", b"x-budgetd-feature")
 
 

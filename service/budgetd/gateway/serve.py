@@ -7,16 +7,19 @@ import logging
 
 import uvicorn
 
+from budgetd import logs
 from budgetd.app import create_app
 from budgetd.gateway.app import Gateway
 from budgetd.gateway.settings import GatewaySettings
 from budgetd.gateway.upstream_keys import UpstreamKeys
+from budgetd.metrics import cleanup_multiprocess, prepare_multiprocess
+from budgetd.observe import Observed
 from budgetd.settings import ConfigError, Settings
 
 log = logging.getLogger("budgetd.gateway")
 
 
-def create_gateway(settings: Settings, gateway: GatewaySettings) -> Gateway:
+def create_gateway(settings: Settings, gateway: GatewaySettings) -> Observed:
     """The gateway over a budgetd service app built from ``settings`` (its store, policies,
     keys and jobs)."""
     if settings.keys_file is None:
@@ -25,12 +28,18 @@ def create_gateway(settings: Settings, gateway: GatewaySettings) -> Gateway:
             "budgetd gateway needs BUDGETD_KEYS_FILE: a caller's budgetd key names the org "
             "its calls are charged to (create one with `budgetd keys new --org ORG`)"
         )
-    return Gateway(create_app(settings), gateway, UpstreamKeys(gateway.upstream_keys_dir))
+    inner = create_app(settings)
+    # Measured, id'd and logged like the service's own routes (observe.Observed, outermost).
+    return Observed(
+        Gateway(inner, gateway, UpstreamKeys(gateway.upstream_keys_dir)),
+        inner.state.metrics,
+        access_log=settings.access_log,
+        tracing=inner.state.tracing,
+    )
 
 
 def run(settings: Settings, gateway: GatewaySettings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logs.configure(settings.log_level)  # one JSON format, as `budgetd serve`
     if settings.workers > 1 and settings.redis_url is None:
         raise ConfigError(
             "several workers need a shared store: set BUDGETD_REDIS_URL "
@@ -39,13 +48,19 @@ def run(settings: Settings, gateway: GatewaySettings) -> None:
     # Built here first, as `budgetd serve` does: a mistake is one line, not a worker's traceback.
     app = create_gateway(settings, gateway)
     log.info("budgetd gateway: Anthropic at %s", gateway.upstream_url)
-    uvicorn.run(
-        app if settings.workers == 1 else "budgetd.gateway.asgi:app",
-        host=gateway.host,
-        port=gateway.port,
-        workers=settings.workers,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        log_level="info",
-        access_log=False,
-    )
+    samples = prepare_multiprocess() if settings.workers > 1 else None  # as serve.py
+    try:
+        uvicorn.run(
+            app if settings.workers == 1 else "budgetd.gateway.asgi:app",
+            host=gateway.host,
+            port=gateway.port,
+            workers=settings.workers,
+            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+            http="httptools" if importlib.util.find_spec("httptools") else "h11",
+            log_config=logs.dict_config(settings.log_level),
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    finally:
+        if samples is not None:
+            cleanup_multiprocess(samples)
