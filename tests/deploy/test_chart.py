@@ -27,6 +27,17 @@ def pod_specs(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return specs + [o["spec"] for o in objs if o["kind"] == "Pod"]
 
 
+def selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels, matchExpressions with In) selects ``labels``."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    return all(
+        labels.get(e["key"]) in e["values"]
+        for e in selector.get("matchExpressions", [])
+        if e["operator"] == "In"
+    )
+
+
 def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o["kind"] == kind]
 
@@ -132,7 +143,9 @@ def test_server_pods_are_probed_spread_and_covered(case: str) -> None:
         if pdb["metadata"]["name"] == server["metadata"]["name"]:
             assert pdb["spec"]["selector"]["matchLabels"] == selects
     policy = by_kind(objs, "NetworkPolicy")[0]["spec"]
-    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert selected(policy["podSelector"], labels)
+    for test_pod in by_kind(objs, "Pod"):  # its egress to budgetd must not be cut
+        assert not selected(policy["podSelector"], test_pod["metadata"]["labels"])
     # The price table comes from the image unless pricingTable overrides it: a policies
     # ConfigMap mounted over the directory never hides it.
     env = {e["name"]: e.get("value") for e in container["env"]}
