@@ -197,6 +197,7 @@ def _pricing(args: argparse.Namespace) -> int:
         table = _load_pricing(args.pricing)
     except PricingFileError as exc:
         return _error(str(exc))
+    day_of_status: dt.date = args.on or dt.datetime.now(dt.UTC).date()
     header = [
         "MODEL", "FAMILY", "STATUS", "EFFECTIVE", "BAND",
         "INPUT", "OUTPUT", "WRITE-5M", "WRITE-1H", "READ", "US-GEO",
@@ -211,7 +212,8 @@ def _pricing(args: argparse.Namespace) -> int:
                 if multiplier is not None
                 else "-"
             )
-            lead = [model.id, model.family, model.status] if first else ["", "", ""]
+            status = model.status_on(day_of_status)
+            lead = [model.id, model.family, status] if first else ["", "", ""]
             first = False
             day = entry.effective.isoformat()
             rows.append([*lead, day, "standard", *_rate_cells(entry.rates), us])
@@ -219,7 +221,9 @@ def _pricing(args: argparse.Namespace) -> int:
                 band = f">{entry.long_context.threshold_tokens:,} prompt"
                 rows.append(["", "", "", "", band, *_rate_cells(entry.long_context.rates), us])
             if entry.fast is not None:
-                rows.append(["", "", "", "", "fast", *_rate_cells(entry.fast), us])
+                ends = entry.fast_window.ends
+                fast = f"fast (until {ends.isoformat()})" if ends else "fast"
+                rows.append(["", "", "", "", fast, *_rate_cells(entry.fast), us])
         if model.aliases:
             rows.append([f"  = {', '.join(model.aliases)}", *[""] * (len(header) - 1)])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -243,6 +247,13 @@ def _pricing(args: argparse.Namespace) -> int:
 def _add_pricing(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("pricing", help="print the price table")
     parser.add_argument("--pricing", type=Path, default=DEFAULT_PRICING, metavar="PATH")
+    parser.add_argument(
+        "--on",
+        type=dt.date.fromisoformat,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="models' status on that day (default: today)",
+    )
     parser.set_defaults(handler=_pricing)
 
 

@@ -3,7 +3,7 @@ them directly), so the wire contract is written once."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -170,6 +170,8 @@ class CostRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     batch: bool = False
     org: OrgName | None = None
     """Price with this org's model aliases."""
+    on: date | None = None
+    """Price with the entries in force on this day (default: today, by the service's clock)."""
 
 
 class ScopeState(msgspec.Struct, frozen=True, kw_only=True):

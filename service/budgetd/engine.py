@@ -22,6 +22,7 @@ from budgetd.errors import (
     Conflict,
     InvalidRequest,
     ReservationNotFound,
+    Retired,
     StoreDown,
     UnknownModel,
     UnknownOrg,
@@ -31,7 +32,7 @@ from budgetd.periods import PeriodWindow, window
 from budgetd.policy.model import OrgPolicy
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.policy.resolve import Applicable, AppliedBudget, AppliedRate, Subject, resolve
-from budgetd.pricing import Cost, PricingError, cost, worst_case
+from budgetd.pricing import Cost, NotOffered, PricingError, cost, worst_case
 from budgetd.pricing_table import PricingTable, UnknownModelError
 from budgetd.store import keys
 from budgetd.store.base import (
@@ -425,6 +426,8 @@ class Engine:
             _within_bound(amount, "max_tokens")
         except UnknownModelError as exc:
             raise UnknownModel(str(exc)) from None
+        except NotOffered as exc:
+            raise Retired(str(exc), field=exc.field) from None
         except PricingError as exc:
             raise InvalidRequest(str(exc), field="speed") from None
         subject = Subject(org=request.org, user=request.user, feature=request.feature)
@@ -715,7 +718,10 @@ class Engine:
 
     def price(self, request: c.CostRequest) -> c.CostResult:
         table = self.policy(request.org).pricing if request.org else (self.registry.current.pricing)
-        priced = _cost(table, request.model, request.usage, request.batch, self.clock.now())
+        now = self.clock.now()
+        if request.on is not None:  # the entries in force on another day
+            now = datetime.combine(request.on, now.timetz())
+        priced = _cost(table, request.model, request.usage, request.batch, now)
         return c.CostResult(
             model=priced.model,
             cost_micros=priced.cost_micros,

@@ -28,6 +28,13 @@ class UnknownModel(InvalidRequest):
     field = "model"
 
 
+class Retired(InvalidRequest):
+    """A reservation for a model, or a modifier (fast mode, a long-context band), that the API
+    no longer offers on that day; the detail gives the date and what to use instead."""
+
+    type_slug = "retired"
+
+
 class UnknownOrg(BudgetdError):
     type_slug = "unknown-org"
     status = 404

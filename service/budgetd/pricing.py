@@ -24,6 +24,15 @@ class PricingError(ValueError):
     """The usage cannot be priced (e.g. fast mode on a model that has no fast rates)."""
 
 
+class NotOffered(PricingError):
+    """The model or modifier is no longer (or not yet) offered on the day of a reservation;
+    ``field`` is the request field at fault."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class CostLine(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     """One of TOKEN_KINDS, or ``web_search``."""
@@ -125,6 +134,23 @@ def cost(
     )
 
 
+def _check_offered(
+    pricing: ModelPricing, entry: PriceEntry, input_tokens: int, fast: bool, on: dt.date
+) -> None:
+    """A new call must use a model and modifiers the API still offers on ``on``. Only
+    reservations ask: commits and records price calls already made, on any day."""
+    if reason := pricing.retirement(on):
+        raise NotOffered(reason, "model")
+    fast_refused = fast and entry.fast_window.refusal(f"fast mode on {pricing.id!r}", on)
+    if fast_refused:
+        raise NotOffered(fast_refused, "speed")
+    band = entry.long_context
+    if band is not None and input_tokens > band.threshold_tokens:
+        what = f"the long-context band above {band.threshold_tokens} tokens on {pricing.id!r}"
+        if reason := band.window.refusal(what, on):
+            raise NotOffered(reason, "input_tokens")
+
+
 def worst_case(
     table: PricingTable,
     model: str,
@@ -148,6 +174,8 @@ def worst_case(
     """
     pricing = table.model(model)
     entry = pricing.entry_at(on) if on is not None else pricing.entries[-1]
+    if on is not None:
+        _check_offered(pricing, entry, input_tokens, fast, on)
     rates, _ = _band_rates(pricing, entry, input_tokens, fast)
     prompt_rates = [rates.input, rates.cache_read]
     if cache_ttl is not None:

@@ -38,7 +38,17 @@ class _Band(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     cache_read: DecimalStr
 
 
-class _LongContext(_Band, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class _Dated(_Band, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A modifier's rates and when it can be asked for: from ``starts`` (inclusive) to ``ends``
+    (exclusive: the first day the API refuses it). Calls made before ``ends`` still price."""
+
+    starts: dt.date | None = None
+    ends: dt.date | None = None
+    successor: str | None = None
+    """What to use instead once it ended, in words (e.g. another model's fast mode)."""
+
+
+class _LongContext(_Dated, frozen=True, forbid_unknown_fields=True, kw_only=True):
     threshold_tokens: Annotated[int, msgspec.Meta(gt=0)]
 
 
@@ -46,13 +56,20 @@ class _PriceEntry(_Band, frozen=True, forbid_unknown_fields=True, kw_only=True):
     effective: dt.date
     long_context: _LongContext | None = None
     us_inference_multiplier: DecimalStr | None = None
-    fast: _Band | None = None
+    fast: _Dated | None = None
 
 
 class _Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     id: str
     family: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]*$")]
     status: Literal["active", "deprecated", "retired"] = "active"
+    """As written when the table was built; ``deprecated`` and ``retired`` dates decide."""
+    deprecated: dt.date | None = None
+    """From this day the model is deprecated (still served, no longer recommended)."""
+    retired: dt.date | None = None
+    """From this day the API refuses the model: new reservations are refused."""
+    successor: str | None = None
+    """The model id Anthropic suggests instead."""
     aliases: list[str] = msgspec.field(default_factory=list)
     prices: Annotated[list[_PriceEntry], msgspec.Meta(min_length=1)]
 
@@ -86,9 +103,31 @@ class Rates(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+class Window(msgspec.Struct, frozen=True, kw_only=True):
+    """When a modifier may be asked for (``ends`` is the first day it may not)."""
+
+    starts: dt.date | None = None
+    ends: dt.date | None = None
+    successor: str | None = None
+
+    def refusal(self, what: str, day: dt.date) -> str | None:
+        """Why ``what`` cannot be reserved on ``day`` (with the date and what to use instead),
+        or None when it can."""
+        if self.starts is not None and day < self.starts:
+            return f"{what} is available from {self.starts.isoformat()}"
+        if self.ends is not None and day >= self.ends:
+            instead = f"; use {self.successor}" if self.successor else ""
+            return f"{what} ended on {self.ends.isoformat()}{instead}"
+        return None
+
+
+ALWAYS = Window()
+
+
 class LongContextBand(msgspec.Struct, frozen=True, kw_only=True):
     threshold_tokens: int
     rates: Rates
+    window: Window = ALWAYS
 
 
 class PriceEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,6 +136,7 @@ class PriceEntry(msgspec.Struct, frozen=True, kw_only=True):
     long_context: LongContextBand | None
     us_inference_multiplier: Fraction | None
     fast: Rates | None
+    fast_window: Window = ALWAYS
 
 
 class ModelPricing(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +146,30 @@ class ModelPricing(msgspec.Struct, frozen=True, kw_only=True):
     aliases: tuple[str, ...]
     entries: tuple[PriceEntry, ...]
     """Oldest first."""
+    deprecated: dt.date | None = None
+    retired: dt.date | None = None
+    successor: str | None = None
+
+    def status_on(self, day: dt.date) -> str:
+        """``retired``, ``deprecated`` or ``active`` on ``day`` (dates first, then the table's
+        undated status)."""
+        if self.retired is not None and day >= self.retired:
+            return "retired"
+        if self.deprecated is not None and day >= self.deprecated:
+            return "deprecated"
+        if self.status == "retired" and self.retired is None:
+            return "retired"
+        if self.status == "deprecated" and self.deprecated is None:
+            return "deprecated"
+        return "active"
+
+    def retirement(self, day: dt.date) -> str | None:
+        """Why a call to this model cannot be reserved on ``day``, or None."""
+        if self.status_on(day) != "retired":
+            return None
+        since = f" on {self.retired.isoformat()}" if self.retired is not None else ""
+        instead = f"; use {self.successor}" if self.successor else ""
+        return f"model {self.id!r} was retired{since}{instead}"
 
     def entry_at(self, day: dt.date) -> PriceEntry:
         """The price entry in force on ``day``; before the first entry, the first one."""
@@ -156,12 +220,17 @@ class PricingFileError(ValueError):
     """The pricing file is invalid; the message names file, line and field."""
 
 
+def _window(raw: _Dated) -> Window:
+    return Window(starts=raw.starts, ends=raw.ends, successor=raw.successor)
+
+
 def _entry(raw: _PriceEntry) -> PriceEntry:
     long_context = None
     if raw.long_context is not None:
         long_context = LongContextBand(
             threshold_tokens=raw.long_context.threshold_tokens,
             rates=Rates.from_band(raw.long_context),
+            window=_window(raw.long_context),
         )
     multiplier = (
         Fraction(raw.us_inference_multiplier) if raw.us_inference_multiplier is not None else None
@@ -172,6 +241,7 @@ def _entry(raw: _PriceEntry) -> PriceEntry:
         long_context=long_context,
         us_inference_multiplier=multiplier,
         fast=Rates.from_band(raw.fast) if raw.fast is not None else None,
+        fast_window=_window(raw.fast) if raw.fast is not None else ALWAYS,
     )
 
 
@@ -195,6 +265,9 @@ def parse_pricing(text: str, filename: str = "pricing.yaml") -> PricingTable:
             status=model.status,
             aliases=tuple(model.aliases),
             entries=entries,
+            deprecated=model.deprecated,
+            retired=model.retired,
+            successor=model.successor,
         )
         for name in (model.id, *model.aliases):
             if name in models:

@@ -37,6 +37,7 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "uri-too-long": (414, "the path and query are longer than 4096 characters"),
     "invalid-request": (422, "a field is missing, unknown, of the wrong type or out of range"),
     "unknown-model": (422, "the model is not in the price table nor an alias of the org"),
+    "retired": (422, "the model or modifier is no longer offered that day (date, successor)"),
     "budget-exceeded": (429, "a budget or rate limit denies the request"),
     "internal-error": (500, "an unexpected error (logged by the service)"),
     "store-unavailable": (503, "the budget store is unreachable and a fail-closed limit applies"),
