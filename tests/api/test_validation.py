@@ -83,7 +83,7 @@ async def test_deep_and_large_bodies_are_problems(acme_client: Client) -> None:
 
 
 async def test_a_huge_id_or_url_is_a_problem(acme_client: Client) -> None:
-    rid = "r" * 10_000  # (100,000 through uvicorn: tests/test_serve.py)
+    rid = "r" * 10_000  # (through uvicorn: tests/test_serve.py)
     r = await acme_client.post(f"/v1/reservations/{rid}/commit", json={"usage": {}})
     assert "at most 4096" in str(_problem(r, 414, None)["detail"])
     r = await acme_client.get("/v1/budgets", params={"org": "acme", "user": "u" * MAX_URL_CHARS})
