@@ -15,6 +15,7 @@ Claude Code, which sends what it sends) can ask for a behaviour:
 ``[fake:hang]``                        no answer at all (for upstream timeouts)
 
 ``[fake:tool]``                        a ``tool_use`` of the request's first tool
+``[fake:gzip]``                        a JSON answer gzip-compressed (if the request accepts it)
 
 Otherwise the answer is "hi", with
 ``input_tokens`` = request body bytes // 16 + 3 (a number the test cannot guess without the same
@@ -27,6 +28,7 @@ formula, which is the point: tests price what the fake *reported*, from its log)
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import re
 import sys
@@ -310,6 +312,9 @@ async def _messages(body: bytes, entry: dict[str, Any], send: Send) -> None:
     entry["status"] = 200
     if not request.get("stream"):
         entry["usage"] = usage
+        if "gzip" in marks and "gzip" in entry["headers"].get("accept-encoding", ""):
+            packed = gzip.compress(_encode(message))
+            return await _send(send, 200, packed, extra=[(b"content-encoding", b"gzip")])
         return await _send(send, 200, _encode(message))
     events = stream_events(message, marks)
     await send(

@@ -279,3 +279,36 @@ async def test_batch_cancel_releases_and_denial_refuses_the_batch(
         await poor.messages.batches.create(requests=[batch_request("x", "big", max_tokens=100_000)])
     assert "tiny-month" in refused.value.message
     assert (await ledger.settled("gw-poor"))["org:tiny-month"][1] == 0
+
+
+async def test_gzip_answer_passes_through_compressed_and_is_still_charged(
+    gateway_setup: Setup, ledger: Ledger, sdk: SDK
+) -> None:
+    before = await ledger.settled()
+    client = sdk(gateway_setup, gateway_setup.keys.app)
+    raw = await client.messages.with_raw_response.create(**ask("zip it [fake:gzip] [fake:out=21]"))
+    # The SDK decompressed it; the gateway relayed the compressed bytes and read its own copy.
+    assert raw.headers["content-encoding"] == "gzip"
+    message = await raw.parse()
+    assert message.usage.output_tokens == 21
+    after = await ledger.settled()
+    cost = ledger.price(MODEL, message.usage.model_dump(exclude_none=True))
+    assert spent(before, after)["org:org-month"] == cost
+
+
+async def test_abandoned_stream_commits_what_was_reported_and_releases_the_rest(
+    gateway_setup: Setup, ledger: Ledger, sdk: SDK
+) -> None:
+    before = await ledger.settled()
+    client = sdk(gateway_setup, gateway_setup.keys.app)
+    async with client.messages.stream(**ask("slowly [fake:slow=300] [fake:out=500]")) as stream:
+        async for event in stream:
+            if event.type == "message_start":
+                started = event.message.usage.model_dump(exclude_none=True)
+                break  # the reader walks away after the first event
+    assert started["output_tokens"] == 1
+    after = await ledger.settled()
+    # Charged what message_start reported (1 output token so far), not the 500 it would have
+    # reached, and nothing is left held.
+    assert spent(before, after)["org:org-month"] == ledger.price(MODEL, started)
+    assert after["org:org-month"][1] == 0
