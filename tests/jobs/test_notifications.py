@@ -14,7 +14,9 @@ import pytest
 
 from budgetd.app import create_app
 from budgetd.jobs.channels import sign
+from budgetd.store import keys
 from budgetd.store.connect import redis_store
+from budgetd.store.scripts import source
 from tests.api.conftest import Client, asgi_client, settings_for, write_policy
 from tests.jobs.receiver import Receiver, wait_for
 
@@ -164,6 +166,70 @@ async def test_a_slow_receiver_gets_one_send_at_a_time(tmp_path: Path, clean_red
     assert len(letters) == 1
     assert letters[0]["attempts"] == 2
     assert "0.5 s" in letters[0]["error"]
+
+
+async def _pending_in_retry(app: Client, hook: Receiver) -> None:
+    for _ in range(5):  # 50 %: one event, which the receiver keeps failing
+        await app.post("/v1/reservations", json=CALL)
+    assert await wait_for(lambda: hook.attempts >= 2)
+
+
+async def _dead_letters(app: Client) -> list[dict[str, Any]]:
+    letters: list[dict[str, Any]] = (await app.get("/v1/admin/events?org=acme")).json()[
+        "dead_letters"
+    ]
+    return letters
+
+
+async def test_an_event_waiting_for_a_retry_is_never_trimmed(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    """100,000 newer events used to push a pending event out of the stream (XADD MAXLEN):
+    never delivered, never dead-lettered. Only acknowledged events are trimmed now."""
+    async with Receiver(then=500).running() as hook:
+        # First life: the receiver is down; the event waits for a retry.
+        async with instances(tmp_path, clean_redis, hook.url, 1, delivery_attempts=1000) as (app,):
+            await _pending_in_retry(app, hook)
+        store = redis_store(clean_redis)
+        sha = await store.client.script_load(source("emit"))
+        stream = keys.events("acme")
+        for start in range(0, 101_000, 5_000):  # newer events no channel listens to
+            pipe = store.client.pipeline(transaction=False)
+            for i in range(start, start + 5_000):
+                pipe.evalsha(
+                    sha, 1, stream, keys.org_prefix("acme"), f"filler{i}", 60_000, "type", "x"
+                )
+            await pipe.execute()
+        await store.close()
+        # Second life (a restart keeps the backoff short): the receiver is back.
+        hook.then = 200
+        async with instances(tmp_path, clean_redis, hook.url, 1) as (app,):
+            assert await wait_for(lambda: len(hook.received) == 1, timeout_s=20)
+            assert await _dead_letters(app) == []
+
+
+async def test_a_pending_event_deleted_from_the_stream_is_dead_lettered(
+    tmp_path: Path, clean_redis: str
+) -> None:
+    """XAUTOCLAIM drops a pending entry that is gone from the stream (XDEL, a trim by hand)
+    and names it; delivery dead-letters it with what it still knows."""
+    async with (
+        Receiver(then=500).running() as hook,
+        instances(tmp_path, clean_redis, hook.url, 1, delivery_attempts=1000) as (app,),
+    ):
+        await _pending_in_retry(app, hook)
+        store = redis_store(clean_redis)
+        (stream_id, _), *_ = await store.client.xrange(keys.events("acme"))
+        await store.client.xdel(keys.events("acme"), stream_id)
+        await store.close()
+        for _ in range(100):  # up to 10 s
+            if await _dead_letters(app):
+                break
+            await asyncio.sleep(0.1)
+        letters = await _dead_letters(app)
+    assert len(letters) == 1
+    assert letters[0]["stream_id"] == stream_id
+    assert "deleted from the stream" in letters[0]["error"]
 
 
 GLOBEX = """

@@ -34,6 +34,9 @@ class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: float = 3.0
     claim_idle_ms: int = 1_000
     batch: int = 100
+    keep_acknowledged_ms: int = 86_400_000
+    """Acknowledged events stay in the stream this long (the admin view's history)."""
+    trim_every_s: float = 60.0
 
 
 def backoff_s(attempt: int, config: DeliveryConfig) -> float:
@@ -58,6 +61,8 @@ class Deliverer:
         self.config = config or DeliveryConfig()
         self.http = httpx.AsyncClient(timeout=self.config.timeout_s)
         self._groups: set[str] = set()
+        self._trim_at: dict[str, float] = {}
+        """Per org: when (monotonic) to trim its acknowledged events next."""
         self.data_lost_at: float | None = None
         """When this process last found an org's stream gone with its group (Redis lost its
         data); None if it never did."""
@@ -85,7 +90,7 @@ class Deliverer:
             await self.queue.ensure_group(org)
             self._groups.add(org)
         try:
-            events = await self.queue.claim_stale(
+            events, deleted = await self.queue.claim_stale(
                 org, self.consumer, self.config.claim_idle_ms, self.config.batch
             )
             fresh = await self.queue.read_new(org, self.consumer, self.config.batch)
@@ -103,9 +108,33 @@ class Deliverer:
             )
             await self.queue.ensure_group(org)
             return 0
+        for stream_id in deleted:
+            await self._lost_from_stream(org, stream_id)
         self.metrics.events_read.inc(len(fresh))
         results = await asyncio.gather(*(self._settle(policy, e) for e in events + fresh))
+        if time.monotonic() >= self._trim_at.get(org, 0.0):
+            self._trim_at[org] = time.monotonic() + self.config.trim_every_s
+            await self.queue.trim_acknowledged(org, self.config.keep_acknowledged_ms)
         return sum(results)
+
+    async def _lost_from_stream(self, org: str, stream_id: str) -> None:
+        """A pending event was deleted from the stream before every channel had it (an XDEL
+        or a trim by hand): dead-letter what is left of it, its position."""
+        error = "deleted from the stream before it was delivered (XDEL or a manual trim)"
+        await self.queue.dead_letter(
+            org,
+            {
+                "event_id": None,
+                "stream_id": stream_id,
+                "channel": None,
+                "attempts": 0,
+                "error": error,
+                "event": {},
+                "at": time.time(),
+            },
+        )
+        self.metrics.events_dead.inc()
+        log.warning("event at %s of org %s dead-lettered: %s", stream_id, org, error)
 
     async def _settle(self, policy: OrgPolicy, event: Event) -> bool:
         fields = {"org": policy.org, **event.fields}
@@ -155,6 +184,7 @@ class Deliverer:
                 org,
                 {
                     "event_id": eid,
+                    "stream_id": event.stream_id,
                     "channel": name,
                     "attempts": attempts,
                     "error": result.error,

@@ -40,6 +40,16 @@ def _events(rows: Any) -> list[Event]:
     return [Event(stream_id=str(sid), fields=dict(fields)) for sid, fields in rows or []]
 
 
+def _parse_id(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _after(stream_id: tuple[int, int]) -> tuple[int, int]:
+    """The least id above ``stream_id``."""
+    return stream_id[0], stream_id[1] + 1
+
+
 class EventQueue:
     """Stream operations for the delivery job. Reads and bookkeeping, no enforcement."""
 
@@ -77,9 +87,15 @@ class EventQueue:
         rows = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
         return _events(rows)
 
-    async def claim_stale(self, org: str, consumer: str, idle_ms: int, count: int) -> list[Event]:
+    async def claim_stale(
+        self, org: str, consumer: str, idle_ms: int, count: int
+    ) -> tuple[list[Event], list[str]]:
         """Take over entries another consumer (a crashed replica, or a retry in backoff) has
-        held for ``idle_ms``; a claim resets the idle time, so no two consumers take one."""
+        held for ``idle_ms``; a claim resets the idle time, so no two consumers take one.
+
+        Also returns the ids of pending entries that are gone from the stream (deleted or
+        trimmed by hand): XAUTOCLAIM drops them from the group, so this is the last word on
+        them."""
         try:
             reply = await self.client.xautoclaim(
                 keys.events(org), GROUP, consumer, idle_ms, start_id="0-0", count=count
@@ -88,10 +104,39 @@ class EventQueue:
             if _nogroup(exc):
                 raise GroupLost(org) from exc
             raise
-        return _events(reply[1])
+        deleted = [str(sid) for sid in reply[2]] if len(reply) > 2 else []
+        return _events(reply[1]), deleted
 
     async def ack(self, org: str, event: Event) -> None:
         await self.client.xack(keys.events(org), GROUP, event.stream_id)
+
+    async def trim_acknowledged(self, org: str, keep_ms: int) -> int:
+        """Drop events older than ``keep_ms`` (Redis time) that the delivery group has
+        acknowledged; never one that is pending (in a retry) or not yet read. Returns how
+        many went.
+
+        Race: the group reads and acknowledges while this looks. Everything below the cut was
+        read by the group (at or before its last-delivered id) and is not pending (below the
+        oldest pending id), so it is acknowledged; reads and acks after the look only raise
+        the true cut, and an entry never becomes pending again once acknowledged."""
+        stream = keys.events(org)
+        groups: Any = (
+            await self.client.xinfo_groups(stream) if await self.client.exists(stream) else []
+        )
+        group = next((g for g in groups if str(g["name"]) == GROUP), None)
+        if group is None:
+            return 0  # nothing is known to be acknowledged
+        cut = _after(_parse_id(str(group["last-delivered-id"])))
+        pending: Any = await self.client.xpending(stream, GROUP)
+        if pending["pending"]:
+            cut = min(cut, _parse_id(str(pending["min"])))
+        seconds, micros = await self.client.time()  # integers: a float could lose the ms
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        cut = min(cut, (now_ms - keep_ms + 1, 0))  # at least keep_ms old: ms <= now - keep
+        trimmed: int = await self.client.xtrim(
+            stream, minid=f"{cut[0]}-{cut[1]}", approximate=False
+        )
+        return trimmed
 
     async def recent(self, org: str, count: int) -> list[Event]:
         return _events(await self.client.xrevrange(keys.events(org), count=count))

@@ -198,7 +198,9 @@ local function emit(events_key, tag_prefix, id, until_ms, fields)
     for _, v in ipairs(fields) do
       table.insert(entry, v)
     end
-    redis.call('XADD', events_key, 'MAXLEN', '~', '100000', '*', unpack(entry))
+    -- No MAXLEN: a length cap would also drop events still waiting for delivery. The delivery
+    -- job trims what its group has acknowledged (store/events.py, trim_acknowledged).
+    redis.call('XADD', events_key, '*', unpack(entry))
     return true
   end
   return false
