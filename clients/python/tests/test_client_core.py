@@ -51,8 +51,9 @@ def test_routes_budgeted_calls_and_passes_the_rest() -> None:
         ("GET", "/v1/models"),
         ("GET", "/v1/messages/batches/b1"),
     ):
-        call = plan_call(method, target, [], b"")
+        call = plan_call(method, target, [("x-budgetd-user", "u"), ("accept", "*/*")], b"")
         assert (call.route, call.reserves) == (Route.OTHER, ())
+        assert call.headers == [("accept", "*/*")]  # budgetd's own never go upstream
     results = plan_call("GET", "/v1/messages/batches/msgbatch_1/results", [], b"")
     assert (results.route, results.batch_id) == (Route.BATCH_RESULTS, "msgbatch_1")
     cancel = plan_call("POST", "/v1/messages/batches/msgbatch_1/cancel?beta=true", [], b"")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anthropic
 import httpx2
 import pytest
@@ -204,3 +206,36 @@ async def test_async_guard_is_a_real_async_client_and_budgets_every_path(
     settled = await asettle_batch(claude, batch.id, poll_s=0)
     assert settled.counts == {"succeeded": 1, "expired": 1}
     assert await spent(budgetd) == (3 * COST + COST // 2, 0)
+
+
+async def test_a_call_cancelled_while_upstream_thinks_releases_its_hold(
+    budgetd: AsyncBudgetdClient, recorder: Recorder
+) -> None:
+    arrived = asyncio.Event()
+
+    async def never_answers(request: httpx2.Request) -> httpx2.Response:
+        arrived.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    claude = guard(
+        anthropic.AsyncAnthropic(
+            api_key="sk-test",
+            base_url="http://fake-anthropic",
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(never_answers)),
+        ),
+        budgetd=budgetd,
+        org="acme",
+        user="alice",
+    )
+    call = asyncio.create_task(
+        claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    )
+    await arrived.wait()
+    assert (await spent(budgetd))[1] > 0
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert len(recorder.bodies("/release")) == 1
+    assert await spent(budgetd) == (0, 0)

@@ -151,10 +151,6 @@ class Guard:
             )
         except RequestRefused as refused:
             return refused_response(request, str(refused), refused.field)
-        if call.route is Route.OTHER or call.route is Route.BATCH_CANCEL:
-            # A cancel settles nothing yet: the results say which requests were canceled.
-            passed: httpx2.Response = yield Send(request)
-            return passed
         upstream = httpx2.Request(
             request.method,
             request.url,
@@ -162,6 +158,10 @@ class Guard:
             content=body,
             extensions=request.extensions,
         )
+        if call.route is Route.OTHER or call.route is Route.BATCH_CANCEL:
+            # A cancel settles nothing yet: the results say which requests were canceled.
+            passed: httpx2.Response = yield Send(upstream)
+            return passed
         if call.route is Route.MESSAGE:
             return (yield from self._message(request, call, upstream))
         if call.route is Route.BATCH_SUBMIT:

@@ -146,11 +146,17 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
 
     async def _do(self, step: Step) -> Any:
         if isinstance(step, Budgetd):
-            return await getattr(self.budgetd, step.method)(**step.kwargs)
+            if step.method == "reserve":
+                return await self.budgetd.reserve(**step.kwargs)
+            # A settlement runs even in a task being cancelled (the app gave up on the call):
+            # the hold must not wait for its lease.
+            with anyio.CancelScope(shield=True):
+                return await getattr(self.budgetd, step.method)(**step.kwargs)
         if isinstance(step, Send):
             return await self.inner.handle_async_request(step.request)
         if isinstance(step, Read):
             return await step.response.aread()
+        assert isinstance(step, Tap)  # mypy cannot tell the shielded `with` never swallows
         return _tapped(step, _AsyncTapped(step, self.run))
 
     async def aclose(self) -> None:

@@ -136,8 +136,9 @@ class Call:
 
     route: Route
     headers: list[Header]
-    """The request's headers for upstream: budgetd's own removed, ``accept-encoding`` limited
-    to ``DECODABLE`` on budgeted routes; same str/bytes type as given."""
+    """The request's headers for upstream: budgetd's own removed (on every route),
+    ``accept-encoding`` limited to ``DECODABLE`` on budgeted ones; same str/bytes type as
+    given."""
     reserves: tuple[Reserve, ...] = ()
     """One for a message; one per request for a batch submit; none otherwise."""
     stream: bool = False
@@ -187,7 +188,7 @@ def plan_call(
     pairs = list(headers)
     route, batch_id = route_of(method, target)
     if route is Route.OTHER:
-        return Call(route=route, headers=pairs)
+        return Call(route=route, headers=_without_ours(pairs))
     sent = {_text(k).lower(): _text(v) for k, v in pairs}
     outgoing = upstream_headers(pairs)
     if route in (Route.BATCH_RESULTS, Route.BATCH_CANCEL):
@@ -271,6 +272,10 @@ def upstream_headers(pairs: Iterable[Header]) -> list[Header]:
         else:
             out.append((name, value))
     return out
+
+
+def _without_ours(pairs: list[Header]) -> list[Header]:
+    return [(k, v) for k, v in pairs if not _text(k).lower().startswith(HEADER_PREFIX)]
 
 
 def cache_ttl_of(request: Mapping[str, Any], body: bytes | None = None) -> CacheTTL | None:
