@@ -195,6 +195,7 @@ class Engine:
                 period_end_ms=_ms(win.end),
             ),
             expire_at_ms=_ms(win.expire_at),
+            sub_bucket_ms=0 if b.rule.period.calendar else b.rule.period.bucket_s * 1000,
         )
         if len(self._slots) >= CACHE_BOUND:
             self._slots.clear()  # a crude bound: rebuilding is cheap, memory is not
@@ -572,6 +573,7 @@ class Engine:
                     keep_ms=KEEP_RESOLVED_MS,
                     input_tokens=usage.uncached_input + five + hour,
                     output_tokens=usage.output,
+                    clock_ms=_ms(now),
                     ledger_fields=(
                         ("model", priced_model),
                         ("pricing_version", policy.pricing.version),

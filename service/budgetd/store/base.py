@@ -7,6 +7,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from budgetd.errors import InvalidRequest
+
 Durability = Literal["fast", "strict"]
 """fast: acknowledged once the script ran; strict: once the AOF is fsynced too."""
 
@@ -36,6 +38,9 @@ class BudgetSlot(msgspec.Struct, frozen=True, kw_only=True):
     expire_at_ms: int
     thresholds_pct: tuple[int, ...] = ()
     label: BudgetLabel | None = None
+    sub_bucket_ms: int = 0
+    """Rolling windows: the width of a sub-bucket (a commit charges the one of its own time);
+    0 for a calendar period (a commit settles in the hold's period)."""
 
     @property
     def enforce(self) -> bool:
@@ -98,6 +103,9 @@ class CommitCall(msgspec.Struct, frozen=True, kw_only=True):
     input_tokens: int
     output_tokens: int
     ledger_fields: tuple[tuple[str, str], ...]
+    clock_ms: int
+    """The service's period clock at the commit: which sub-bucket of a rolling window it
+    charges (the same clock that chose the windows at reserve)."""
 
 
 class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,6 +175,17 @@ class ReservationView(msgspec.Struct, frozen=True, kw_only=True):
 
 class StoreUnavailable(Exception):
     """The store could not be reached within the configured timeout."""
+
+
+class OutOfBounds(InvalidRequest):
+    """A counter would leave the exact range (bounds.py): the script refused, writing nothing."""
+
+    def __init__(self, counter: str, *, field: str) -> None:
+        super().__init__(
+            f"this call would take counter {counter} past the largest amount budgetd keeps "
+            "(2^53 - 1 µ$); nothing was changed",
+            field=field,
+        )
 
 
 class Store(Protocol):

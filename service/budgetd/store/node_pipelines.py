@@ -6,12 +6,14 @@ packing in Python: about three times the client CPU of the pipelined single-serv
 script call goes straight to the pipeline of the primary that owns its first key's slot.
 
 Everything unusual is left to redis-py, which already handles it: before the client has learnt
-the slot table, after a node was lost (for ``COOL_DOWN_S``), on TLS, and on any error reply. An
-error reply means the script did not run (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) or failed having
-written nothing (lib.lua reads every key before its first write). A lost connection may have run
-it, and every script is idempotent (reservation, record and adjustment ids; expiry and markers
-are naturally so), so calling again through redis-py, which follows the redirect and patches
-its slot table, is safe.
+the slot table, after a node was lost (for ``COOL_DOWN_S``), and on TLS. A call that failed on a
+pipeline is handed to redis-py (which follows the redirect and patches its slot table) only
+when the failure proves it did not run: no connection could be made (``NotSent``), or the
+server refused it (MOVED, ASK, TRYAGAIN, CLUSTERDOWN...: ``ScriptError.refused``). Any other
+error reply means the script ran: by the scripts' rule (lib.lua) it failed before its first
+write, and the error is the answer. A connection lost after the call was written may have run
+it: that is the caller's error to retry (with the same reservation or record id), never a
+silent second run here.
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ per request.
 A call whose caller gave up (timeout, cancellation) keeps its place in the FIFO, so the replies
 after it still go to the right callers. A lost connection fails every call in flight; the next
 call reconnects. Plain TCP only: ``connect.py`` leaves TLS and sockets to redis-py.
+
+What a failure proves decides whether the call may be sent again (``node_pipelines.py``): a
+call that never left (no connection could be made: ``NotSent``) did not run; a call written to
+a connection that was then lost may have run (``StoreUnavailable``); an error reply is a
+``ScriptError``, and only a refusal (MOVED, ASK, TRYAGAIN, CLUSTERDOWN...) proves it did not run.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import collections
 from typing import Any, cast
 
 import hiredis
+import redis.exceptions
 
 from budgetd.store.base import StoreUnavailable
 
@@ -58,7 +64,10 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        error = StoreUnavailable(f"redis connection lost: {exc or 'closed by server'}")
+        error = StoreUnavailable(
+            f"redis connection lost with calls in flight (they may have run): "
+            f"{exc or 'closed by server'}"
+        )
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -66,9 +75,11 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.closed or self.transport is None or self.transport.is_closing():
+            future.set_exception(NotSent("redis connection closed before the call was sent"))
+            return future
         self.waiting.append(future)
-        if self.transport is not None:
-            self.transport.write(packed)
+        self.transport.write(packed)
         return future
 
 
@@ -120,10 +131,11 @@ class ScriptPipeline:
                     named = made.send(_pack("CLIENT", "SETNAME", CONNECTION_NAME))
                     for reply in await asyncio.gather(*setup):
                         if isinstance(reply, hiredis.ReplyError):
-                            raise StoreUnavailable(f"redis refused the connection: {reply}")
+                            raise NotSent(f"redis refused the connection: {reply}")
                     await named
-            except (OSError, TimeoutError) as exc:
-                raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+            except (OSError, TimeoutError, StoreUnavailable) as exc:
+                # No script was written on this connection yet: whatever failed, none ran.
+                raise NotSent(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
             self._protocol = made
             return made
 
@@ -144,5 +156,17 @@ class ScriptPipeline:
             protocol.transport.close()
 
 
-class ScriptError(Exception):
-    """Redis answered a script call with an error (a bug, not an outage)."""
+class NotSent(StoreUnavailable):
+    """The call never reached Redis (no connection): it did not run, so it may be sent again."""
+
+
+class ScriptError(redis.exceptions.ResponseError):
+    """Redis answered a script call with an error: the script ran (and, by the scripts' rule,
+    wrote nothing), or the server refused to run it (``refused``)."""
+
+    REFUSALS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING", "BUSY ")
+    """Error replies a server gives *instead of* running the call."""
+
+    @property
+    def refused(self) -> bool:
+        return str(self).startswith(self.REFUSALS)

@@ -25,6 +25,7 @@ from budgetd.store.base import (
     CommitOutcome,
     Denial,
     Durability,
+    OutOfBounds,
     RecordCall,
     RecordOutcome,
     ReleaseOutcome,
@@ -35,7 +36,7 @@ from budgetd.store.base import (
     StoreUnavailable,
 )
 from budgetd.store.node_pipelines import NodePipelines
-from budgetd.store.pipeline import ScriptError, ScriptPipeline
+from budgetd.store.pipeline import NotSent, ScriptError, ScriptPipeline
 from budgetd.store.scripts import SCRIPT_NAMES, source
 
 Client = Redis | RedisCluster
@@ -107,6 +108,9 @@ def _plan_budget(b: BudgetSlot) -> dict[str, object]:
     if len(b.spent_keys) > 1:
         base = len(b.charge_key) - len(label.period)
         entry["ps"] = [key[base:] for key in b.spent_keys[:-1]]
+    if b.sub_bucket_ms:
+        entry["w"] = b.sub_bucket_ms
+        entry["xo"] = b.expire_at_ms - label.period_end_ms
     return entry
 
 
@@ -209,11 +213,17 @@ class ScriptStore:
                     return await node.call(
                         self._scripts[name].sha, source(name), list(keys_), list(args)
                     )
-                except StoreUnavailable:
+                except NotSent:
                     self.node_pipelines.lost(node)
-                except ScriptError:
-                    pass
-                # Not run, or run and safe to run again: redis-py follows the cluster from here
+                except StoreUnavailable:
+                    # Sent, then the connection was lost: it may have run. Sending it again
+                    # could apply it twice; the caller's retry (same id) is what may repeat it.
+                    self.node_pipelines.lost(node)
+                    raise
+                except ScriptError as exc:
+                    if not exc.refused:
+                        raise  # it ran (and wrote nothing): running it again changes nothing
+                # Proven not to have run: redis-py follows the cluster from here
                 # (node_pipelines.py says why).
         return await self._scripts[name](keys=list(keys_), args=list(args))
 
@@ -325,6 +335,8 @@ class ScriptStore:
         status, now, deadline, result, extra, shadow = await self.run_script(
             "reserve", key_list, args
         )
+        if status == "bound":
+            raise OutOfBounds(str(extra), field="max_tokens")
         budgets_text, _, buckets_text = str(result).partition("|")
         if status == "denied":
             return ReserveOutcome(
@@ -359,12 +371,15 @@ class ScriptStore:
             call.input_tokens,
             call.output_tokens,
             keys.org_prefix(call.org),
+            call.clock_ms,
         ]
         for field, value in call.ledger_fields:
             args += [field, value]
         status, cost, released, overrun, late, ledger_id, stored, state = await self.run_script(
             "commit", key_list, args
         )
+        if status == "bound":
+            raise OutOfBounds(str(state), field="usage")
         if status == "replay":
             # Stored as cost:released:overrun:late:ledger_id
             c, r, o, lt, lid = str(stored).split(":", 4)
@@ -423,6 +438,8 @@ class ScriptStore:
         for field, value in call.ledger_fields:
             args += [field, value]
         status, ledger_id = await self.run_script("record", key_list, args)
+        if status == "bound":
+            raise OutOfBounds(str(ledger_id), field="usage")
         return RecordOutcome(status=status, ledger_id=str(ledger_id))
 
     async def adjust(self, call: AdjustCall) -> AdjustOutcome:
@@ -446,6 +463,8 @@ class ScriptStore:
             ],
             args,
         )
+        if status == "bound":
+            raise OutOfBounds(call.budget.charge_key, field="amount_micros")
         return AdjustOutcome(
             status=status, ledger_id=str(ledger_id), spent=int(spent), period=str(period)
         )

@@ -7,7 +7,8 @@
 -- ARGV[6] org key prefix  ARGV[7] ledger field count F; then F ledger field/value pairs
 --
 -- Returns {status, ledger_id, spent, period}
---   status: 'adjusted' | 'replay' | 'conflict' | 'negative'
+--   status: 'adjusted' | 'replay' | 'conflict' | 'negative' | 'bound' (the counter would leave
+--   the exact range; nothing written)
 --   spent: the counter's spend after the adjustment ('negative': before it, unchanged)
 --   period: the period id of the counter that moved (on a replay: the first call's)
 -- A credit may not take the counter below zero: a rolling window would otherwise gain room
@@ -29,12 +30,17 @@ if prior[1] then
   return {'replay', prior[2], tonumber(prior[3]), prior[4]}
 end
 
-local spent = tonumber(redis.call('HGET', b.c, 'spent') or '0')
+local spent = counter(b.c, 'spent')
 if spent + amount < 0 then
   return {'negative', '', spent, b.p}
 end
+if out_of_bounds(charge_adds({}, {b}, amount)) then
+  return {'bound', '', spent, b.p}
+end
 local candidates = usage_events({b}, amount, now, aid)
 touch_markers(tag_prefix, candidates)
+expect(ledger, 'stream')
+expect(events, 'stream')
 
 local charged = charge({b}, amount)
 emit_all(events, tag_prefix, candidates)

@@ -5,10 +5,14 @@
 -- (budget and bucket keys come from the reservation's plan; same hash tag, same slot)
 -- ARGV[1] reservation id  ARGV[2] cost (micros)  ARGV[3] commit fingerprint
 -- ARGV[4] record ttl ms   ARGV[5] actual input tokens  ARGV[6] actual output tokens
--- ARGV[7] org key prefix "bd:{o:<org>}:"   ARGV[8..] ledger field/value pairs
+-- ARGV[7] org key prefix "bd:{o:<org>}:"   ARGV[8] the service's period clock (ms)
+-- ARGV[9..] ledger field/value pairs
 --
 -- Returns {status, cost, released, overrun, late, ledger_id, stored, state}
---   status: 'committed' | 'replay' | 'conflict' | 'missing'
+--   status: 'committed' | 'replay' | 'conflict' | 'missing' | 'bound' (a counter would leave
+--   the exact range: nothing written; `state` names the counter)
+-- A calendar budget settles in the period of the hold; a rolling budget in the sub-bucket of
+-- the commit (ARGV[8]), so the spend is counted by every window that contains the commit.
 --   stored: on a replay, the first answer as "cost:released:overrun:late:ledger_id"
 -- A commit after the lease ran out (swept or not) still records the spend, flagged late+overrun.
 -- Emits threshold events the settled spend crosses, and one overrun event per reservation.
@@ -34,10 +38,12 @@ if state == 'released' then
   return {'conflict', 0, 0, 0, 0, '', '', state}
 end
 
-local plan = cjson.decode(r[2])
-touch(plan_keys(plan))
-
 -- Everything this commit will do is decided before its first write.
+local plan = cjson.decode(r[2])
+local budgets = {}
+for i, b in ipairs(plan.b) do
+  budgets[i] = entry_now(b, tonumber(ARGV[8]))
+end
 local holding = state == 'held'
 local late = 0
 if not holding or now > tonumber(r[3]) then
@@ -51,10 +57,28 @@ if holding and late == 0 then
   released = math.max(0, plan.a - cost)
 end
 local freed = 0
-if holding then freed = plan.a end
-local candidates = usage_events(plan.b, cost - freed, now, rid)
+local adds = charge_adds({}, budgets, cost)
+if holding then
+  freed = plan.a
+  hold_adds(adds, plan)
+end
+local bad = out_of_bounds(adds)
+if bad then
+  return {'bound', 0, 0, 0, 0, '', '', bad}
+end
+local refunds = {}
+if holding and late == 0 then
+  -- Token buckets: give back what the estimate over-charged (never above capacity), and
+  -- take what it under-charged.
+  local actual = {input = tonumber(ARGV[5]), output = tonumber(ARGV[6])}
+  refunds = bucket_changes(plan.t, function(t)
+    if t.q == 'requests' then return 0 end
+    return t.n - actual[t.q]
+  end, now)
+end
+local candidates = usage_events(budgets, cost - freed, now, rid)
 if overrun == 1 then
-  local b = plan.b[1]
+  local b = budgets[1]
   table.insert(candidates, {id = 'overrun|' .. rid, keep = now + keep, fields = {
     'type', 'overrun', 'budget', b and b.n or '', 'scope', b and b.s or '',
     'entity', b and b.en or '', 'period', b and b.p or '', 'threshold', '0',
@@ -62,22 +86,16 @@ if overrun == 1 then
     'at_ms', int(now), 'reservation_id', rid}})
 end
 touch_markers(ARGV[7], candidates)
+expect(holds, 'zset')
+expect(ledger, 'stream')
+expect(events, 'stream')
 
 -- Writes.
 if holding then
-  void_hold(plan, now, false)
+  void_hold(plan)
 end
-if holding and late == 0 then
-  -- Token buckets: give back what the estimate over-charged (never above capacity), and
-  -- take what it under-charged.
-  local actual = {input = tonumber(ARGV[5]), output = tonumber(ARGV[6])}
-  for _, t in ipairs(plan.t) do
-    if t.q ~= 'requests' then
-      bucket_adjust(t, t.n - actual[t.q], now)
-    end
-  end
-end
-local charged = charge(plan.b, cost)
+buckets_write(refunds)
+local charged = charge(budgets, cost)
 emit_all(events, ARGV[7], candidates)
 redis.call('ZREM', holds, rid)
 
@@ -85,7 +103,7 @@ local fields = {'kind', 'commit', 'reservation_id', rid, 'cost_micros', int(cost
   'charged', charged,
   'held_micros', int(plan.a), 'overrun', int(overrun), 'late', int(late), 'at_ms', int(now),
   'reservation', r[6]}
-for i = 8, #ARGV do
+for i = 9, #ARGV do
   table.insert(fields, ARGV[i])
 end
 local id = redis.call('XADD', ledger, '*', unpack(fields))

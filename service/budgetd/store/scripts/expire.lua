@@ -7,6 +7,9 @@
 
 local holds = KEYS[1]
 local now = now_ms()
-local n = expire_due(holds, ARGV[1], now, tonumber(ARGV[2]))
+local freed = {}
+local due = due_holds(holds, ARGV[1], now, tonumber(ARGV[2]), freed)
+assert_in_bounds(freed)
+expire_holds(holds, due, now)
 local remaining = redis.call('ZCOUNT', holds, '-inf', int(now))
-return {n, remaining}
+return {#due, remaining}

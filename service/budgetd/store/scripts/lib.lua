@@ -12,7 +12,19 @@
 --     carry the org's hash tag, so they share the slot of the reservation key itself.
 --     A rolling budget's entry also names its window's earlier sub-buckets: `ps`, their period
 --     ids; each counter key is the charge key with its period id (`p`) swapped for one of them.
---     record.lua and adjust.lua take budget entries of the same shape.
+--     record.lua and adjust.lua take budget entries of the same shape. A rolling budget's
+--     entry also carries `w`, its sub-bucket width (ms), and `xo`, how long after a sub-bucket
+--     ends its counter is kept (ms): a commit charges the sub-bucket of its own time.
+--
+-- THE RULE: a script decides everything before its first write. Every read, every check, and
+-- every operation that could fail (a key of the wrong type, a counter that is not an integer or
+-- would leave the exact range, a malformed plan) comes first; then the writes, none of which can
+-- fail. Redis keeps the writes a failing script made before its error, so this is what makes a
+-- failed call a call that changed nothing, which its retry (or the sweep) can repeat safely.
+-- Helpers that read and check are named for what they decide (counter, out_of_bounds,
+-- due_holds, bucket_changes, expect); helpers that write say so (expire_holds, void_hold,
+-- buckets_write, charge, emit_all). tests/engine/test_decide_before_write.py checks the rule
+-- on every script, on each store, by corrupting each key in turn.
 
 local SCALE = 60000
 
@@ -34,6 +46,65 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+local function fits(n)
+  return n >= -MAX_AMOUNT and n <= MAX_AMOUNT
+end
+
+-- A counter field, read and checked: HGET fails on a key of another type, and a value that is
+-- not an integer in the exact range (HINCRBY would fail or overflow on it) fails here; both
+-- before any write.
+local function counter(key, field)
+  local v = redis.call('HGET', key, field)
+  if not v then
+    return 0
+  end
+  local n = string.match(v, '^%-?%d+$') and tonumber(v)
+  if not n or not fits(n) then
+    error('budgetd: ' .. key .. ' ' .. field .. ' is not a counter: ' .. v)
+  end
+  return n
+end
+
+-- Fails (before any write) when `key` exists with another type than `kind`: the commands a
+-- script writes it with (XADD, ZADD, ZREM, HSET, HINCRBY) would fail after earlier writes.
+local function expect(key, kind)
+  local t = redis.call('TYPE', key)
+  if type(t) == 'table' then
+    t = t.ok
+  end
+  if t ~= 'none' and t ~= kind then
+    error('budgetd: ' .. key .. ' is a ' .. t .. ', not a ' .. kind)
+  end
+end
+
+-- Counter changes {key, field, delta} a script is about to make: reads every counter (so a bad
+-- one fails now) and returns the first whose total change would take it out of the exact range
+-- (the caller refuses the call), or nil.
+local function out_of_bounds(adds)
+  local totals = {}
+  for _, a in ipairs(adds) do
+    local id = a[1] .. '\n' .. a[2]
+    if totals[id] == nil then
+      totals[id] = counter(a[1], a[2])
+    end
+    totals[id] = totals[id] + a[3]
+  end
+  for _, a in ipairs(adds) do
+    if not fits(totals[a[1] .. '\n' .. a[2]]) then
+      return a[1]
+    end
+  end
+  return nil
+end
+
+-- As out_of_bounds, for changes that cannot leave the range unless a counter was corrupted.
+local function assert_in_bounds(adds)
+  local bad = out_of_bounds(adds)
+  if bad then
+    error('budgetd: ' .. bad .. ' would leave the exact range')
+  end
+end
+
 -- Expiry instants come from the service's period clock; a key must never expire less than a
 -- day from now by Redis's own clock (a skewed or frozen service clock must not be able to make
 -- a live counter or an event marker vanish at once). In normal operation the instants are
@@ -52,8 +123,10 @@ local function bucket_read(key, per_minute, capacity, now)
   if not v[1] then
     return cap, now
   end
-  local level = tonumber(v[1])
-  local last = tonumber(v[2])
+  local level, last = tonumber(v[1]), tonumber(v[2])
+  if not level or not last or not fits(level) or not fits(last) then
+    error('budgetd: ' .. key .. ' is not a token bucket')
+  end
   if now > last then
     level = level + (now - last) * per_minute
     last = now
@@ -79,26 +152,24 @@ local function bucket_write(key, level, at, per_minute, capacity)
   redis.call('PEXPIRE', key, int(ttl))
 end
 
--- Give `tokens` back to a bucket (negative: take more), never above its capacity.
-local function bucket_adjust(t, tokens, now)
-  if tokens == 0 then
-    return
+-- The new state of each plan bucket `t` given back `tokens(t)` (negative: taking more), never
+-- above its capacity; read and computed now, written by buckets_write.
+local function bucket_changes(buckets, tokens, now)
+  local out = {}
+  for _, t in ipairs(buckets) do
+    local n = tokens(t)
+    if n ~= 0 then
+      local level, at = bucket_read(t.k, t.r, t.c, now)
+      level = math.min(level + n * SCALE, t.c * SCALE)
+      table.insert(out, {t = t, level = level, at = at})
+    end
   end
-  local level, at = bucket_read(t.k, t.r, t.c, now)
-  level = level + tokens * SCALE
-  if level > t.c * SCALE then
-    level = t.c * SCALE
-  end
-  bucket_write(t.k, level, at, t.r, t.c)
+  return out
 end
 
--- A script that touches keys it did not declare (a plan's keys, event markers) reads every one
--- of them before its first write. On a cluster slot being migrated, a key that already moved
--- fails the script when touched, and Redis keeps the writes made before the failure: reading
--- first means a failed script wrote nothing, so the caller's retry is safe.
-local function touch(keys_list)
-  for _, k in ipairs(keys_list) do
-    redis.call('EXISTS', k)
+local function buckets_write(changes)
+  for _, ch in ipairs(changes) do
+    bucket_write(ch.t.k, ch.level, ch.at, ch.t.r, ch.t.c)
   end
 end
 
@@ -114,38 +185,58 @@ local function window_keys(b)
   return out
 end
 
+-- A rolling budget entry as of `clock_ms` (the service's period clock): charged to the
+-- sub-bucket of that moment, its window the sub-buckets before it. A calendar entry as it is
+-- (a hold settles in the period it was reserved in).
+local function entry_now(b, clock_ms)
+  if not b.w then
+    return b
+  end
+  local index = math.floor(clock_ms / b.w)
+  local base = string.sub(b.c, 1, #b.c - #b.p)
+  local out = {}
+  for k, v in pairs(b) do
+    out[k] = v
+  end
+  out.p = 'r' .. int(index)
+  out.c = base .. out.p
+  out.ps = {}
+  for i = index - #b.ps, index - 1 do
+    table.insert(out.ps, 'r' .. int(i))
+  end
+  out.pe = (index + 1) * b.w
+  out.x = out.pe + b.xo
+  return out
+end
+
 -- What a budget entry has used in its whole window: spent in every sub-bucket, plus held.
 local function budget_used(b)
-  local used = tonumber(redis.call('HGET', b.c, 'spent') or '0')
-    + tonumber(redis.call('HGET', b.h, 'held') or '0')
+  local used = counter(b.c, 'spent') + counter(b.h, 'held')
   for _, k in ipairs(window_keys(b)) do
-    used = used + tonumber(redis.call('HGET', k, 'spent') or '0')
+    used = used + counter(k, 'spent')
   end
   return used
 end
 
-local function budget_keys(out, budgets)
+-- Adds to `adds` what charge(budgets, amount) will change.
+local function charge_adds(adds, budgets, amount)
   for _, b in ipairs(budgets) do
-    table.insert(out, b.h)
-    table.insert(out, b.c)
-    for _, k in ipairs(window_keys(b)) do
-      table.insert(out, k)
-    end
+    table.insert(adds, {b.c, 'spent', amount})
   end
-  return out
+  return adds
 end
 
-local function plan_keys(plan)
-  local out = budget_keys({}, plan.b)
-  for _, t in ipairs(plan.t) do
-    table.insert(out, t.k)
+-- Adds to `adds` what void_hold(plan) will change.
+local function hold_adds(adds, plan)
+  for _, b in ipairs(plan.b) do
+    table.insert(adds, {b.h, 'held', -plan.a})
   end
-  return out
+  return adds
 end
 
--- Add `amount` (micros; negative for a credit) to the spend of each budget entry, keeping
--- its counter until the entry's expire-at. Returns the counter keys, space-separated: the
--- ledger entry's `charged` field, which reconcile and trim read.
+-- Writes: add `amount` (micros; negative for a credit) to the spend of each budget entry,
+-- keeping its counter until the entry's expire-at. Returns the counter keys, space-separated:
+-- the ledger entry's `charged` field, which reconcile and trim read.
 local function charge(budgets, amount)
   local charged = {}
   for i, b in ipairs(budgets) do
@@ -156,37 +247,41 @@ local function charge(budgets, amount)
   return table.concat(charged, ' ')
 end
 
--- Free a reservation's hold on every budget; with `refund_estimates`, also give back the token
--- estimates charged to input and output buckets (the call never ran). Request counts stay spent.
-local function void_hold(plan, now, refund_estimates)
+-- Writes: free a reservation's hold on every budget.
+local function void_hold(plan)
   for _, b in ipairs(plan.b) do
     redis.call('HINCRBY', b.h, 'held', int(-plan.a))
   end
-  if refund_estimates then
-    for _, t in ipairs(plan.t) do
-      if t.q ~= 'requests' then
-        bucket_adjust(t, t.n, now)
-      end
-    end
-  end
 end
 
--- Reclaim up to `limit` holds whose lease (Redis time) ran out. Returns how many.
-local function expire_due(holds_key, reservation_prefix, now, limit)
+-- Up to `limit` holds whose lease (Redis time) ran out, read and checked, none written:
+-- {rid, rkey, plan} each (plan nil for an id already resolved). Adds their freed holds to `adds`.
+local function due_holds(holds_key, reservation_prefix, now, limit, adds)
   local due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', int(now), 'LIMIT', 0, limit)
-  for _, rid in ipairs(due) do
+  local out = {}
+  for i, rid in ipairs(due) do
     local rkey = reservation_prefix .. rid
     local fields = redis.call('HMGET', rkey, 'st', 'plan')
+    local plan = nil
     -- Race: commit/release may have resolved it after it was indexed; only a 'held' one expires.
     if fields[1] == 'held' then
-      local plan = cjson.decode(fields[2])
-      touch(plan_keys(plan))
-      void_hold(plan, now, false)
-      redis.call('HSET', rkey, 'st', 'expired', 'rt', int(now))
+      plan = cjson.decode(fields[2])
+      hold_adds(adds, plan)
     end
-    redis.call('ZREM', holds_key, rid)
+    out[i] = {rid = rid, rkey = rkey, plan = plan}
   end
-  return #due
+  return out
+end
+
+-- Writes: expire the holds due_holds found.
+local function expire_holds(holds_key, due, now)
+  for _, d in ipairs(due) do
+    if d.plan then
+      void_hold(d.plan)
+      redis.call('HSET', d.rkey, 'st', 'expired', 'rt', int(now))
+    end
+    redis.call('ZREM', holds_key, d.rid)
+  end
 end
 
 -- Append an event to the org's stream, once per `id` for as long as `until_ms` (ms): the

@@ -8,7 +8,9 @@
 -- then per bucket: per minute, capacity, tokens used; then F ledger field/value pairs
 --
 -- Returns {status, ledger_id}
---   status: 'recorded' | 'replay' | 'conflict'; on a replay, the ledger id of the first recording
+--   status: 'recorded' | 'replay' | 'conflict' | 'bound'; on a replay, the ledger id of the first
+--   recording; 'bound': a counter would leave the exact range (nothing written; `ledger_id`
+--   names the counter)
 -- Spend already happened, so nothing is checked: it is recorded even past a limit. The
 -- thresholds it crosses are emitted, as a commit's are.
 
@@ -28,21 +30,25 @@ if prior[1] then
 end
 
 -- Everything is read and decided before the first write.
+local bad = out_of_bounds(charge_adds({}, budgets, cost))
+if bad then
+  return {'bound', bad}
+end
 local candidates = usage_events(budgets, cost, now, rid)
 touch_markers(tag_prefix, candidates)
-local bucket_keys = {}
-for i = 1, nt do
-  bucket_keys[i] = KEYS[3 + i]
-end
-touch(bucket_keys)
-
-local charged = charge(budgets, cost)
+local buckets = {}
 local a = 9
 for i = 1, nt do
-  local t = {k = KEYS[3 + i], r = tonumber(ARGV[a]), c = tonumber(ARGV[a + 1])}
-  bucket_adjust(t, -tonumber(ARGV[a + 2]), now)
+  buckets[i] = {k = KEYS[3 + i], r = tonumber(ARGV[a]), c = tonumber(ARGV[a + 1]),
+    n = tonumber(ARGV[a + 2])}
   a = a + 3
 end
+local takes = bucket_changes(buckets, function(t) return -t.n end, now)
+expect(ledger, 'stream')
+expect(events, 'stream')
+
+local charged = charge(budgets, cost)
+buckets_write(takes)
 emit_all(events, tag_prefix, candidates)
 local fields = {'kind', 'record', 'reservation_id', rid, 'cost_micros', int(cost), 'at_ms', int(now),
   'charged', charged}

@@ -19,17 +19,26 @@ if state ~= 'held' then
   return {'resolved', 0, state}
 end
 local plan = cjson.decode(r[2])
-touch(plan_keys(plan))
+assert_in_bounds(hold_adds({}, plan))
+expect(holds, 'zset')
 if now > tonumber(r[3]) then
   -- Race: the lease ran out first; the hold expires and is not refunded as a release.
-  void_hold(plan, now, false)
+  void_hold(plan)
   redis.call('HSET', rkey, 'st', 'expired', 'rt', int(now))
   redis.call('ZREM', holds, ARGV[1])
   return {'resolved', 0, 'expired'}
 end
+-- Input and output token estimates go back to their buckets (the call never ran).
+local refunds = bucket_changes(plan.t, function(t)
+  if t.q == 'requests' then return 0 end
+  return t.n
+end, now)
 local candidates = usage_events(plan.b, -plan.a, now, ARGV[1])
 touch_markers(ARGV[3], candidates)
-void_hold(plan, now, true)
+expect(events, 'stream')
+
+void_hold(plan)
+buckets_write(refunds)
 emit_all(events, ARGV[3], candidates)
 redis.call('HSET', rkey, 'st', 'released', 'rt', int(now))
 redis.call('PEXPIRE', rkey, int(tonumber(ARGV[2])))

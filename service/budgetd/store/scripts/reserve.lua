@@ -14,8 +14,12 @@
 -- the event stream once per budget, entity, period and kind: a marker key dedupes them. They
 -- are the only write a denial makes; no counter, bucket or reservation changes.
 --
+-- Events: a hard_limit event only for a request that would fit the budget's whole limit (one
+-- that never could is its own denial, not the period's exhaustion).
+--
 -- Returns {status, now_ms, deadline_ms, result, denials, shadow}
---   status: 'granted' | 'denied' | 'replay' | 'conflict'
+--   status: 'granted' | 'denied' | 'replay' | 'conflict' | 'bound' (a held counter would leave
+--   the exact range: nothing written; `denials` names the counter)
 --   result: "spent,held;spent,held;...|level;level;..." after the hold (also stored for replay)
 --   denials/shadow: {{'b', index, spent, held} | {'t', index, level, wait_ms (-1: never)}}
 -- A replay returns the stored result and deadline with the reservation's state in `denials`.
@@ -27,12 +31,20 @@ local lease, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
 local nb, nt = tonumber(ARGV[9]), tonumber(ARGV[10])
 local now = now_ms()
 
--- Lazy expiry first, so stale holds of this org never deny a request.
-expire_due(holds, tag_prefix .. 'r:', now, 8)
+-- Lazy expiry first, so stale holds of this org never deny a request: decided here, written
+-- with this call's other writes.
+local expiries = {}
+local due = due_holds(holds, tag_prefix .. 'r:', now, 8, expiries)
+assert_in_bounds(expiries)
+local freed = {}
+for _, e in ipairs(expiries) do
+  freed[e[1]] = (freed[e[1]] or 0) - e[3]
+end
 
 local prior = redis.call('HMGET', rkey, 'fp', 'res', 'dl', 'st')
 if prior[1] then
   -- Idempotency: the reservation id is the key. Same request: the original answer.
+  expire_holds(holds, due, now)
   if prior[1] ~= fp then
     return {'conflict', now, 0, '', prior[4], {}}
   end
@@ -47,12 +59,12 @@ for i = 1, nb do
   local n = tonumber(ARGV[a])
   local spent = 0
   for j = 0, n - 1 do
-    spent = spent + tonumber(redis.call('HGET', KEYS[k + 2 + j], 'spent') or '0')
+    spent = spent + counter(KEYS[k + 2 + j], 'spent')
   end
-  local held = tonumber(redis.call('HGET', held_key, 'held') or '0')
+  local held = counter(held_key, 'held') - (freed[held_key] or 0)
   local limit, enforce = tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
   budgets[i] = {held_key, charge_key, tonumber(ARGV[a + 3]), spent, held, ARGV[a + 4], limit,
-    enforce}
+    enforce, redis.call('EXISTS', charge_key) == 1}
   if spent + held + amount > limit then
     local row = {'b', i, int(spent), int(held)}
     if enforce then table.insert(denials, row) else table.insert(shadow, row) end
@@ -77,17 +89,21 @@ for i = 1, nt do
   k = k + 1
   a = a + 4
 end
+expect(events, 'stream')
 local candidates = {}
 if #denials > 0 then
   local plan = cjson.decode(ARGV[6])
   for _, row in ipairs(denials) do
-    if row[1] == 'b' then
+    -- The period's hard-limit event is for a budget this request finds full, not for a request
+    -- larger than the whole limit (that denial says so itself, and must not use up the event).
+    if row[1] == 'b' and amount <= budgets[row[2]][7] then
       local used = tonumber(row[3]) + tonumber(row[4])
       budget_events(candidates, plan.b[row[2]], used, used, now, rid,
         {'requested_micros', int(amount)})
     end
   end
   touch_markers(tag_prefix, candidates)
+  expire_holds(holds, due, now)
   emit_all(events, tag_prefix, candidates)
   return {'denied', now, 0, '', denials, shadow}
 end
@@ -95,7 +111,12 @@ end
 -- Events this hold will emit, found before the first write (and the plan decoded only when
 -- there are some: most holds emit none).
 local plan = nil
+local adds = {}
+for _, e in ipairs(expiries) do
+  table.insert(adds, e)
+end
 for i, b in ipairs(budgets) do
+  table.insert(adds, {b[1], 'held', amount})
   local before = b[4] + b[5]
   local after = before + amount
   local eventful = after > b[7] and not b[8]
@@ -110,15 +131,20 @@ for i, b in ipairs(budgets) do
     budget_events(candidates, plan.b[i], before, after, now, rid)
   end
 end
+local bad = out_of_bounds(adds)
+if bad then
+  return {'bound', now, 0, '', bad, {}}
+end
 touch_markers(tag_prefix, candidates)
 
 -- Phase 2: every check passed; hold on all of them.
+expire_holds(holds, due, now)
 local parts = {}
 for i, b in ipairs(budgets) do
   local held_key, charge_key, expire_at = b[1], b[2], b[3]
   redis.call('HINCRBY', held_key, 'held', int(amount))
   redis.call('PEXPIREAT', held_key, keep_until(expire_at))
-  if charge_key ~= held_key and redis.call('EXISTS', charge_key) == 0 then
+  if charge_key ~= held_key and not b[9] then
     redis.call('HSET', charge_key, 'spent', '0')
     redis.call('PEXPIREAT', charge_key, keep_until(expire_at))
   end

@@ -14,10 +14,10 @@ for i = 1, nb do
   local n = tonumber(ARGV[a])
   local spent = 0
   for j = 1, n do
-    spent = spent + tonumber(redis.call('HGET', KEYS[k + j], 'spent') or '0')
+    spent = spent + counter(KEYS[k + j], 'spent')
   end
   table.insert(out, int(spent))
-  table.insert(out, int(tonumber(redis.call('HGET', KEYS[k], 'held') or '0')))
+  table.insert(out, int(counter(KEYS[k], 'held')))
   k = k + 1 + n
   a = a + 1
 end

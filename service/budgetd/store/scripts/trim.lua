@@ -13,17 +13,30 @@ local last = int(tonumber(ms) - 1) .. '-18446744073709551615'
 if tonumber(ms) == 0 then
   return 0
 end
+-- Read and add up first; then write (lib.lua: the rule).
 local rows = redis.call('XRANGE', ledger, '-', last, 'COUNT', limit)
+local adds = {}
 for _, row in ipairs(rows) do
   local fields = row[2]
-  local cost, charged = 0, ''
+  local cost, charged = nil, ''
   for i = 1, #fields, 2 do
-    if fields[i] == 'cost_micros' then cost = tonumber(fields[i + 1]) end
+    if fields[i] == 'cost_micros' then
+      cost = string.match(fields[i + 1], '^%-?%d+$') and tonumber(fields[i + 1])
+    end
     if fields[i] == 'charged' then charged = fields[i + 1] end
   end
-  for key in string.gmatch(charged, '%S+') do
-    redis.call('HINCRBY', archive, key, int(cost))
+  if not cost then
+    error('budgetd: ledger entry ' .. row[1] .. ' has no cost_micros')
   end
+  for key in string.gmatch(charged, '%S+') do
+    table.insert(adds, {archive, key, cost})
+  end
+end
+assert_in_bounds(adds)
+for _, add in ipairs(adds) do
+  redis.call('HINCRBY', archive, add[2], int(add[3]))
+end
+for _, row in ipairs(rows) do
   redis.call('XDEL', ledger, row[1])
 end
 return #rows
