@@ -57,25 +57,23 @@ async def adjust(engine: Engine, request: c.AdjustmentRequest, actor: str) -> c.
     slot = engine.budget_slot(policy, applied, win)
     adjustment_id = request.adjustment_id or uuid.uuid4().hex
     scope = applied.rule.scope
-    outcome = await engine.store_call(
-        engine.store.adjust(
-            AdjustCall(
-                org=request.org,
-                adjustment_id=adjustment_id,
-                fingerprint=fingerprint(msgspec.structs.replace(request, adjustment_id=None)),
-                amount=request.amount_micros,
-                keep_ms=KEEP_RESOLVED_MS,
-                budget=slot,
-                ledger_fields=(
-                    ("budget", applied.rule.name),
-                    ("entity", applied.entity),
-                    ("period", win.charge_id),
-                    ("reason", request.reason),
-                    ("by", actor),
-                    ("user", applied.entity if scope == "user" else ""),
-                    ("feature", applied.entity if scope == "feature" else ""),
-                ),
-            )
+    outcome = await engine.store.adjust(
+        AdjustCall(
+            org=request.org,
+            adjustment_id=adjustment_id,
+            fingerprint=fingerprint(msgspec.structs.replace(request, adjustment_id=None)),
+            amount=request.amount_micros,
+            keep_ms=KEEP_RESOLVED_MS,
+            budget=slot,
+            ledger_fields=(
+                ("budget", applied.rule.name),
+                ("entity", applied.entity),
+                ("period", win.charge_id),
+                ("reason", request.reason),
+                ("by", actor),
+                ("user", applied.entity if scope == "user" else ""),
+                ("feature", applied.entity if scope == "feature" else ""),
+            ),
         )
     )
     if outcome.status == "conflict":

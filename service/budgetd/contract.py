@@ -79,7 +79,8 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     user: Identifier | None = None
     feature: Identifier | None = None
     reservation_id: Identifier | None = None
-    """Client-chosen id; also the idempotency key. Generated when absent."""
+    """Client-chosen id; also the idempotency key. Generated when absent. Ids starting with
+    ``deg.`` are refused (422): they name degraded grants."""
     ttl_s: Annotated[int, msgspec.Meta(ge=1, le=86_400)] | None = None
     """Lease of the hold; the policy's ``hold_ttl_s`` when absent, and never longer (422)."""
     cache_ttl: Literal["5m", "1h"] | None = None
@@ -230,6 +231,11 @@ class DeniedScope(msgspec.Struct, frozen=True, kw_only=True):
     period_end: datetime | None = None
     retry_after_s: int | None = None
     """None: waiting alone will not help (the request exceeds the whole limit)."""
+    reason: Literal["full", "larger_than_limit"] = "full"
+    """``full``: the limit has no room for this request now (spent and held); waiting may help.
+    ``larger_than_limit``: the request alone is more than the whole limit (a budget) or the
+    bucket's capacity (a rate); it can never be granted, and it is not the budget's exhaustion
+    (no hard-limit event)."""
 
 
 class Denied(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,9 +9,9 @@ import logging
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Literal
 
 import msgspec
 
@@ -56,7 +56,6 @@ DEGRADED_PREFIX = "deg."
 CACHE_BOUND = 20_000
 """Entries per engine cache (resolutions, budget slots): a few kB each at most; past the bound
 the cache starts over, which costs a rebuild per entry, not correctness."""
-T = TypeVar("T")
 _BUCKET_KIND = {"requests": "requests", "input_tokens": "input", "output_tokens": "output"}
 
 
@@ -372,6 +371,7 @@ class Engine:
                         held_micros=d.held,
                         period_end=win.end,
                         retry_after_s=retry,
+                        reason="larger_than_limit" if amount > b.limit else "full",
                     )
                 )
             else:
@@ -389,6 +389,7 @@ class Engine:
                         retry_after_s=None
                         if d.wait_ms is None
                         else max(1, math.ceil(d.wait_ms / 1000)),
+                        reason="larger_than_limit" if requested > r.per_minute else "full",
                     )
                 )
         waits = [s.retry_after_s for s in scopes]
@@ -403,6 +404,14 @@ class Engine:
 
     async def reserve(self, request: c.ReserveRequest) -> c.Grant | c.Denied:
         policy = self.policy(request.org)
+        if request.reservation_id and request.reservation_id.startswith(DEGRADED_PREFIX):
+            # Commit and release route ids of this namespace to the degraded path (nothing held,
+            # the spend recorded): a held reservation in it would never be charged.
+            raise InvalidRequest(
+                f"reservation ids starting with {DEGRADED_PREFIX!r} are budgetd's own "
+                "(degraded grants); choose another id",
+                field="reservation_id",
+            )
         if request.ttl_s is not None and request.ttl_s > policy.hold_ttl_s:
             raise InvalidRequest(
                 f"ttl_s is {request.ttl_s} s; org {request.org!r} holds for at most "
@@ -563,24 +572,22 @@ class Engine:
         priced_model, amount, lines = self._price(policy, model, request.usage, request.batch, now)
         usage = request.usage
         five, hour = usage.cache_writes
-        outcome = await self.store_call(
-            self.store.commit(
-                CommitCall(
-                    org=org,
-                    reservation_id=rid,
-                    cost=amount,
-                    fingerprint=fingerprint(request),
-                    keep_ms=KEEP_RESOLVED_MS,
-                    input_tokens=usage.uncached_input + five + hour,
-                    output_tokens=usage.output,
-                    clock_ms=_ms(now),
-                    ledger_fields=(
-                        ("model", priced_model),
-                        ("pricing_version", policy.pricing.version),
-                        ("usage", msgspec.json.encode(usage).decode()),
-                        ("lines_picos", lines),
-                    ),
-                )
+        outcome = await self.store.commit(
+            CommitCall(
+                org=org,
+                reservation_id=rid,
+                cost=amount,
+                fingerprint=fingerprint(request),
+                keep_ms=KEEP_RESOLVED_MS,
+                input_tokens=usage.uncached_input + five + hour,
+                output_tokens=usage.output,
+                clock_ms=_ms(now),
+                ledger_fields=(
+                    ("model", priced_model),
+                    ("pricing_version", policy.pricing.version),
+                    ("usage", msgspec.json.encode(usage).decode()),
+                    ("lines_picos", lines),
+                ),
             )
         )
         if outcome.status == "missing":
@@ -653,7 +660,7 @@ class Engine:
                 released_micros=0,
                 durability=self.store.durability,
             )
-        outcome = await self.store_call(self.store.release(org, rid, KEEP_RESOLVED_MS))
+        outcome = await self.store.release(org, rid, KEEP_RESOLVED_MS)
         if outcome.status == "missing":
             raise ReservationNotFound(f"no reservation {rid!r} in org {org!r}")
         self._models.pop((org, rid), None)
@@ -681,27 +688,25 @@ class Engine:
             usage.output,
         )
         record_id = request.record_id or uuid.uuid4().hex
-        outcome = await self.store_call(
-            self.store.record(
-                RecordCall(
-                    org=request.org,
-                    record_id=record_id,
-                    fingerprint=fingerprint(msgspec.structs.replace(request, record_id=None)),
-                    cost=amount,
-                    keep_ms=KEEP_RESOLVED_MS,
-                    budgets=limits.budgets,
-                    buckets=limits.buckets,
-                    ledger_fields=(
-                        ("model", model),
-                        ("pricing_version", policy.pricing.version),
-                        ("usage", msgspec.json.encode(usage).decode()),
-                        ("lines_picos", lines),
-                        ("user", request.user or ""),
-                        ("feature", request.feature or ""),
-                        ("cost_source", "reported" if reported else "priced"),
-                        ("priced_micros", str(priced)),
-                    ),
-                )
+        outcome = await self.store.record(
+            RecordCall(
+                org=request.org,
+                record_id=record_id,
+                fingerprint=fingerprint(msgspec.structs.replace(request, record_id=None)),
+                cost=amount,
+                keep_ms=KEEP_RESOLVED_MS,
+                budgets=limits.budgets,
+                buckets=limits.buckets,
+                ledger_fields=(
+                    ("model", model),
+                    ("pricing_version", policy.pricing.version),
+                    ("usage", msgspec.json.encode(usage).decode()),
+                    ("lines_picos", lines),
+                    ("user", request.user or ""),
+                    ("feature", request.feature or ""),
+                    ("cost_source", "reported" if reported else "priced"),
+                    ("priced_micros", str(priced)),
+                ),
             )
         )
         if outcome.status == "conflict":
@@ -752,18 +757,11 @@ class Engine:
         limits = self._limits(
             policy, Subject(org=org, user=user, feature=feature), model or "", now, 0, 0
         )
-        status = await self.store_call(self.store.status(limits.budgets, limits.buckets))
+        status = await self.store.status(limits.budgets, limits.buckets)
         scopes = self._scopes(limits, status.budgets, status.buckets)
         self._observe_org_budgets(org, scopes)
         return c.BudgetsResult(org=org, scopes=scopes)
 
     async def expire(self, org: str, limit: int = 1000) -> tuple[int, int]:
         """Reclaim holds of ``org`` whose lease ran out (the sweep calls this per org)."""
-        return await self.store_call(self.store.expire(org, limit))
-
-    @staticmethod
-    async def store_call(awaitable: Awaitable[T]) -> T:
-        try:
-            return await awaitable
-        except StoreUnavailable as exc:
-            raise StoreDown(f"budget store unreachable: {exc}") from None
+        return await self.store.expire(org, limit)

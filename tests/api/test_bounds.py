@@ -8,6 +8,7 @@ import pytest
 
 from budgetd import bounds
 from budgetd.store.base import Store
+from budgetd.store.scripts import source
 from tests.api.conftest import Client, ClientFactory
 
 BODY = {
@@ -159,3 +160,8 @@ async def test_one_huge_commit_cannot_lock_the_org_for_more_than_a_minute(
         status = await client.get("/v1/budgets", params={"org": "acme"})
         (rate,) = status.json()["scopes"]
         assert rate["remaining"] == 0
+
+
+def test_the_scripts_bound_is_bounds_py() -> None:
+    # lib.lua checks counters against its own copy of the bound; they must agree.
+    assert f"local MAX_AMOUNT = {bounds.MAX_COUNTER_MICROS}\n" in source("commit")

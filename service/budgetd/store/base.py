@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from budgetd.errors import InvalidRequest
+from budgetd.errors import InvalidRequest, StoreDown
 
 Durability = Literal["fast", "strict"]
 """fast: acknowledged once the script ran; strict: once the AOF is fsynced too."""
@@ -173,8 +173,12 @@ class ReservationView(msgspec.Struct, frozen=True, kw_only=True):
     deadline_ms: int
 
 
-class StoreUnavailable(Exception):
-    """The store could not be reached within the configured timeout."""
+class StoreUnavailable(StoreDown):
+    """The store could not be reached within the configured timeout.
+
+    A ``StoreDown``, so every store call that is not handled on purpose (the reserve's fail-open
+    or fail-closed decision) answers 503 ``store-unavailable``: one mapping for every read and
+    write path, none can slip through as a 500."""
 
 
 class OutOfBounds(InvalidRequest):
