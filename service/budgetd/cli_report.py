@@ -11,6 +11,7 @@ import datetime as dt
 import sys
 from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -22,8 +23,9 @@ from budgetd.engine import Engine
 from budgetd.errors import UnknownOrg
 from budgetd.metrics import Metrics
 from budgetd.money import MICROS_PER_USD
+from budgetd.policy.loader import PolicyError, load_policy_dir
 from budgetd.policy.registry import PolicyRegistry
-from budgetd.reports import follower, query
+from budgetd.reports import follower, plan, query
 from budgetd.reports.budgets import budgets, today
 from budgetd.settings import from_env
 from budgetd.store.connect import redis_store
@@ -187,8 +189,86 @@ async def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_table(result: plan.Plan) -> Table:
+    table = Table(title=f"policy plan: {result.summary}", title_justify="left")
+    for name in (
+        "org",
+        "budget",
+        "change",
+        "limits",
+        "over the new limit now",
+        "would cross",
+        "shadow would-deny",
+    ):
+        table.add_column(name)
+    for org in result.orgs:
+        for b in org.budgets:
+            limits = ", ".join(
+                f"{'default' if c.entity == '*' else c.entity}: {usd(c.old_micros)} → "
+                f"{usd(c.new_micros)}"
+                for c in b.limits
+            )
+            over = ", ".join(f"{o.entity} by {usd(o.over_micros)}" for o in b.over[:10])
+            if len(b.over) > 10:
+                over += f" (+{len(b.over) - 10} more)"
+            crossing = ", ".join(f"{c.entity} ≥{c.threshold_pct}%" for c in b.crossing[:10])
+            if len(b.crossing) > 10:
+                crossing += f" (+{len(b.crossing) - 10} more)"
+            what = b.change + (f" ({', '.join(b.what)})" if b.change == "changed" else "")
+            table.add_row(
+                org.org,
+                b.budget,
+                what,
+                limits,
+                over,
+                crossing,
+                "" if b.shadow_would_deny is None else str(b.shadow_would_deny),
+            )
+    return table
+
+
+WOULD_BLOCK = 2
+"""``policy plan`` exit status when the new policy would block someone right now."""
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    settings = from_env()
+    try:
+        new = load_policy_dir(args.directory, pricing_path=args.pricing or settings.pricing_file)
+    except PolicyError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    async with live_engine() as (engine, store):
+        result = await plan.plan(
+            store, engine.clock, engine.registry.current, new, {args.org} if args.org else None
+        )
+    if args.format == "json":
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        Console(width=None if sys.stdout.isatty() else 200).print(plan_table(result))
+    return WOULD_BLOCK if result.would_block else 0
+
+
+def _policy_actions(subparsers: Subparsers) -> Subparsers:
+    """The ``policy`` command's own subcommands (cli.py builds ``policy``; ``plan`` joins it)."""
+    policy = subparsers.choices["policy"]
+    return next(a for a in policy._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def add_report_commands(subparsers: Subparsers) -> None:
-    """``report`` (and, from later slices, ``policy plan`` and ``reconcile``)."""
+    """``report`` and ``policy plan`` (and, from later slices, ``reconcile``)."""
+    parser = _policy_actions(subparsers).add_parser(
+        "plan",
+        help="what a policy directory would change against the live store "
+        f"(exit {WOULD_BLOCK}: it would block someone now)",
+    )
+    parser.add_argument("directory", type=Path, metavar="DIR")
+    parser.add_argument("--org", help="only this org")
+    parser.add_argument("--pricing", type=Path, help="price table (default: the live one's)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.set_defaults(handler=lambda args: asyncio.run(_plan(args)))
+
     parser = subparsers.add_parser("report", help="spend, calls and tokens from the live store")
     parser.add_argument("--org", required=True)
     parser.add_argument("--by", choices=BY, default="model")

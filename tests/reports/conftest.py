@@ -14,9 +14,12 @@ from budgetd.clock import FrozenClock
 from budgetd.contract import CommitRequest, Grant, ReserveRequest, UsageRequest
 from budgetd.engine import Engine
 from budgetd.metrics import Metrics
+from budgetd.policy.registry import PolicyRegistry
 from budgetd.store.connect import redis_store
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import CacheCreation, Usage
+from tests.api.conftest import write_policy
+from tests.conftest import TEST_PRICING
 from tests.engine.conftest import ACME, make_registry
 
 HAIKU = "claude-haiku-test"
@@ -112,3 +115,18 @@ def this_month() -> tuple[date, date]:
     """ACME's month so far (America/New_York), read as its one month bucket."""
     today = datetime.now(ZoneInfo("America/New_York")).date()
     return today.replace(day=1), today + timedelta(days=1)
+
+
+@pytest.fixture
+async def seeded(tmp_path: Path, redis_url: str) -> tuple[Path, list[Call]]:
+    """A real Redis with ACME's traffic, and the policy directory that defines ACME."""
+    directory = tmp_path / "policies"
+    write_policy(directory, ACME)
+    store = redis_store(redis_url, timeout_s=5.0)
+    await store.client.flushall()
+    registry = PolicyRegistry(directory, TEST_PRICING)
+    assert registry.reload().ok
+    engine = Engine(registry, store, FrozenClock(datetime.now(UTC)), Metrics())
+    calls = await traffic(engine)
+    await store.close()
+    return directory, calls

@@ -6,44 +6,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from budgetd.app import create_app
 from budgetd.cli import main
-from budgetd.clock import FrozenClock
-from budgetd.engine import Engine
-from budgetd.metrics import Metrics
-from budgetd.policy.registry import PolicyRegistry
 from budgetd.reports import follower
 from budgetd.store.connect import redis_store
-from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
-from tests.conftest import TEST_PRICING
-from tests.engine.conftest import ACME
-from tests.reports.conftest import real_range, traffic
-
-
-@pytest.fixture
-async def seeded(tmp_path: Path, redis_url: str) -> tuple[Path, list[int]]:
-    """A real Redis with ACME's traffic, and the policy directory that defines ACME."""
-    directory = tmp_path / "policies"
-    write_policy(directory, ACME)
-    store = redis_store(redis_url, timeout_s=5.0)
-    await store.client.flushall()
-    registry = PolicyRegistry(directory, TEST_PRICING)
-    assert registry.reload().ok
-    engine = Engine(registry, store, FrozenClock(datetime.now(UTC)), Metrics())
-    calls = await traffic(engine)
-    await store.close()
-    return directory, [c.cost for c in calls]
+from tests.api.conftest import asgi_client, settings_for, write_keys
+from tests.reports.conftest import Call, real_range
 
 
 async def test_http_reports_for_admins_only_audited(
-    tmp_path: Path, redis_url: str, seeded: tuple[Path, list[int]]
+    tmp_path: Path, redis_url: str, seeded: tuple[Path, list[Call]]
 ) -> None:
-    directory, costs = seeded
+    directory, calls = seeded
+    costs = [c.cost for c in calls]
     keys_file = tmp_path / "keys.yaml"
     admin, app_key, other = write_keys(
         keys_file, ("acme", "admin", "ops"), ("acme", "app"), ("globex", "admin")
@@ -107,12 +86,13 @@ async def test_http_reports_for_admins_only_audited(
 
 
 def test_cli_report(
-    seeded: tuple[Path, list[int]],
+    seeded: tuple[Path, list[Call]],
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    directory, costs = seeded
+    directory, calls = seeded
+    costs = [c.cost for c in calls]
     monkeypatch.setenv("BUDGETD_REDIS_URL", redis_url)
     monkeypatch.setenv("BUDGETD_POLICY_DIR", str(directory))
     since, until = real_range()

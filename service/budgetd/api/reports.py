@@ -4,18 +4,22 @@ read is itself audited."""
 
 from __future__ import annotations
 
+import re
+import tempfile
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Request, Response, get, post
 from litestar.params import FromQuery
 
 from budgetd.api.admin import admin_only
 from budgetd.api.deps import caller, engine_of
 from budgetd.engine import Engine
 from budgetd.errors import InvalidRequest
-from budgetd.reports import audit, query
+from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
+from budgetd.reports import audit, plan, query
 from budgetd.reports.budgets import budgets as budgets_report
 from budgetd.reports.budgets import today
 from budgetd.reports.fold import View
@@ -122,4 +126,54 @@ async def audit_trail(
     return await audit.recent(store, keys.audit(org), count)
 
 
-ROUTES = [usage_report, daily_report, budgets, audit_trail]
+class PlanRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    files: dict[str, str]
+    """Policy files by name (``acme.yaml``) → their YAML text; the live price table is used."""
+
+
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\.ya?ml$")
+
+
+@post("/v1/admin/policy/plan", status_code=200, summary="What these policy files would change now")
+async def policy_plan(request: Request[Any, Any, Any], data: PlanRequest) -> plan.Plan:
+    principal = caller(request)
+    admin_only(principal)
+    engine = engine_of(request)
+    if not data.files:
+        raise InvalidRequest("files: give at least one policy file", field="files")
+    for name in data.files:
+        if not FILE_NAME.match(name) or name == PRICING_FILE:
+            raise InvalidRequest(
+                f"files: {name!r} is not a policy file name (NAME.yaml, not pricing.yaml)",
+                field="files",
+            )
+    registry = engine.registry
+    pricing = registry.pricing_path or registry.directory / PRICING_FILE
+    with tempfile.TemporaryDirectory(prefix="budgetd-plan-") as tmp:
+        for name, text in data.files.items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        try:
+            new = load_policy_dir(Path(tmp), pricing_path=pricing)
+        except PolicyError as exc:
+            detail = "; ".join(e.replace(tmp + "/", "") for e in exc.errors)
+            raise InvalidRequest(detail, field="files") from None
+    orgs = {principal.org} if principal.org is not None else None
+    result = await plan.plan(
+        _store(request), engine.clock, registry.current if registry.loaded else None, new, orgs
+    )
+    for org in (o.org for o in result.orgs):
+        await audit.append(
+            _store(request),
+            keys.audit(org),
+            {
+                "action": "policy_plan",
+                "who": f"{principal.role}:{principal.name}",
+                "files": " ".join(sorted(data.files)),
+                "summary": result.summary,
+                "would_block": str(int(result.would_block)),
+            },
+        )
+    return result
+
+
+ROUTES = [usage_report, daily_report, budgets, audit_trail, policy_plan]

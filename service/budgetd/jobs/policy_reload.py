@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 from budgetd.engine import Engine
+from budgetd.reports.audit import policy_reloaded
 
 Signature = tuple[tuple[str, int, int], ...]
 
@@ -32,9 +33,14 @@ class PolicyWatcher:
         signature = policy_signature(self.engine.registry.directory)
         if signature == self._seen:
             return False
+        trigger = "start" if self._seen is None else "files"
         self._seen = signature
-        status = self.engine.registry.reload()
+        registry = self.engine.registry
+        before = registry.current if registry.loaded else None
+        status = registry.reload()
         self.engine.metrics.policy_loaded.set(1 if self.engine.registry.loaded else 0)
         if not status.ok:
             self.engine.metrics.policy_load_errors.inc()
+        else:
+            await policy_reloaded(self.engine, before, trigger)
         return True

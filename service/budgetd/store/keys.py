@@ -90,3 +90,8 @@ def report_rank(org: str, view: str, bucket: str) -> str:
 def audit(org: str) -> str:
     """Stream of audited admin actions: policy reloads and plans, reads of ledger and reports."""
     return f"{tag(org)}:audit"
+
+
+def policy_digest() -> str:
+    """String: digest of the last policy files whose reload was audited (all orgs)."""
+    return f"{PREFIX}:policy-digest"
