@@ -18,6 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
+from budgetd_client._core import Flow
 from budgetd_client.client import AsyncBudgetdClient, BudgetdClient, CacheTTL, Speed
 from budgetd_client.core import Attribution
 from budgetd_client.errors import BudgetdError
@@ -71,7 +72,12 @@ def usage_of(result: Any) -> tuple[Any, str | None]:
 
 
 class _Handle:
-    def __init__(self, grant: Grant, org: str, model: str) -> None:
+    """A granted hold and the flows that resolve it (run by either client)."""
+
+    def __init__(
+        self, client: BudgetdClient | AsyncBudgetdClient, grant: Grant, org: str, model: str
+    ) -> None:
+        self._base = client
         self.grant = grant
         self.org = org
         self.model = model
@@ -89,88 +95,77 @@ class _Handle:
     def resolved(self) -> bool:
         return self.result is not None
 
+    def _commit(self, usage: Any, model: str | None, batch: bool) -> Flow[CommitResult]:
+        result = yield from self._base.commit_flow(
+            self.id, usage, model=model, batch=batch, org=self.org
+        )
+        self.result = result
+        return result
+
+    def _release(self) -> Flow[ReleaseResult]:
+        result = yield from self._base.release_flow(self.id, org=self.org)
+        self.result = result
+        return result
+
+    def _settle(self, usage: Any | None, model: str | None) -> Flow[None]:
+        if self.resolved:
+            return
+        try:
+            if usage is None:
+                yield from self._release()
+            else:
+                yield from self._commit(usage, model, False)
+        except BudgetdError as exc:
+            self.result = self.result or ReleaseResult(
+                reservation_id=self.id, state="error", released_micros=0
+            )
+            self._base.stats.bump("settle_errors")
+            log.error(
+                "budgetd %s of reservation %s failed (the hold expires on its lease): %s; usage=%r",
+                "release" if usage is None else "commit",
+                self.id,
+                exc,
+                usage,
+            )
+
 
 class Reservation(_Handle):
     """A granted hold; commit it with the response's usage, or release it."""
 
     def __init__(self, client: BudgetdClient, grant: Grant, org: str, model: str) -> None:
-        super().__init__(grant, org, model)
+        super().__init__(client, grant, org, model)
         self._client = client
 
     def commit(self, usage: Any, *, model: str | None = None, batch: bool = False) -> CommitResult:
         """Settle with ``usage`` exactly as the API returned it (model: the response's)."""
-        result = self._client.commit(self.id, usage, model=model, batch=batch, org=self.org)
-        self.result = result
-        return result
+        return self._client.run(self._commit(usage, model, batch))
 
     def release(self) -> ReleaseResult:
-        result = self._client.release(self.id, org=self.org)
-        self.result = result
-        return result
+        return self._client.run(self._release())
 
     def settle(self, usage: Any | None, *, model: str | None = None) -> None:
         """Commit ``usage``, or release when None; never raises (logged and counted). Used
         after a Claude call, where failing would lose a response that is already paid for."""
-        if self.resolved:
-            return
-        try:
-            if usage is None:
-                self.release()
-            else:
-                self.commit(usage, model=model)
-        except BudgetdError as exc:
-            self.result = self.result or ReleaseResult(
-                reservation_id=self.id, state="error", released_micros=0
-            )
-            self._client.stats.bump("settle_errors")
-            log.error(
-                "budgetd %s of reservation %s failed (the hold expires on its lease): %s; usage=%r",
-                "release" if usage is None else "commit",
-                self.id,
-                exc,
-                usage,
-            )
+        self._client.run(self._settle(usage, model))
 
 
 class AsyncReservation(_Handle):
-    """The asyncio twin of :class:`Reservation`."""
+    """The asyncio :class:`Reservation`."""
 
     def __init__(self, client: AsyncBudgetdClient, grant: Grant, org: str, model: str) -> None:
-        super().__init__(grant, org, model)
+        super().__init__(client, grant, org, model)
         self._client = client
 
     async def commit(
         self, usage: Any, *, model: str | None = None, batch: bool = False
     ) -> CommitResult:
-        result = await self._client.commit(self.id, usage, model=model, batch=batch, org=self.org)
-        self.result = result
-        return result
+        return await self._client.run(self._commit(usage, model, batch))
 
     async def release(self) -> ReleaseResult:
-        result = await self._client.release(self.id, org=self.org)
-        self.result = result
-        return result
+        return await self._client.run(self._release())
 
     async def settle(self, usage: Any | None, *, model: str | None = None) -> None:
-        if self.resolved:
-            return
-        try:
-            if usage is None:
-                await self.release()
-            else:
-                await self.commit(usage, model=model)
-        except BudgetdError as exc:
-            self.result = self.result or ReleaseResult(
-                reservation_id=self.id, state="error", released_micros=0
-            )
-            self._client.stats.bump("settle_errors")
-            log.error(
-                "budgetd %s of reservation %s failed (the hold expires on its lease): %s; usage=%r",
-                "release" if usage is None else "commit",
-                self.id,
-                exc,
-                usage,
-            )
+        await self._client.run(self._settle(usage, model))
 
 
 class _BudgetBase:
@@ -191,6 +186,21 @@ class _BudgetBase:
         return override.over(effective) if override else effective
 
     scope = staticmethod(scope)
+
+    def _reserve(
+        self,
+        client: BudgetdClient | AsyncBudgetdClient,
+        override: Scope | None,
+        fields: dict[str, Any],
+    ) -> Flow[Grant]:
+        who = self.current(override)
+        return client.reserve_flow(
+            org=self.org,
+            user=who.user,
+            feature=who.feature,
+            metadata=who.reserve_metadata(),
+            **fields,
+        )
 
 
 class Budget(_BudgetBase):
@@ -224,23 +234,19 @@ class Budget(_BudgetBase):
         web_searches: int = 0,
     ) -> Reservation:
         """Reserve and return the handle (no context manager: you settle it)."""
-        who = self.current(override)
-        grant = self.client.reserve(
-            org=self.org,
-            model=model,
-            input_tokens=input_tokens,
-            max_tokens=max_tokens,
-            user=who.user,
-            feature=who.feature,
-            metadata=who.reserve_metadata(),
-            reservation_id=reservation_id,
-            ttl_s=ttl_s,
-            cache_ttl=cache_ttl,
-            batch=batch,
-            inference_geo=inference_geo,
-            speed=speed,
-            web_searches=web_searches,
-        )
+        fields = {
+            "model": model,
+            "input_tokens": input_tokens,
+            "max_tokens": max_tokens,
+            "reservation_id": reservation_id,
+            "ttl_s": ttl_s,
+            "cache_ttl": cache_ttl,
+            "batch": batch,
+            "inference_geo": inference_geo,
+            "speed": speed,
+            "web_searches": web_searches,
+        }
+        grant = self.client.run(self._reserve(self.client, override, fields))
         return Reservation(self.client, grant, self.org, model)
 
     @contextlib.contextmanager
@@ -326,23 +332,19 @@ class AsyncBudget(_BudgetBase):
         speed: Speed | None = None,
         web_searches: int = 0,
     ) -> AsyncReservation:
-        who = self.current(override)
-        grant = await self.client.reserve(
-            org=self.org,
-            model=model,
-            input_tokens=input_tokens,
-            max_tokens=max_tokens,
-            user=who.user,
-            feature=who.feature,
-            metadata=who.reserve_metadata(),
-            reservation_id=reservation_id,
-            ttl_s=ttl_s,
-            cache_ttl=cache_ttl,
-            batch=batch,
-            inference_geo=inference_geo,
-            speed=speed,
-            web_searches=web_searches,
-        )
+        fields = {
+            "model": model,
+            "input_tokens": input_tokens,
+            "max_tokens": max_tokens,
+            "reservation_id": reservation_id,
+            "ttl_s": ttl_s,
+            "cache_ttl": cache_ttl,
+            "batch": batch,
+            "inference_geo": inference_geo,
+            "speed": speed,
+            "web_searches": web_searches,
+        }
+        grant = await self.client.run(self._reserve(self.client, override, fields))
         return AsyncReservation(self.client, grant, self.org, model)
 
     @contextlib.asynccontextmanager
