@@ -56,6 +56,8 @@ class Keys:
     """gw-poor (the Python SDK's denials)."""
     poor_node: str
     """gw-poor-node (the TypeScript SDK's and Claude Code's denials)."""
+    spent_cc: str
+    """gw-spent-cc: $5 a month, room for one Claude Code call's worst case, until it is spent."""
 
 
 def _entry(key: str, org: str, **extra: Any) -> str:
@@ -84,7 +86,12 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
     (policies / "gw-test.yaml").write_text(GW_TEST)
     for org in ("gw-poor", "gw-poor-node"):
         (policies / f"{org}.yaml").write_text(GW_POOR.format(org=org))
-    keys = Keys(app=new_key(), shared=new_key(), poor=new_key(), poor_node=new_key())
+    (policies / "gw-spent-cc.yaml").write_text(
+        GW_POOR.format(org="gw-spent-cc").replace("limit_usd: 0.05", "limit_usd: 5")
+    )
+    keys = Keys(
+        app=new_key(), shared=new_key(), poor=new_key(), poor_node=new_key(), spent_cc=new_key()
+    )
     (work / "keys.yaml").write_text(
         "keys:\n"
         + "\n".join(
@@ -99,6 +106,7 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
                 ),
                 _entry(keys.poor, "gw-poor", name="poor", user="bob"),
                 _entry(keys.poor_node, "gw-poor-node", name="poor-node"),
+                _entry(keys.spent_cc, "gw-spent-cc", name="spent-cc"),
             ]
         )
         + "\n"

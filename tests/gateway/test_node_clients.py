@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.gateway.conftest import MODEL, Ledger, Setup, spent, upstream_log
@@ -134,6 +135,35 @@ async def test_claude_code_print_mode_is_charged_its_usage(
         "user:user-day": cost,
         "feature:feature-day": cost,
     }
+
+
+async def test_claude_code_shows_a_spent_budget_as_a_429_without_retrying(
+    gateway_setup: Setup, ledger: Ledger, tmp_path: Path
+) -> None:
+    # Spend the org's $5 past its limit with one call ($6 of output) ...
+    async with httpx.AsyncClient() as client:
+        spend = await client.post(
+            gateway_setup.gateway.url + "/v1/messages",
+            headers={"x-api-key": gateway_setup.keys.spent_cc},
+            json={
+                "model": MODEL,
+                "max_tokens": 1000,
+                "messages": [{"role": "user", "content": "[fake:out=1200000]"}],
+            },
+            timeout=30,
+        )
+    assert spend.status_code == 200
+    calls = len(upstream_log(gateway_setup))
+    # ... then Claude Code's call fits the limit but not what is left: a 429 it shows, with
+    # x-should-retry: false (the wait is the rest of the month), so it gives up at once.
+    done = claude_code(gateway_setup, gateway_setup.keys.spent_cc, tmp_path / "home", "say hi")
+    assert done.returncode != 0
+    shown = done.stdout + done.stderr
+    assert "429" in shown
+    assert "budgetd: budget exceeded: org budget 'tiny-month'" in shown
+    assert "spent $6.000" in shown
+    assert len(upstream_log(gateway_setup)) == calls  # nothing reached Anthropic
+    assert (await ledger.settled("gw-spent-cc"))["org:tiny-month"][1] == 0
 
 
 async def test_claude_code_shows_a_denial_naming_the_scope(

@@ -11,6 +11,7 @@ import msgspec
 
 from budgetd.contract import Denied, DeniedScope
 from budgetd.errors import BudgetdError
+from budgetd.money import format_usd
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -55,14 +56,18 @@ def error(status: int, message: str, headers: Headers | None = None) -> Reply:
 
 
 def _scope_text(s: DeniedScope) -> str:
-    what = f"{s.scope} {s.kind} {s.name!r}"
-    if s.scope != "org" or s.entity:
-        what += f" ({s.scope} {s.entity})" if s.scope != "org" else f" (org {s.entity})"
-    if s.kind == "budget" and s.available is not None:
-        what += f": {s.available} of {s.limit} micro-USD left, this call may cost {s.requested}"
-    elif s.kind == "rate":
-        what += f": limit {s.limit} per minute, this call needs {s.requested}"
-    return what
+    """``user budget 'daily' (user alice): limit $5.000000, spent $4.990000, held $0.000000,
+    this call may cost up to $0.020000``: which scope, and the figures that decided."""
+    what = f"{s.scope} {s.kind} {s.name!r} ({s.scope} {s.entity})"
+    if s.kind == "budget":
+        figures = [f"limit {format_usd(s.limit)}"]
+        if s.spent_micros is not None:
+            figures.append(f"spent {format_usd(s.spent_micros)}")
+        if s.held_micros is not None:
+            figures.append(f"held {format_usd(s.held_micros)}")
+        figures.append(f"this call may cost up to {format_usd(s.requested)}")
+        return f"{what}: {', '.join(figures)}"
+    return f"{what}: limit {s.limit} per minute, this call needs {s.requested}"
 
 
 def denial(result: Denied) -> Reply:
