@@ -21,6 +21,7 @@ from budgetd.auth import new_key
 from budgetd.clock import SystemClock
 from budgetd.contract import CostRequest
 from budgetd.engine import Engine
+from budgetd.gateway.upstream_keys import env_name
 from budgetd.metrics import Metrics
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.store.connect import redis_store
@@ -28,6 +29,7 @@ from budgetd.usage import Usage
 from tests.gateway.procs import ROOT, UPSTREAM_KEY, Server, start_fake_upstream, start_gateway
 
 MODEL = "claude-haiku-4-5"
+ORGS_WITH_UPSTREAM = ("gw-test", "gw-poor", "gw-poor-node", "gw-spent-cc")
 GW_TEST = """
 org: gw-test
 timezone: UTC
@@ -58,6 +60,8 @@ class Keys:
     """gw-poor-node (the TypeScript SDK's and Claude Code's denials)."""
     spent_cc: str
     """gw-spent-cc: $5 a month, room for one Claude Code call's worst case, until it is spent."""
+    no_upstream: str
+    """gw-no-upstream: an org the operator gave no Anthropic key."""
 
 
 def _entry(key: str, org: str, **extra: Any) -> str:
@@ -90,8 +94,14 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
         GW_POOR.format(org="gw-spent-cc").replace("limit_usd: 0.05", "limit_usd: 5")
     )
     keys = Keys(
-        app=new_key(), shared=new_key(), poor=new_key(), poor_node=new_key(), spent_cc=new_key()
+        app=new_key(),
+        shared=new_key(),
+        poor=new_key(),
+        poor_node=new_key(),
+        spent_cc=new_key(),
+        no_upstream=new_key(),
     )
+    (policies / "gw-no-upstream.yaml").write_text(GW_POOR.format(org="gw-no-upstream"))
     (work / "keys.yaml").write_text(
         "keys:\n"
         + "\n".join(
@@ -107,6 +117,7 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
                 _entry(keys.poor, "gw-poor", name="poor", user="bob"),
                 _entry(keys.poor_node, "gw-poor-node", name="poor-node"),
                 _entry(keys.spent_cc, "gw-spent-cc", name="spent-cc"),
+                _entry(keys.no_upstream, "gw-no-upstream", name="no-upstream"),
             ]
         )
         + "\n"
@@ -120,7 +131,8 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
         "BUDGETD_KEYS_FILE": str(work / "keys.yaml"),
         "BUDGETD_POLICY_POLL_S": "0",
         "BUDGETD_GATEWAY_UPSTREAM_URL": upstream.url,
-        "BUDGETD_GATEWAY_UPSTREAM_KEY": UPSTREAM_KEY,
+        # One variable per org (gw-no-upstream has none): the lookup an operator would use.
+        **{env_name(org): UPSTREAM_KEY for org in ORGS_WITH_UPSTREAM},
         "BUDGETD_GATEWAY_READ_TIMEOUT_S": "3",
     }
     gateway = start_gateway(work, env)

@@ -196,6 +196,18 @@ async def test_attribution_headers_only_where_the_key_allows(
     assert "charged to org gw-test, user alice" in refused.value.message
 
 
+async def test_an_org_without_an_anthropic_key_is_told_where_one_goes(
+    gateway_setup: Setup, ledger: Ledger, sdk: SDK
+) -> None:
+    client = sdk(gateway_setup, gateway_setup.keys.no_upstream)
+    with pytest.raises(anthropic.InternalServerError) as failed:
+        await client.messages.create(**ask("hi"))
+    assert failed.value.status_code == 500
+    assert "no Anthropic key for org 'gw-no-upstream'" in failed.value.message
+    assert "BUDGETD_GATEWAY_UPSTREAM_KEY_GW_NO_UPSTREAM" in failed.value.message
+    assert (await ledger.settled("gw-no-upstream"))["org:tiny-month"] == (0, 0)
+
+
 async def test_keys_paths_and_free_calls(gateway_setup: Setup, sdk: SDK) -> None:
     with pytest.raises(anthropic.AuthenticationError):
         await sdk(gateway_setup, "bdk_not-a-key").messages.create(**ask("hi"))
@@ -209,6 +221,9 @@ async def test_keys_paths_and_free_calls(gateway_setup: Setup, sdk: SDK) -> None
     with pytest.raises(anthropic.NotFoundError) as missing:
         await client.get("/v1/complete", cast_to=object)
     assert "is not served here" in missing.value.message
+    with pytest.raises(anthropic.APIStatusError) as wrong:
+        await client.get("/v1/messages", cast_to=object)
+    assert wrong.value.status_code == 405
     async with anthropic.AsyncAnthropic(
         base_url=gateway_setup.gateway.url, auth_token=gateway_setup.keys.app, max_retries=0
     ) as bearer:
