@@ -37,7 +37,10 @@ LedgerBound = Annotated[
     str,
     msgspec.Meta(
         pattern=describe_pattern(
-            r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+            # Month lengths are in the pattern (a 31st of November is not a date); 29 February
+            # is left out, being a date only in leap years.
+            r"^(19[7-9][0-9]|[2-9][0-9]{3})-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])"
+            r"|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
             r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-][01][0-9]:[0-5][0-9])$",
             LEDGER_BOUND_WORDS,
         ),
