@@ -25,7 +25,7 @@ from budgetd.metrics import Metrics
 from budgetd.money import MICROS_PER_USD
 from budgetd.policy.loader import PolicyError, load_policy_dir
 from budgetd.policy.registry import PolicyRegistry
-from budgetd.reports import follower, plan, query
+from budgetd.reports import anthropic_bill, follower, plan, query
 from budgetd.reports.budgets import budgets, today
 from budgetd.settings import from_env
 from budgetd.store.connect import redis_store
@@ -250,6 +250,65 @@ async def _plan(args: argparse.Namespace) -> int:
     return WOULD_BLOCK if result.would_block else 0
 
 
+def reconcile_table(result: anthropic_bill.Reconciliation) -> Table:
+    title = (
+        f"{result.org}: budgetd {usd(result.budgetd_micros)} vs Anthropic "
+        f"{usd(result.anthropic_micros)}, {result.since} to {result.until - dt.timedelta(days=1)} "
+        + " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.counts.items())
+    )
+    table = Table(title=title, title_justify="left")
+    for name in ("day", "model", "budgetd", "anthropic", "difference", "%", "status"):
+        table.add_column(
+            name, justify="right" if name in ("budgetd", "anthropic", "difference", "%") else "left"
+        )
+    for line in result.lines:
+        table.add_row(
+            str(line.day),
+            line.model,
+            usd(line.budgetd_micros),
+            usd(line.anthropic_micros),
+            usd(line.difference_micros),
+            "—" if line.difference_pct is None else f"{line.difference_pct:+.2f}",
+            line.status,
+        )
+    return table
+
+
+async def _reconcile(args: argparse.Namespace) -> int:
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SystemExit(f"budgetd: {args.file}: {exc.strerror}") from None
+    async with live_engine() as (engine, store):
+        try:
+            policy = engine.policy(args.org)
+        except UnknownOrg as exc:
+            raise SystemExit(f"budgetd: {exc}") from None
+        try:
+            result = await anthropic_bill.reconcile(
+                store,
+                args.org,
+                policy.pricing,
+                text,
+                workspace=args.workspace,
+                tolerance_pct=args.tolerance_pct,
+                tolerance_micros=int(Decimal(args.tolerance_usd) * MICROS_PER_USD),
+            )
+        except anthropic_bill.BillError as exc:
+            raise SystemExit(f"budgetd: {args.file}: {exc}") from None
+    if args.format == "json":
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(query.csv_text(result.lines))
+    else:
+        Console(width=None if sys.stdout.isatty() else 200).print(reconcile_table(result))
+    return 0 if result.ok else DIFFERENCES
+
+
+DIFFERENCES = 2
+"""``reconcile anthropic`` exit status when some day and model is not matched."""
+
+
 def _policy_actions(subparsers: Subparsers) -> Subparsers:
     """The ``policy`` command's own subcommands (cli.py builds ``policy``; ``plan`` joins it)."""
     policy = subparsers.choices["policy"]
@@ -257,7 +316,22 @@ def _policy_actions(subparsers: Subparsers) -> Subparsers:
 
 
 def add_report_commands(subparsers: Subparsers) -> None:
-    """``report`` and ``policy plan`` (and, from later slices, ``reconcile``)."""
+    """``report``, ``policy plan`` and ``reconcile anthropic``."""
+    reconcile = subparsers.add_parser("reconcile", help="compare the ledger with a provider's bill")
+    sources = reconcile.add_subparsers(dest="reconcile_source", required=True, metavar="SOURCE")
+    bill = sources.add_parser(
+        "anthropic",
+        help="Anthropic's cost report (Admin API JSON or Console CSV) against the ledger, by "
+        f"UTC day and model (exit {DIFFERENCES}: something is not matched)",
+    )
+    bill.add_argument("file", type=Path, metavar="FILE")
+    bill.add_argument("--org", required=True)
+    bill.add_argument("--workspace", help="only this workspace's rows ('default': no workspace)")
+    bill.add_argument("--tolerance-pct", type=float, default=1.0, help="default 1 (%%)")
+    bill.add_argument("--tolerance-usd", default="0.01", help="default 0.01 (either suffices)")
+    bill.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    bill.set_defaults(handler=lambda args: asyncio.run(_reconcile(args)))
+
     parser = _policy_actions(subparsers).add_parser(
         "plan",
         help="what a policy directory would change against the live store "

@@ -19,7 +19,7 @@ from budgetd.api.deps import caller, engine_of
 from budgetd.engine import Engine
 from budgetd.errors import InvalidRequest
 from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
-from budgetd.reports import audit, plan, query
+from budgetd.reports import anthropic_bill, audit, plan, query
 from budgetd.reports.budgets import budgets as budgets_report
 from budgetd.reports.budgets import today
 from budgetd.reports.fold import View
@@ -176,4 +176,36 @@ async def policy_plan(request: Request[Any, Any, Any], data: PlanRequest) -> pla
     return result
 
 
-ROUTES = [usage_report, daily_report, budgets, audit_trail, policy_plan]
+@post(
+    "/v1/admin/reconcile/anthropic",
+    status_code=200,
+    summary="Compare Anthropic's cost report (API JSON or Console CSV body) with the ledger",
+)
+async def reconcile_anthropic(
+    request: Request[Any, Any, Any],
+    org: FromQuery[str],
+    workspace: FromQuery[str | None] = None,
+    tolerance_pct: FromQuery[float] = 1.0,
+    tolerance_micros: FromQuery[int] = 10_000,
+) -> anthropic_bill.Reconciliation:
+    engine = await _admin(request, org)
+    if not 0 <= tolerance_pct <= 100:
+        raise InvalidRequest("tolerance_pct must be between 0 and 100", field="tolerance_pct")
+    if tolerance_micros < 0:
+        raise InvalidRequest("tolerance_micros must not be negative", field="tolerance_micros")
+    body = (await request.body()).decode("utf-8", errors="replace")
+    try:
+        return await anthropic_bill.reconcile(
+            _store(request),
+            org,
+            engine.policy(org).pricing,
+            body,
+            workspace=workspace,
+            tolerance_pct=tolerance_pct,
+            tolerance_micros=tolerance_micros,
+        )
+    except anthropic_bill.BillError as exc:
+        raise InvalidRequest(str(exc), field="body") from None
+
+
+ROUTES = [usage_report, daily_report, budgets, audit_trail, policy_plan, reconcile_anthropic]
