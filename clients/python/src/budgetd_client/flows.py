@@ -151,12 +151,16 @@ class Guard:
             )
         except RequestRefused as refused:
             return refused_response(request, str(refused), refused.field)
-        upstream = httpx2.Request(
-            request.method,
-            request.url,
-            headers=call.headers,
-            content=body,
-            extensions=request.extensions,
+        upstream = (
+            request
+            if call.headers == request.headers.raw
+            else httpx2.Request(
+                request.method,
+                request.url,
+                headers=call.headers,
+                content=body,
+                extensions=request.extensions,
+            )
         )
         if call.route is Route.OTHER or call.route is Route.BATCH_CANCEL:
             # A cancel settles nothing yet: the results say which requests were canceled.
