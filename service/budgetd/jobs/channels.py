@@ -15,6 +15,7 @@ import msgspec
 
 from budgetd.money import format_usd
 from budgetd.policy.schema import Channel
+from budgetd.reports.picture import lines as picture_lines
 
 log = logging.getLogger("budgetd.events")
 SIGNATURE_HEADER = "X-Budgetd-Signature"
@@ -64,7 +65,7 @@ def describe(fields: dict[str, str], tz: ZoneInfo) -> str:
     if end:
         local = datetime.fromtimestamp(int(end) / 1000, tz=UTC).astimezone(tz)
         text += f" (period ends {local:%a %Y-%m-%d %H:%M} {tz.key})"
-    return f"budgetd [{fields.get('org', '')}] {text}"
+    return f"budgetd [{fields.get('org', '')}] {text}" + picture_lines(fields)
 
 
 async def send(

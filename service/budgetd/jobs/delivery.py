@@ -21,6 +21,7 @@ from budgetd.jobs.channels import Sent, send
 from budgetd.metrics import Metrics
 from budgetd.policy.model import OrgPolicy
 from budgetd.policy.registry import PolicyRegistry
+from budgetd.reports.picture import enrich
 from budgetd.store.events import Event, EventQueue, GroupLost
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class Deliverer:
         log.warning("event at %s of org %s dead-lettered: %s", stream_id, org, error)
 
     async def _settle(self, policy: OrgPolicy, event: Event) -> bool:
-        fields = {"org": policy.org, **event.fields}
+        fields = await enrich(self.queue.store, policy, {"org": policy.org, **event.fields})
         done = True
         for name in policy.notify_for(event.fields.get("budget", "")):
             if name not in policy.channels:

@@ -37,6 +37,7 @@ from budgetd.jobs.spike import detect_spikes
 from budgetd.jobs.sweep import sweep_expired
 from budgetd.policy.model import CalendarUnit
 from budgetd.reports.follower import follow_all
+from budgetd.reports.picture import DIGEST_CHECK_S, emit_digest
 from budgetd.settings import Settings
 from budgetd.store.base import StoreUnavailable
 from budgetd.store.events import EventQueue
@@ -135,6 +136,7 @@ class Jobs:
         self._every("forecast", s.forecast_interval_s, self.forecast, claim=True)
         self._every("spike", s.spike_interval_s, self.spikes, claim=True)
         self._every("reports", s.reports_interval_s, self.follow_ledgers, claim=True)
+        self._every("digest", DIGEST_CHECK_S, self.digests, claim=True)
         if s.ledger_retention_days:
             self._every(
                 "ledger-retention", s.ledger_retention_interval_s, self.retention, claim=True
@@ -274,6 +276,11 @@ class Jobs:
     async def spikes(self) -> int:
         now = self.engine.clock.now()
         return sum([await detect_spikes(self.engine, self.queue, org, now) for org in self._orgs()])
+
+    async def digests(self) -> int:
+        now = self.engine.clock.now()
+        orgs = [self.engine.policy(org) for org in self._orgs()]
+        return sum([await emit_digest(self.queue, policy, now) for policy in orgs])
 
     async def follow_ledgers(self) -> int:
         return await follow_all(self.engine, self.queue.store, self._orgs())

@@ -13,6 +13,8 @@ from budgetd.policy.schema import Channel, Failure, HardAction, Mode, Scope
 from budgetd.pricing_table import PricingTable
 
 CalendarUnit = Literal["hour", "day", "week", "month"]
+DIGEST = "(digest)"
+"""The budget name of daily digest events (no budget can be named so)."""
 ROLLING_SUB_BUCKETS = 24
 """A rolling window is counted in this many sub-buckets (plus the current one)."""
 
@@ -81,7 +83,10 @@ class OrgPolicy(msgspec.Struct, frozen=True, kw_only=True):
     hold_ttl_s: int
 
     def notify_for(self, budget: str) -> tuple[str, ...]:
-        """The channels that hear about ``budget``'s events (none for an unknown budget)."""
+        """The channels that hear about ``budget``'s events (none for an unknown budget); the
+        daily digest goes to the channels with ``digest: true``."""
+        if budget == DIGEST:
+            return tuple(name for name, channel in self.channels.items() if channel.digest)
         return next((rule.notify for rule in self.budgets if rule.name == budget), ())
 
 

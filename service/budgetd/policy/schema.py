@@ -65,6 +65,8 @@ class Channel(_Strict, frozen=True):
     log: Literal["debug", "info", "warning", "error"] | None = None
     secret_env: str | None = None
     """Webhook only: the environment variable holding the HMAC-SHA256 signing secret."""
+    digest: bool = False
+    """Also send this channel a daily digest: yesterday's spend, top spenders, split by model."""
 
 
 class Defaults(_Strict, frozen=True):
