@@ -26,6 +26,7 @@ from budgetd.auth import (
     read_keys_file,
 )
 from budgetd.contract import OrgName
+from budgetd.expiry import CounterExpiry, counter_expiry
 from budgetd.policy.loader import PolicyError, load_policy_dir
 from budgetd.serve import run
 from budgetd.settings import ConfigError, from_env
@@ -196,12 +197,31 @@ async def _trim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expiry(org: str) -> CounterExpiry | None:
+    """The org's counter expiry from the policy directory (BUDGETD_POLICY_DIR), if it loads:
+    without it a counter that expired by design cannot be told from a lost one."""
+    policy_dir = from_env().policy_dir
+    try:
+        policy = load_policy_dir(policy_dir).orgs.get(org)
+    except PolicyError as exc:
+        print(f"budgetd: no policy from {policy_dir} ({exc.errors[0]})", file=sys.stderr)
+        return None
+    if policy is None:
+        print(f"budgetd: org {org!r} has no policy in {policy_dir}", file=sys.stderr)
+        return None
+    return counter_expiry(policy)
+
+
 async def _reconcile(args: argparse.Namespace) -> int:
+    expiry = _expiry(args.org)
+    if expiry is None:
+        print("budgetd: every counter that is gone counts as a difference", file=sys.stderr)
     async with _ledger_store() as store:
-        report = await ledger.reconcile(store, args.org)
+        report = await ledger.reconcile(store, args.org, expiry)
     print(
         f"org {report.org}: {report.entries} ledger entries, {report.counters} counters, "
-        f"{report.open_holds} open holds"
+        f"{report.open_holds} open holds, {len(report.expired)} counters expired by design "
+        "(not compared)"
     )
     for diff in report.differences:
         print(

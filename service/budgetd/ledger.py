@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from budgetd.expiry import CounterExpiry
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
 
@@ -56,6 +57,9 @@ class Reconciliation(msgspec.Struct, frozen=True, kw_only=True):
     differences: list[Difference]
     ledger_starts_ms: int | None
     """The oldest entry still in the stream; older ones were trimmed into the archive."""
+    expired: list[str] = msgspec.field(default_factory=list)
+    """Counters gone after their expiry by design (period end + 8 days) while ledger entries
+    charged to them stay: expired, not compared."""
 
     @property
     def ok(self) -> bool:
@@ -187,7 +191,12 @@ async def archive(store: ScriptStore, org: str, before_ms: int, path: Path) -> i
     return await trim(store, org, before_ms)
 
 
-async def reconcile(store: ScriptStore, org: str) -> Reconciliation:
+async def reconcile(
+    store: ScriptStore, org: str, expiry: CounterExpiry | None = None
+) -> Reconciliation:
+    """Conservation, counter by counter. A counter that is gone is a difference, unless
+    ``expiry`` (the org's policy) says it has reached its expiry by design (Redis time): then
+    it is listed as expired, not compared. Without ``expiry`` every gone counter is one."""
     archived = await store.client.hgetall(keys.ledger_archive(org))
     spent: Counter[str] = Counter({str(k): int(v) for k, v in archived.items()})
     count, first_ms = 0, None
@@ -227,8 +236,13 @@ async def reconcile(store: ScriptStore, org: str) -> Reconciliation:
                         )
                     )
     # Ledger entries or holds pointing at counters that no longer exist (expired, or lost).
+    now_ms = int(await store.server_time() * 1000)
+    expired: list[str] = []
     for key, value in spent.items():
-        if value:
+        due = expiry(key) if expiry is not None else None
+        if due is not None and due <= now_ms:
+            expired.append(key)
+        elif value:
             differences.append(Difference(key=key, field="spent", counter=0, expected=value))
     for key, value in held.items():
         if value:
@@ -240,4 +254,5 @@ async def reconcile(store: ScriptStore, org: str) -> Reconciliation:
         open_holds=open_holds,
         differences=differences,
         ledger_starts_ms=first_ms,
+        expired=sorted(expired),
     )

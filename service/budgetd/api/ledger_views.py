@@ -18,6 +18,7 @@ from budgetd.api.openapi import Operation
 from budgetd.api.validation import convert_query
 from budgetd.contract import OrgName
 from budgetd.errors import InvalidRequest
+from budgetd.expiry import counter_expiry
 from budgetd.reports import audit
 from budgetd.store.events import EventQueue
 from budgetd.yaml_errors import describe_pattern
@@ -92,10 +93,10 @@ async def reconcile(request: Request[Any, Any, Any]) -> ReconcileResult:
     principal = caller(request)
     org = convert_query(request.query_params.multi_items(), OrgOnlyQuery).org
     admin_only(principal, org)
-    request.app.state.engine.policy(org)
+    policy = request.app.state.engine.policy(org)  # an unknown org is 404
     queue: EventQueue = request.app.state.queue
     await audit.admin_read(queue.store, org, principal, request.url.path, request.url.query or "")
-    report = await ledger.reconcile(queue.store, org)
+    report = await ledger.reconcile(queue.store, org, counter_expiry(policy))
     request.app.state.metrics.reconcile_differences.labels(org).set(len(report.differences))
     return ReconcileResult(ok=report.ok, report=report)
 
