@@ -52,6 +52,7 @@ OPERATIONS = [
     *budgets.OPERATIONS,
     *admin.OPERATIONS,
     *ledger_views.OPERATIONS,
+    *reports.OPERATIONS,
     *health.OPERATIONS,
 ]
 

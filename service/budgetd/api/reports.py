@@ -8,7 +8,7 @@ import re
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -16,6 +16,9 @@ from litestar.params import FromQuery
 
 from budgetd.api.admin import admin_only
 from budgetd.api.deps import caller, engine_of
+from budgetd.api.openapi import Operation
+from budgetd.api.validation import convert_query
+from budgetd.contract import OrgName
 from budgetd.engine import Engine
 from budgetd.errors import InvalidRequest
 from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
@@ -176,36 +179,51 @@ async def policy_plan(request: Request[Any, Any, Any], data: PlanRequest) -> pla
     return result
 
 
+class AnthropicBillQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    workspace: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    """Only this workspace's rows of the bill (``default``: rows without a workspace)."""
+    tolerance_pct: Annotated[float, msgspec.Meta(ge=0, le=100)] = 1.0
+    tolerance_micros: Annotated[int, msgspec.Meta(ge=0, le=10**15)] = 10_000
+
+
 @post(
     "/v1/admin/reconcile/anthropic",
     status_code=200,
     summary="Compare Anthropic's cost report (API JSON or Console CSV body) with the ledger",
 )
-async def reconcile_anthropic(
-    request: Request[Any, Any, Any],
-    org: FromQuery[str],
-    workspace: FromQuery[str | None] = None,
-    tolerance_pct: FromQuery[float] = 1.0,
-    tolerance_micros: FromQuery[int] = 10_000,
-) -> anthropic_bill.Reconciliation:
-    engine = await _admin(request, org)
-    if not 0 <= tolerance_pct <= 100:
-        raise InvalidRequest("tolerance_pct must be between 0 and 100", field="tolerance_pct")
-    if tolerance_micros < 0:
-        raise InvalidRequest("tolerance_micros must not be negative", field="tolerance_micros")
+async def reconcile_anthropic(request: Request[Any, Any, Any]) -> anthropic_bill.Reconciliation:
+    q = convert_query(request.query_params.multi_items(), AnthropicBillQuery)
+    engine = await _admin(request, q.org)
     body = (await request.body()).decode("utf-8", errors="replace")
     try:
         return await anthropic_bill.reconcile(
             _store(request),
-            org,
-            engine.policy(org).pricing,
+            q.org,
+            engine.policy(q.org).pricing,
             body,
-            workspace=workspace,
-            tolerance_pct=tolerance_pct,
-            tolerance_micros=tolerance_micros,
+            workspace=q.workspace,
+            tolerance_pct=q.tolerance_pct,
+            tolerance_micros=q.tolerance_micros,
         )
     except anthropic_bill.BillError as exc:
         raise InvalidRequest(str(exc), field="body") from None
 
 
 ROUTES = [usage_report, daily_report, budgets, audit_trail, policy_plan, reconcile_anthropic]
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/v1/admin/reconcile/anthropic",
+        "Compare Anthropic's cost report with the ledger, by UTC day and model",
+        "admin_reconcile_anthropic",
+        ok=(200, anthropic_bill.Reconciliation),
+        query=AnthropicBillQuery,
+        problems=(403, 404, 413, 422, 503),
+        tags=("admin",),
+        description="The body is the cost report as the Admin API returns it "
+        "(`GET /v1/organizations/cost_report`: one page, a JSON list of pages, or one page a "
+        "line) or the Console's cost CSV; an empty body compares nothing. A bill that cannot "
+        "be read is 422 with `field: body` and where in the file.",
+    ),
+]

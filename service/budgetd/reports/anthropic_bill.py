@@ -250,13 +250,14 @@ async def reconcile(
 ) -> Reconciliation:
     """Compare the bill in ``text`` with the ledger over the bill's days (``workspace``: only
     that workspace's rows of the bill; ``default`` for rows with no workspace)."""
-    bill = parse(text)
+    bill = parse(text) if text.strip() else []
     if workspace is not None:
         wanted = None if workspace == "default" else workspace
         bill = [r for r in bill if r.workspace == wanted]
     if not bill:
-        raise BillError(
-            "the bill has no rows" + (f" for workspace {workspace!r}" if workspace else "")
+        # Nothing billed (an empty body, or no rows for the workspace): nothing to compare.
+        return compare(
+            org, [], {}, pricing, date.today(), date.today(), tolerance_pct, tolerance_micros
         )
     since = min(r.day for r in bill)
     until = max(r.day for r in bill) + timedelta(days=1)
