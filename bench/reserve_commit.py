@@ -75,8 +75,8 @@ rate_limits:
   - name: org-rate
     scope: org
     requests_per_minute: 1000000000
-    input_tokens_per_minute: 1000000000000
-    output_tokens_per_minute: 1000000000000
+    input_tokens_per_minute: 100000000000
+    output_tokens_per_minute: 100000000000
   - name: user-rate
     scope: user
     requests_per_minute: 10000000

@@ -41,28 +41,58 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- Redis time (ms), asked once per script: one instant for every decision and write of a call.
+local NOW_MS = nil
+
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not NOW_MS then
+    local t = redis.call('TIME')
+    NOW_MS = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW_MS
 end
 
 local function fits(n)
   return n >= -MAX_AMOUNT and n <= MAX_AMOUNT
 end
 
+-- Counter fields this script has read: value, or false for a field that did not exist. Reads
+-- all come before the first write (THE RULE), so a field is read from Redis once per script and
+-- what is remembered is its state before the call.
+local READ = {}
+
 -- A counter field, read and checked: HGET fails on a key of another type, and a value that is
 -- not an integer in the exact range (HINCRBY would fail or overflow on it) fails here; both
 -- before any write.
 local function counter(key, field)
+  local id = key .. '\n' .. field
+  local known = READ[id]
+  if known ~= nil then
+    return known or 0
+  end
   local v = redis.call('HGET', key, field)
   if not v then
+    READ[id] = false
     return 0
   end
   local n = string.match(v, '^%-?%d+$') and tonumber(v)
   if not n or not fits(n) then
     error('budgetd: ' .. key .. ' ' .. field .. ' is not a counter: ' .. v)
   end
+  READ[id] = n
   return n
+end
+
+-- Whether a counter field this script read did not exist before the call: the write that adds
+-- it may be creating its key, and sets the key's expiry (TTLs are set when a key is created,
+-- not on every call: see docs/decisions.md, "Redis work per call"). Asking about a field the
+-- script did not read is a bug, refused loudly rather than read after a write.
+local function absent(key, field)
+  local known = READ[key .. '\n' .. field]
+  if known == nil then
+    error('budgetd: ' .. key .. ' ' .. field .. ' was not read before the writes')
+  end
+  return known == false
 end
 
 -- Fails (before any write) when `key` exists with another type than `kind`: the commands a
@@ -234,23 +264,30 @@ local function hold_adds(adds, plan)
   return adds
 end
 
--- Writes: add `amount` (micros; negative for a credit) to the spend of each budget entry,
--- keeping its counter until the entry's expire-at. Returns the counter keys, space-separated:
--- the ledger entry's `charged` field, which reconcile and trim read.
+-- Writes: add `amount` (micros; negative for a credit) to the spend of each budget entry; a
+-- counter that did not exist (charge_adds' check read it) gets its expiry, the entry's
+-- expire-at. Returns the counter keys, space-separated: the ledger entry's `charged` field,
+-- which reconcile and trim read.
 local function charge(budgets, amount)
   local charged = {}
   for i, b in ipairs(budgets) do
     redis.call('HINCRBY', b.c, 'spent', int(amount))
-    redis.call('PEXPIREAT', b.c, keep_until(b.x))
+    if absent(b.c, 'spent') then
+      redis.call('PEXPIREAT', b.c, keep_until(b.x))
+    end
     charged[i] = b.c
   end
   return table.concat(charged, ' ')
 end
 
--- Writes: free a reservation's hold on every budget.
+-- Writes: free a reservation's hold on every budget. A held counter that no longer existed
+-- (its key expired while the hold was open) is re-created with an expiry, never without one.
 local function void_hold(plan)
   for _, b in ipairs(plan.b) do
     redis.call('HINCRBY', b.h, 'held', int(-plan.a))
+    if absent(b.h, 'held') then
+      redis.call('PEXPIREAT', b.h, keep_until(b.x))
+    end
   end
 end
 

@@ -64,7 +64,7 @@ for i = 1, nb do
   local held = counter(held_key, 'held') - (freed[held_key] or 0)
   local limit, enforce = tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
   budgets[i] = {held_key, charge_key, tonumber(ARGV[a + 3]), spent, held, ARGV[a + 4], limit,
-    enforce, redis.call('EXISTS', charge_key) == 1}
+    enforce}
   if spent + held + amount > limit then
     local row = {'b', i, int(spent), int(held)}
     if enforce then table.insert(denials, row) else table.insert(shadow, row) end
@@ -142,11 +142,18 @@ expire_holds(holds, due, now)
 local parts = {}
 for i, b in ipairs(budgets) do
   local held_key, charge_key, expire_at = b[1], b[2], b[3]
+  -- Expiries are set when a key is created (its counter field was absent before this call;
+  -- docs/decisions.md, "Redis work per call"), except a rolling budget's held key: it
+  -- outlives every sub-bucket, so its expiry slides with each hold.
   redis.call('HINCRBY', held_key, 'held', int(amount))
-  redis.call('PEXPIREAT', held_key, keep_until(expire_at))
-  if charge_key ~= held_key and not b[9] then
-    redis.call('HSET', charge_key, 'spent', '0')
-    redis.call('PEXPIREAT', charge_key, keep_until(expire_at))
+  if charge_key ~= held_key then
+    redis.call('PEXPIREAT', held_key, keep_until(expire_at))
+    if absent(charge_key, 'spent') then
+      redis.call('HSET', charge_key, 'spent', '0')
+      redis.call('PEXPIREAT', charge_key, keep_until(expire_at))
+    end
+  elseif absent(held_key, 'held') then
+    redis.call('PEXPIREAT', held_key, keep_until(expire_at))
   end
   parts[i] = int(b[4]) .. ',' .. int(b[5] + amount)
 end

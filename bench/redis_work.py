@@ -1,0 +1,231 @@
+"""Benchmark: the Redis work of one reserve + commit pair, counted and timed inside Redis.
+
+    .venv/bin/python bench/redis_work.py [--pairs 600] [--concurrency 8] [--users 50]
+
+It starts its own ``redis-server`` (loopback, free port, no persistence; removed on exit) and
+drives ``budgetd.engine.Engine`` directly (no HTTP: only the Redis side is measured) for two
+policies:
+
+  * ``bench``: the policy of ``bench/reserve_commit.py`` (3 budgets, 2 rate limits × 3 kinds: 9
+    scopes per call), model ``claude-sonnet-4-5``;
+  * ``example``: the shipped ``policies/example.yaml``, a ``claude-haiku-5-5`` call of a user of
+    feature ``chat`` (4 budgets, one a rolling 24h window, and 2 rate limits).
+
+For each: a warm-up pass makes every user's keys exist; then ``--pairs`` reserves alone and the
+same number of commits alone, each phase between two ``INFO commandstats`` snapshots, give the
+``redis.call``s per script (counts: they do not depend on the machine's load); then ``--pairs``
+reserve→commit pairs at ``--concurrency`` in flight give Redis's process CPU per pair
+(``used_cpu_user + used_cpu_sys`` delta / pairs), with the load average and the CPU steal of the
+run next to it (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from budgetd.clock import SystemClock
+from budgetd.contract import CommitRequest, Grant, ReserveRequest
+from budgetd.engine import Engine
+from budgetd.metrics import Metrics
+from budgetd.policy.registry import PolicyRegistry
+from budgetd.store.connect import redis_store
+from budgetd.usage import Usage
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reserve_commit import MODEL as BENCH_MODEL  # noqa: E402
+from reserve_commit import ORG as BENCH_ORG  # noqa: E402
+from reserve_commit import POLICY as BENCH_POLICY  # noqa: E402
+
+CASES = {
+    "bench": (BENCH_ORG, BENCH_POLICY, BENCH_MODEL),
+    "example": (
+        "acme-research",
+        (ROOT / "policies" / "example.yaml").read_text(),
+        "claude-haiku-5-5",
+    ),
+}
+NOT_SCRIPT_CALLS = {"evalsha", "eval", "info", "config", "script", "ping", "client", "hello"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def steal_and_total() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7], sum(fields)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+async def commandstats(engine: Engine) -> dict[str, int]:
+    info: dict[str, Any] = await engine.store.client.info("commandstats")  # type: ignore[attr-defined]
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+async def redis_cpu(engine: Engine) -> float:
+    info: dict[str, Any] = await engine.store.client.info("cpu")  # type: ignore[attr-defined]
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def per_call(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
+    out = {}
+    for cmd, calls in after.items():
+        if cmd in NOT_SCRIPT_CALLS:
+            continue
+        delta = calls - before.get(cmd, 0)
+        if delta:
+            out[cmd.upper()] = round(delta / n, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+async def run_slots(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
+    counter = itertools.count()
+
+    async def slot() -> None:
+        while (i := next(counter)) < n:
+            await one(i)
+
+    await asyncio.gather(*(slot() for _ in range(concurrency)))
+
+
+async def measure(
+    name: str, port: int, pairs: int, concurrency: int, users: int, tmp: Path
+) -> dict[str, Any]:
+    org, policy, model = CASES[name]
+    pdir = tmp / name
+    pdir.mkdir()
+    (pdir / "policy.yaml").write_text(policy)
+    registry = PolicyRegistry(pdir, ROOT / "policies" / "pricing.yaml")
+    status = registry.reload()
+    assert status.ok, status.errors
+    store = redis_store(f"redis://127.0.0.1:{port}/0", timeout_s=10.0)
+    engine = Engine(registry, store, SystemClock(), Metrics())
+    run = itertools.count()
+
+    def request(i: int, rid: str) -> ReserveRequest:
+        return ReserveRequest(
+            org=org,
+            user=f"user-{i % users}",
+            feature="chat",
+            model=model,
+            input_tokens=1000,
+            max_tokens=200,
+            reservation_id=rid,
+        )
+
+    async def reserve(i: int, rid: str) -> None:
+        grant = await engine.reserve(request(i, rid))
+        assert isinstance(grant, Grant), grant
+
+    async def commit(rid: str) -> None:
+        await engine.commit(
+            org, rid, CommitRequest(usage=Usage(input_tokens=900, output_tokens=150))
+        )
+
+    async def pair(i: int) -> None:
+        rid = f"p{next(run)}"
+        await reserve(i, rid)
+        await commit(rid)
+
+    await run_slots(users * 2, concurrency, pair)  # every user's keys exist
+    # Counts per script: reserves alone, then their commits alone.
+    rids = [f"c{next(run)}" for _ in range(pairs)]
+    s0 = await commandstats(engine)
+    await run_slots(pairs, concurrency, lambda i: reserve(i, rids[i]))
+    s1 = await commandstats(engine)
+    await run_slots(pairs, concurrency, lambda i: commit(rids[i]))
+    s2 = await commandstats(engine)
+    # CPU per pair at `concurrency` in flight.
+    load_before = load_average()
+    steal0, total0 = steal_and_total()
+    cpu0 = await redis_cpu(engine)
+    started = time.perf_counter()
+    await run_slots(pairs, concurrency, pair)
+    wall = time.perf_counter() - started
+    cpu1 = await redis_cpu(engine)
+    steal1, total1 = steal_and_total()
+    await store.close()
+    reserve_calls, commit_calls = per_call(s0, s1, pairs), per_call(s1, s2, pairs)
+    return {
+        "policy": name,
+        "calls_per_reserve": round(sum(reserve_calls.values()), 2),
+        "calls_per_commit": round(sum(commit_calls.values()), 2),
+        "reserve": reserve_calls,
+        "commit": commit_calls,
+        "redis_cpu_us_per_pair": round((cpu1 - cpu0) / pairs * 1e6, 1),
+        "pairs_per_s": round(pairs / wall),
+        "load_average_before_after": [load_before, load_average()],
+        "steal_pct": round(100 * (steal1 - steal0) / max(1, total1 - total0), 1),
+    }
+
+
+async def main_async(args: argparse.Namespace, port: int, tmp: Path) -> None:
+    for name in args.policies:
+        result = await measure(name, port, args.pairs, args.concurrency, args.users, tmp)
+        print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=600)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--policies", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    args = parser.parse_args()
+    server = shutil.which("redis-server")
+    if not server:
+        raise SystemExit("redis-server is not on PATH")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("redis-server did not start") from None
+                    time.sleep(0.05)
+            asyncio.run(main_async(args, port, Path(tmp)))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
