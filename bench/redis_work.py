@@ -57,6 +57,7 @@ CASES = {
         "claude-haiku-5-5",
     ),
 }
+REPLAYED = 100  # pairs replayed pipelined: under the example policy's 120 requests/min a user
 NOT_SCRIPT_CALLS = {"evalsha", "eval", "info", "config", "script", "ping", "client", "hello"}
 
 
@@ -75,9 +76,10 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-async def commandstats(engine: Engine) -> dict[str, int]:
+async def commandstats(engine: Engine, what: str = "calls") -> dict[str, int]:
+    """Per command: its calls, or (``what="usec"``) the Redis CPU time spent in it."""
     info: dict[str, Any] = await engine.store.client.info("commandstats")  # type: ignore[attr-defined]
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+    return {k.removeprefix("cmdstat_"): int(v[what]) for k, v in info.items()}
 
 
 async def redis_cpu(engine: Engine) -> float:
@@ -94,6 +96,52 @@ def per_call(before: dict[str, int], after: dict[str, int], n: int) -> dict[str,
         if delta:
             out[cmd.upper()] = round(delta / n, 2)
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+async def replayed_pairs(
+    engine: Engine,
+    reserve: Callable[[int, str], Awaitable[None]],
+    commit: Callable[[str], Awaitable[None]],
+    pairs: int,
+    seq: int,
+) -> float:
+    """Redis CPU per pair when the same two script calls arrive pipelined, 200 commands a
+    read: what the scripts cost without a socket read and write per call (the floor the
+    per-request I/O sits on). The calls of one real pair are recorded and replayed with fresh
+    reservation ids."""
+    pipeline: Any = engine.store.pipeline  # type: ignore[attr-defined]
+    recorded: list[tuple[str, list[str], list[str | int]]] = []
+    real_call = pipeline.call
+
+    async def record(sha: str, source: str, keys: list[str], args: list[str | int]) -> Any:
+        recorded.append((sha, keys, args))
+        return await real_call(sha, source, keys, args)
+
+    rid = f"replay{seq}"
+    pipeline.call = record
+    try:
+        await reserve(0, rid)
+        await commit(rid)
+    finally:
+        pipeline.call = real_call
+    client: Any = engine.store.client  # type: ignore[attr-defined]
+
+    def fresh(value: str | int, new: str) -> str | int:
+        if isinstance(value, str) and (value == rid or value.endswith(":r:" + rid)):
+            return value[: len(value) - len(rid)] + new
+        return value
+
+    cpu0 = await redis_cpu(engine)
+    for start in range(0, pairs, 100):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(pairs, start + 100)):
+            new = f"{rid}-{i}"
+            for sha, keys, args in recorded:
+                keys_ = [fresh(k, new) for k in keys]
+                pipe.evalsha(sha, len(keys_), *keys_, *(fresh(a, new) for a in args))
+        for reply in await pipe.execute():
+            assert reply[0] in ("granted", "committed"), reply
+    return round((await redis_cpu(engine) - cpu0) / pairs * 1e6, 1)
 
 
 async def run_slots(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
@@ -120,10 +168,10 @@ async def measure(
     engine = Engine(registry, store, SystemClock(), Metrics())
     run = itertools.count()
 
-    def request(i: int, rid: str) -> ReserveRequest:
+    def request(user: str, rid: str) -> ReserveRequest:
         return ReserveRequest(
             org=org,
-            user=f"user-{i % users}",
+            user=user,
             feature="chat",
             model=model,
             input_tokens=1000,
@@ -132,7 +180,7 @@ async def measure(
         )
 
     async def reserve(i: int, rid: str) -> None:
-        grant = await engine.reserve(request(i, rid))
+        grant = await engine.reserve(request(f"user-{i % users}", rid))
         assert isinstance(grant, Grant), grant
 
     async def commit(rid: str) -> None:
@@ -157,11 +205,21 @@ async def measure(
     load_before = load_average()
     steal0, total0 = steal_and_total()
     cpu0 = await redis_cpu(engine)
+    usec0 = await commandstats(engine, "usec")
     started = time.perf_counter()
     await run_slots(pairs, concurrency, pair)
     wall = time.perf_counter() - started
+    usec1 = await commandstats(engine, "usec")
     cpu1 = await redis_cpu(engine)
     steal1, total1 = steal_and_total()
+
+    async def reserve_alone(_: int, rid: str) -> None:
+        # A user of its own: the replayed holds must all be granted (the example policy's
+        # per-user rate is 120 requests a minute).
+        grant = await engine.reserve(request("replay-user", rid))
+        assert isinstance(grant, Grant), grant
+
+    pipelined = await replayed_pairs(engine, reserve_alone, commit, REPLAYED, next(run))
     await store.close()
     reserve_calls, commit_calls = per_call(s0, s1, pairs), per_call(s1, s2, pairs)
     return {
@@ -171,7 +229,16 @@ async def measure(
         "reserve": reserve_calls,
         "commit": commit_calls,
         "redis_cpu_us_per_pair": round((cpu1 - cpu0) / pairs * 1e6, 1),
+        # Of the scripts' time (EVALSHA's usec, wall clock inside Redis, so inflated on a
+        # loaded machine), the share spent inside their redis.calls; the rest is Lua itself
+        # (argument parsing, the plan's JSON, string building) and the script call overhead.
+        "share_in_redis_calls": round(
+            sum(usec1[c] - usec0.get(c, 0) for c in usec1 if c not in NOT_SCRIPT_CALLS)
+            / max(1, usec1["evalsha"] - usec0["evalsha"]),
+            2,
+        ),
         "pairs_per_s": round(pairs / wall),
+        "pipelined_redis_cpu_us_per_pair": pipelined,
         "load_average_before_after": [load_before, load_average()],
         "steal_pct": round(100 * (steal1 - steal0) / max(1, total1 - total0), 1),
     }
