@@ -282,6 +282,27 @@ async def test_delivery_recovers_after_redis_loses_its_data(
             assert "budgetd_store_data_lost_total 1.0" in metrics
 
 
+async def test_a_webhook_whose_secret_is_unset_is_refused_and_shown_in_readyz(
+    tmp_path: Path, clean_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to be sent unsigned, silently."""
+    monkeypatch.delenv("BUDGETD_TEST_HOOK_SECRET")
+    async with (
+        Receiver().running() as hook,
+        instances(tmp_path, clean_redis, hook.url, 1) as (app,),
+    ):
+        assert (await app.post("/v1/reservations", json=CALL)).status_code == 404
+        ready = await app.get("/readyz")
+        assert ready.status_code == 503
+        (error,) = ready.json()["policy"]["errors"]
+        assert error.endswith(
+            "policy.yaml:5: channels.hook.secret_env: the environment variable "
+            "BUDGETD_TEST_HOOK_SECRET is not set (or empty): this webhook would be sent "
+            "unsigned. Set it, or remove secret_env to send unsigned on purpose"
+        )
+    assert hook.attempts == 0
+
+
 async def test_a_hanging_receiver_does_not_slow_reserve(tmp_path: Path, clean_redis: str) -> None:
     async with (
         Receiver(hang=True).running() as hook,

@@ -87,6 +87,11 @@ EXPECTED: dict[str, str] = {
         "secret_env_on_slack.yaml:6: channels.ops-slack.secret_env: secret_env applies to "
         "webhooks only"
     ),
+    "secret_env_unset.yaml": (
+        "secret_env_unset.yaml:6: channels.ops-hook.secret_env: the environment variable "
+        "BUDGETD_TEST_SECRET_NOBODY_SETS is not set (or empty): this webhook would be sent "
+        "unsigned. Set it, or remove secret_env to send unsigned on purpose"
+    ),
     "threshold_over_100.yaml": (
         "threshold_over_100.yaml:8: budgets[0].thresholds_pct[2]: must be at most 100 (got 120)"
     ),

@@ -54,6 +54,12 @@ budgets:
 """
 
 
+@pytest.fixture(autouse=True)
+def hook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy's webhook names HOOK_SECRET; a policy naming an unset one is refused."""
+    monkeypatch.setenv("HOOK_SECRET", "s3cret")
+
+
 @pytest.fixture(scope="module")
 def pricing() -> PricingTable:
     return load_pricing(TEST_PRICING)

@@ -4,6 +4,7 @@ directory with any bad file yields no PolicySet at all (the registry keeps the l
 from __future__ import annotations
 
 import fnmatch
+import os
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -105,6 +106,15 @@ def _check_header(
             )
         if channel.secret_env is not None and channel.webhook is None:
             check.fail(("channels", name, "secret_env"), "secret_env applies to webhooks only")
+        elif channel.secret_env is not None and not os.environ.get(channel.secret_env):
+            # A webhook that names its secret must never go out unsigned: a receiver that
+            # verifies would drop it, one that does not would trust a forgeable call.
+            check.fail(
+                ("channels", name, "secret_env"),
+                f"the environment variable {channel.secret_env} is not set (or empty): this "
+                "webhook would be sent unsigned. Set it, or remove secret_env to send unsigned "
+                "on purpose",
+            )
     for alias, target in raw.aliases.items():
         if alias in pricing.models:
             # Without this, an alias could silently re-price a model the table already prices.
