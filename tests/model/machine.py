@@ -1,0 +1,604 @@
+"""The model-based test of the engine: random operations, clock moves and faults against two
+engine replicas sharing one store, each answer checked against the reference model, and the
+store's counters, hold index, ledger and buckets checked against it after every step.
+
+What every step must leave true (issue 9):
+* spend charged to each period counter ≤ the limit its holds were granted against + what was
+  excused (a call's overrun beyond its own hold, a late commit, a record);
+* every ``held`` ≥ 0 and equal to the sum of the open holds on it; the hold index = open holds;
+* each reservation settled at most once (one ledger entry per id), and the ledger = the counters
+  (``reconcile`` exact), no negative spend anywhere;
+* a denial changes nothing but what lazy expiry reclaims (counters, buckets, no reservation);
+* replays answer as the first call did; a different body for a used id is a 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from budgetd.clock import FrozenClock
+from budgetd.contract import CommitRequest, Denied, Grant, ReserveRequest, UsageRequest
+from budgetd.engine import Engine
+from budgetd.errors import Conflict, StoreDown
+from budgetd.jobs.sweep import sweep_expired
+from budgetd.ledger import reconcile
+from budgetd.metrics import Metrics
+from budgetd.policy.registry import PolicyRegistry
+from budgetd.store import keys
+from budgetd.store.scripted import ScriptStore
+from budgetd.usage import Usage
+from tests.conftest import TEST_PRICING
+from tests.model.backends import STALL_TIMEOUT_S, STORE_TIMEOUT_S, Backend
+from tests.model.reference import (
+    MODEL,
+    BudgetDef,
+    OrgDef,
+    RateDef,
+    Reference,
+    Reservation,
+    price,
+)
+
+T = TypeVar("T")
+SCALE = 60_000
+"""lib.lua keeps a bucket's level in tokens × 60,000."""
+
+ACME = OrgDef(
+    org="acme",
+    tz="America/New_York",
+    hold_ttl_s=60,
+    budgets=(
+        BudgetDef("org-month", "org", "month", 200_000),
+        BudgetDef("feature-day", "feature", "day", 80_000),
+        BudgetDef("user-hour", "user", "hour", 50_000),
+    ),
+    rate=RateDef("user-rate", requests=20, input_tokens=20_000, output_tokens=8_000),
+)
+BETA = OrgDef(
+    org="beta",
+    tz="Europe/London",
+    hold_ttl_s=30,
+    budgets=(
+        BudgetDef("org-week", "org", "week", 100_000),
+        BudgetDef("feature-day", "feature", "day", 40_000),
+    ),
+    fail_open=True,
+)
+ORGS = {o.org: o for o in (ACME, BETA)}
+
+EDGES = {
+    "new-york-dst-ends": datetime(2026, 11, 1, 6, 0, tzinfo=UTC),
+    "new-york-dst-starts": datetime(2026, 3, 8, 7, 0, tzinfo=UTC),
+    "new-york-month-ends": datetime(2026, 12, 1, 5, 0, tzinfo=UTC),
+    "london-dst-ends": datetime(2026, 10, 25, 1, 0, tzinfo=UTC),
+    "london-year-ends": datetime(2027, 1, 1, 0, 0, tzinfo=UTC),
+}
+"""Instants an example starts shortly before (DST changes, month, week and year ends)."""
+STEPS_S = (1, 29, 30, 31, 59, 60, 61, 150, 900, 3599, 3600, 3601, 6 * 3600, 86_400)
+"""Clock moves: lease edges (1, 30 and 60 s leases), rolling sub-buckets, hours, days."""
+MAX_ELAPSED_MS = 6 * 86_400_000
+"""Examples stay within 6 days: counters and resolved reservations are kept 7-8 days."""
+
+SETTLE = (
+    "commit under",
+    "commit equal",
+    "commit over",
+    "commit zero",
+    "commit again",
+    "commit other",
+    "release",
+    "release while stalled",
+    "reserve again",
+    "reserve other",
+)
+users = st.sampled_from([None, "alice", "bob"])
+features = st.sampled_from([None, "chat", "search"])
+picks = st.integers(min_value=0, max_value=1 << 16)
+replicas = st.integers(min_value=0, max_value=1)
+
+
+class EngineModel(RuleBasedStateMachine):
+    """One example: two engine replicas over one store, a frozen clock moved by the rules."""
+
+    backend: Backend
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.ready = False
+        self.dirs: list[Path] = []
+        self.stores: tuple[ScriptStore, ScriptStore] | None = None
+        self.next_id = 0
+        self.degraded: list[tuple[str, str, str | None, str | None]] = []
+        """Degraded grants (org, id, user, feature): committable later, the spend is recorded."""
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        async def wrap() -> T:
+            return await awaitable
+
+        return self.loop.run_until_complete(wrap())
+
+    def fresh_id(self, prefix: str = "r") -> str:
+        self.next_id += 1
+        return f"{prefix}{self.next_id}"
+
+    def write_policy(self, replica: int, pct: int) -> None:
+        directory = self.dirs[replica]
+        for org in ORGS.values():
+            (directory / f"{org.org}.yaml").write_text(org.scaled(pct).yaml())
+        status = self.engines[replica].registry.reload()
+        assert status.ok, status.errors
+        self.model.policies[replica] = {o: org.scaled(pct) for o, org in ORGS.items()}
+
+    @initialize(edge=st.sampled_from(sorted(EDGES)), before_s=st.integers(0, 7200))
+    def start(self, edge: str, before_s: int) -> None:
+        start_ms = int(EDGES[edge].timestamp() - before_s) * 1000
+        self.start_ms = start_ms
+        self.backend.begin(start_ms)
+        self.clock = FrozenClock(datetime.fromtimestamp(start_ms / 1000, tz=UTC))
+        self.stores = self.run(self.backend.stores())
+        self.model = Reference(now_ms=start_ms, policies=[dict(ORGS), dict(ORGS)])
+        self.engines: list[Engine] = []
+        for i in range(2):
+            directory = Path(tempfile.mkdtemp(prefix=f"model-policy{i}-"))
+            self.dirs.append(directory)
+            for org in ORGS.values():
+                (directory / f"{org.org}.yaml").write_text(org.yaml())
+            registry = PolicyRegistry(directory, TEST_PRICING)
+            status = registry.reload()
+            assert status.ok, status.errors
+            self.engines.append(Engine(registry, self.stores[i], self.clock, Metrics()))
+        self.ready = True
+
+    def teardown(self) -> None:
+        try:
+            if self.stores is not None:
+                self.backend.unstall() if self.backend.can_stall else None
+                for store in {id(s): s for s in self.stores}.values():
+                    self.run(store.close())
+        finally:
+            self.backend.end()
+            self.loop.close()
+            for d in self.dirs:
+                shutil.rmtree(d, ignore_errors=True)
+
+    # -- reserve ---------------------------------------------------------------------------
+
+    def _request(
+        self,
+        org: str,
+        user: str | None,
+        feature: str | None,
+        est: int,
+        max_tokens: int,
+        ttl: int | None,
+        rid: str,
+    ) -> ReserveRequest:
+        return ReserveRequest(
+            org=org,
+            model=MODEL,
+            input_tokens=est,
+            max_tokens=max_tokens,
+            user=user,
+            feature=feature,
+            reservation_id=rid,
+            ttl_s=ttl,
+        )
+
+    def _reserve(self, replica: int, request: ReserveRequest) -> None:
+        """A first reserve of ``request.reservation_id``: check the answer, move the model."""
+        m = self.model
+        org = request.org
+        assert request.reservation_id is not None
+        before_buckets = self.run(self._buckets(org))
+        m.expire_due(org, 8)
+        entries = m.entries(replica, org, request.user, request.feature, m.now_ms)
+        amount = price(request.input_tokens, request.max_tokens)
+        short = {(e.budget.name, e.entity) for e in entries if m.used(e) + amount > e.budget.limit}
+        answer = self.run(self.engines[replica].reserve(request))
+        event(f"reserve: {type(answer).__name__}")
+        if isinstance(answer, Denied):
+            named = {(s.name, s.entity) for s in answer.scopes if s.kind == "budget"}
+            # Every budget without room is named, and only those; rates are not modelled.
+            assert named == short, (named, short)
+            for s in answer.scopes:
+                if s.kind == "budget":
+                    e = next(x for x in entries if (x.budget.name, x.entity) == (s.name, s.entity))
+                    assert (s.spent_micros, s.held_micros) == (m.spent[e.key], m.held[e.key])
+            if not short:
+                assert ORGS[org].rate is not None and request.user is not None, answer
+            # A denial changes nothing (lazy expiry aside, which the counters check covers).
+            assert self.run(self._buckets(org)) == before_buckets
+            view = self.run(self.stores[0].reservation(org, request.reservation_id))
+            assert view is None
+            return
+        assert isinstance(answer, Grant), answer
+        assert not short, f"granted {amount} µ$ past the limit of {short}"
+        ttl_s = request.ttl_s or m.policies[replica][org].hold_ttl_s
+        assert (answer.held_micros, answer.replayed, answer.degraded) == (amount, False, False)
+        deadline = m.now_ms + ttl_s * 1000
+        assert answer.expires_at == datetime.fromtimestamp(deadline / 1000, tz=UTC)
+        r = Reservation(
+            org=org,
+            rid=request.reservation_id,
+            body=(request,),
+            amount=amount,
+            deadline_ms=deadline,
+            entries=entries,
+            input_tokens=request.input_tokens,
+            max_tokens=request.max_tokens,
+            grant_answer=(amount, deadline),
+        )
+        m.grant(r)
+        for s in answer.scopes:
+            if s.kind == "budget":
+                e = next(x for x in entries if (x.budget.name, x.entity) == (s.name, s.entity))
+                assert (s.spent_micros, s.held_micros) == (m.spent[e.key], m.held[e.key])
+
+    @rule(
+        replica=replicas,
+        org=st.sampled_from(sorted(ORGS)),
+        user=users,
+        feature=features,
+        est=st.integers(0, 6_000),
+        max_tokens=st.integers(1, 5_000),
+        ttl=st.sampled_from([None, 1, 5, 30]),
+        stall=st.sampled_from((False,) * 9 + (True,)),
+    )
+    def reserve(
+        self,
+        replica: int,
+        org: str,
+        user: str | None,
+        feature: str | None,
+        est: int,
+        max_tokens: int,
+        ttl: int | None,
+        stall: bool,
+    ) -> None:
+        """A reserve on either replica; one in ten while Redis is stalled (a real server)."""
+        request = self._request(org, user, feature, est, max_tokens, ttl, self.fresh_id())
+        if stall and self.backend.can_stall:
+            self._reserve_stalled(replica, request)
+        else:
+            self._reserve(replica, request)
+
+    def _pick(self, pick: int, open_only: bool) -> Reservation:
+        pool = self.model.open_holds() if open_only else []
+        pool = pool or list(self.model.reservations.values())
+        pool.sort(key=lambda r: int(r.rid[1:]))
+        return pool[pick % len(pool)]
+
+    def _has_reservations(self) -> bool:
+        return self.ready and bool(self.model.reservations)
+
+    @precondition(_has_reservations)
+    @rule(
+        action=st.sampled_from(SETTLE),
+        replica=replicas,
+        pick=picks,
+        open_only=st.booleans(),
+    )
+    def settle(self, action: str, replica: int, pick: int, open_only: bool) -> None:
+        """Commit (under, equal to or over the hold, or nothing used), commit again with the
+        same or another body, release, or send the reserve again (same or another body), on
+        either replica: the one that granted the hold or the other."""
+        r = self._pick(pick, open_only)
+        event(f"settle: {action} ({r.state})")
+        if action == "release":
+            self._release(replica, r)
+        elif action == "release while stalled":
+            if self.backend.can_stall:
+                self._release_stalled(replica, r)
+            else:
+                self._release(replica, r)
+        elif action == "reserve again":
+            self._reserve_again(replica, r)
+        elif action == "reserve other":
+            self._reserve_other(replica, r)
+        elif action == "commit again":
+            self._commit(replica, r, r.commit_body or self._usage(r, "under"))
+        elif action == "commit other":
+            base = r.commit_body or self._usage(r, "over")
+            self._commit(replica, r, (base[0] + 1, base[1]) if r.commit_body else base)
+        else:
+            self._commit(replica, r, self._usage(r, action.split()[1]))
+
+    def _reserve_again(self, replica: int, r: Reservation) -> None:
+        self.model.expire_due(r.org, 8)
+        (request,) = r.body
+        assert isinstance(request, ReserveRequest)
+        answer = self.run(self.engines[replica].reserve(request))
+        assert isinstance(answer, Grant), answer
+        assert r.grant_answer is not None
+        held, deadline = r.grant_answer
+        assert (answer.held_micros, answer.replayed) == (held, True)
+        assert answer.expires_at == datetime.fromtimestamp(deadline / 1000, tz=UTC)
+
+    def _reserve_other(self, replica: int, r: Reservation) -> None:
+        self.model.expire_due(r.org, 8)
+        (request,) = r.body
+        assert isinstance(request, ReserveRequest)
+        other = msgspec.structs.replace(request, max_tokens=request.max_tokens + 1)
+        try:
+            self.run(self.engines[replica].reserve(other))
+        except Conflict as exc:
+            assert exc.state == r.state, (exc.state, r.state)
+        else:
+            raise AssertionError("a reused id with another body must be a conflict")
+
+    def _usage(self, r: Reservation, variant: str) -> tuple[int, int]:
+        if variant == "under":
+            return r.input_tokens // 2, r.max_tokens // 2
+        if variant == "equal":
+            return r.input_tokens, r.max_tokens
+        if variant == "zero":
+            return 0, 0
+        return r.input_tokens + 100, r.max_tokens + 50
+
+    def _commit(self, replica: int, r: Reservation, tokens: tuple[int, int]) -> None:
+        m = self.model
+        body = CommitRequest(usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1]))
+        if r.state == "released" or (r.state == "committed" and r.commit_body != tokens):
+            try:
+                self.run(self.engines[replica].commit(r.org, r.rid, body))
+            except Conflict as exc:
+                assert exc.state == r.state
+            else:
+                raise AssertionError(f"commit of a {r.state} reservation must be a conflict")
+            return
+        answer = self.run(self.engines[replica].commit(r.org, r.rid, body))
+        got = (answer.cost_micros, answer.released_micros, answer.overrun, answer.late)
+        if r.state == "committed":
+            assert r.commit_answer is not None
+            assert (*got, answer.ledger_id) == r.commit_answer, "a replay answers as the first"
+            assert answer.replayed
+            return
+        expected = m.commit(r, *tokens)
+        event(f"commit: late={expected[3]} overrun={expected[2]}")
+        assert got == expected, (got, expected)
+        assert not answer.replayed
+        r.commit_answer = (*expected, answer.ledger_id)
+
+    def _release(self, replica: int, r: Reservation) -> None:
+        state, released = self.model.release(r)
+        answer = self.run(self.engines[replica].release(r.org, r.rid))
+        assert (answer.state, answer.released_micros) == (state, released)
+
+    @rule(
+        replica=replicas,
+        org=st.sampled_from(sorted(ORGS)),
+        user=users,
+        feature=features,
+        tokens=st.tuples(st.integers(0, 3_000), st.integers(0, 2_000)),
+        again=st.sampled_from(["no", "same", "other"]),
+    )
+    def record(
+        self,
+        replica: int,
+        org: str,
+        user: str | None,
+        feature: str | None,
+        tokens: tuple[int, int],
+        again: str,
+    ) -> None:
+        m = self.model
+        rid = self.fresh_id("u")
+        request = UsageRequest(
+            org=org,
+            model=MODEL,
+            usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1]),
+            user=user,
+            feature=feature,
+            record_id=rid,
+        )
+        cost = price(*tokens)
+        answer = self.run(self.engines[replica].record(request))
+        assert (answer.cost_micros, answer.replayed) == (cost, False)
+        m.record(m.entries(replica, org, user, feature, m.now_ms), org, cost)
+        if again == "same":
+            replay = self.run(self.engines[1 - replica].record(request))
+            assert (replay.ledger_id, replay.replayed) == (answer.ledger_id, True)
+        elif again == "other":
+            changed = msgspec.structs.replace(
+                request, usage=Usage(input_tokens=tokens[0] + 1, output_tokens=tokens[1])
+            )
+            try:
+                self.run(self.engines[1 - replica].record(changed))
+            except Conflict:
+                pass
+            else:
+                raise AssertionError("a reused record id with another body must be a conflict")
+
+    # -- time, sweeps, policy --------------------------------------------------------------
+
+    @precondition(lambda self: self.ready and self.model.now_ms - self.start_ms < MAX_ELAPSED_MS)
+    @rule(seconds=st.sampled_from(STEPS_S))
+    def advance(self, seconds: int) -> None:
+        self.model.now_ms += seconds * 1000
+        self.backend.set_ms(self.model.now_ms)
+        self.clock.set(datetime.fromtimestamp(self.model.now_ms / 1000, tz=UTC))
+
+    @precondition(lambda self: self.ready)
+    @rule(replica=replicas)
+    def sweep(self, replica: int) -> None:
+        reclaimed = self.run(sweep_expired(self.engines[replica]))
+        assert reclaimed == len(self.model.expire_due(None))
+
+    @precondition(lambda self: self.ready)
+    @rule(replica=st.sampled_from([0, 1, 2]), pct=st.sampled_from([30, 60, 100]))
+    def reload_policy(self, replica: int, pct: int) -> None:
+        """A policy reload (lower limits, or back to the first ones) on one replica or both:
+        replicas may disagree for a while, as they do in production."""
+        for i in (0, 1) if replica == 2 else (replica,):
+            self.write_policy(i, pct)
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def _stalled(self, replica: int, awaitable: Awaitable[T]) -> T | Exception:
+        """Run one call while the server is stopped (SIGSTOP) past the store timeout; then
+        resume it and wait until everything sent before has run (the pipeline answers in
+        order, so a status call that returns means the stalled script ran, if it was sent)."""
+        assert self.stores is not None
+        store = self.stores[replica]
+        store.timeout_s = STALL_TIMEOUT_S
+        self.backend.stall()
+        try:
+            result: T | Exception = self.run(awaitable)
+        except Exception as exc:
+            result = exc
+        finally:
+            self.backend.unstall()
+            store.timeout_s = STORE_TIMEOUT_S
+        self.run(store.status((), ()))
+        return result
+
+    def _reserve_stalled(self, replica: int, request: ReserveRequest) -> None:
+        """Redis stops answering: a fail-closed org gets 503, a fail-open one a degraded grant.
+        The script was sent, so it runs once Redis resumes: the model learns from the store
+        whether it granted (the client never heard) and checks that it was allowed to."""
+        m = self.model
+        org, user, feature = request.org, request.user, request.feature
+        rid = request.reservation_id
+        assert rid is not None
+        entries = m.entries(replica, org, user, feature, m.now_ms)
+        amount = price(request.input_tokens, request.max_tokens)
+        result = self._stalled(replica, self.engines[replica].reserve(request))
+        if ORGS[org].fail_open:
+            assert isinstance(result, Grant) and result.degraded, result
+            assert result.held_micros == 0
+            self.degraded.append((org, result.reservation_id, user, feature))
+        else:
+            assert isinstance(result, StoreDown), result
+        self._adopt_expiries(org)
+        view = self.run(self.stores[0].reservation(org, rid))  # type: ignore[index]
+        if view is None:
+            return
+        assert view.state == "held"
+        for e in entries:
+            assert m.used(e) + amount <= e.budget.limit, "a stalled reserve granted past a limit"
+        deadline = m.now_ms + (request.ttl_s or m.policies[replica][org].hold_ttl_s) * 1000
+        assert view.deadline_ms == deadline
+        m.grant(
+            Reservation(
+                org=org,
+                rid=rid,
+                body=(request,),
+                amount=amount,
+                deadline_ms=deadline,
+                entries=entries,
+                input_tokens=request.input_tokens,
+                max_tokens=request.max_tokens,
+                grant_answer=(amount, deadline),
+            )
+        )
+
+    @precondition(lambda self: self.ready and bool(self.degraded))
+    @rule(
+        pick=picks,
+        replica=replicas,
+        tokens=st.tuples(st.integers(0, 3_000), st.integers(0, 2_000)),
+    )
+    def commit_degraded(self, pick: int, replica: int, tokens: tuple[int, int]) -> None:
+        """A degraded grant's commit, once Redis is back, records the spend (on any replica),
+        in the period it is committed in: nothing was held."""
+        org, rid, user, feature = self.degraded.pop(pick % len(self.degraded))
+        m = self.model
+        usage = Usage(input_tokens=tokens[0], output_tokens=tokens[1])
+        answer = self.run(self.engines[replica].commit(org, rid, CommitRequest(usage=usage)))
+        cost = price(*tokens)
+        assert (answer.cost_micros, answer.released_micros, answer.overrun) == (cost, 0, True)
+        m.record(m.entries(replica, org, user, feature, m.now_ms), org, cost)
+
+    def _release_stalled(self, replica: int, r: Reservation) -> None:
+        """A release during a stall answers 503; it may run once Redis resumes, or not."""
+        result = self._stalled(replica, self.engines[replica].release(r.org, r.rid))
+        assert isinstance(result, StoreDown), result
+        view = self.run(self.stores[0].reservation(r.org, r.rid))  # type: ignore[index]
+        assert view is not None
+        if view.state != r.state:  # it ran after all: as a release at this instant would
+            state, _ = self.model.release(r)
+            assert view.state == state, (view.state, state)
+
+    def _adopt_expiries(self, org: str) -> None:
+        """A stalled script ran after the stall, or not at all (its caller gave up before it
+        could resend a script Redis had not cached): a reserve's lazy expiry may have run. The
+        store says which due holds it reclaimed; they can only be the model's due ones."""
+        due = sorted(
+            (r for r in self.model.open_holds(org) if r.deadline_ms <= self.model.now_ms),
+            key=lambda r: (r.deadline_ms, r.rid),
+        )
+        for r in due:
+            view = self.run(self.stores[0].reservation(org, r.rid))  # type: ignore[index]
+            if view is not None and view.state == "expired":
+                self.model.expire_one(r)
+
+    # -- invariants ------------------------------------------------------------------------
+
+    async def _buckets(self, org: str) -> dict[str, dict[str, str]]:
+        assert self.stores is not None
+        client = self.stores[0].client
+        out: dict[str, dict[str, str]] = {}
+        async for key in client.scan_iter(match=f"{keys.tag(org)}:tb:*", count=1000):
+            out[str(key)] = dict(await client.hgetall(key))
+        return out
+
+    async def _check(self) -> None:
+        assert self.stores is not None
+        m = self.model
+        client: Any = self.stores[0].client
+        for org, policy in ORGS.items():
+            rec = await reconcile(self.stores[0], org)
+            assert rec.ok, f"reconcile {org}: {rec.differences}"
+            found = [
+                str(k) async for k in client.scan_iter(match=f"{keys.tag(org)}:b:*", count=1000)
+            ]
+            async with client.pipeline(transaction=False) as pipe:
+                for key in found:
+                    pipe.hmget(key, ["spent", "held"])
+                values = await pipe.execute()
+            seen = set(found)
+            for key, (spent, held) in zip(found, values, strict=True):
+                actual = (int(spent or 0), int(held or 0))
+                assert actual[0] >= 0 and actual[1] >= 0, f"{key}: negative {actual}"
+                expected = (m.spent[key], m.held[key])
+                assert actual == expected, f"{key}: (spent, held) {actual}, model {expected}"
+            for key in (+m.spent) + (+m.held):
+                if key.startswith(keys.tag(org)):
+                    assert key in seen, f"{key} lost"
+            ledger = await client.xrange(keys.ledger(org))
+            assert len(ledger) == m.ledger[org], (len(ledger), m.ledger[org])
+            settled = [f["reservation_id"] for _, f in ledger if f.get("kind") == "commit"]
+            assert len(settled) == len(set(settled)), "a reservation settled twice"
+            holds = await client.zrange(keys.holds(org), 0, -1)
+            assert sorted(holds) == sorted(r.rid for r in m.open_holds(org)), holds
+            rate = policy.rate
+            for key, bucket in (await self._buckets(org)).items():
+                assert rate is not None, key
+                kind = key.rsplit(":", 1)[1]
+                capacity = {
+                    "requests": rate.requests,
+                    "input_tokens": rate.input_tokens,
+                    "output_tokens": rate.output_tokens,
+                }[kind]
+                assert int(bucket["t"]) <= capacity * SCALE, f"{key} above capacity: {bucket}"
+        over = m.over_limit()
+        assert not over, over
+
+    @invariant()
+    def store_matches_model(self) -> None:
+        if self.ready:
+            self.run(self._check())

@@ -1,0 +1,268 @@
+"""The reference model of the engine: plain Python, written from DESIGN.md and docs/decisions.md,
+not from the scripts. It knows the policies the model test writes, the time, every reservation
+and what it should have done to each counter; the model test compares the store with it after
+every step.
+
+Only key *names* come from budgetd (``store.keys``): where a number lives is not what is tested.
+Amounts and period ids are computed here, independently: prices of the test table's haiku
+(1 µ$ per input token, 5 µ$ per output token), calendar periods with ``zoneinfo``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from budgetd.store import keys
+
+MODEL = "claude-haiku-test"
+INPUT_MICROS, OUTPUT_MICROS = 1, 5
+"""The test price table's haiku: $1 and $5 per million tokens = 1 and 5 µ$ per token."""
+
+Period = Literal["hour", "day", "week", "month"]
+Scope = Literal["org", "user", "feature"]
+State = Literal["held", "committed", "released", "expired"]
+LAZY_EXPIRY = 8
+"""Due holds a reserve reclaims first (DESIGN: stale holds never deny a request)."""
+
+
+@dataclass(frozen=True)
+class BudgetDef:
+    name: str
+    scope: Scope
+    period: Period
+    limit: int
+    """µ$"""
+
+
+@dataclass(frozen=True)
+class RateDef:
+    name: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class OrgDef:
+    org: str
+    tz: str
+    hold_ttl_s: int
+    budgets: tuple[BudgetDef, ...]
+    rate: RateDef | None = None
+    fail_open: bool = False
+
+    def scaled(self, pct: int) -> OrgDef:
+        """The same policy with every budget's limit at ``pct`` % of ``base``'s."""
+        return replace(
+            self,
+            budgets=tuple(replace(b, limit=b.limit * pct // 100) for b in self.budgets),
+        )
+
+    def yaml(self) -> str:
+        lines = [
+            f"org: {self.org}",
+            f"timezone: {self.tz}",
+            "defaults:",
+            f"  hold_ttl_s: {self.hold_ttl_s}",
+            f"  failure: {'fail_open' if self.fail_open else 'fail_closed'}",
+            "budgets:",
+        ]
+        for b in self.budgets:
+            usd = f"{b.limit // 1_000_000}.{b.limit % 1_000_000:06d}"
+            lines.append(
+                f"  - {{name: {b.name}, scope: {b.scope}, limit_usd: {usd}, period: {b.period}}}"
+            )
+        if self.rate is not None:
+            r = self.rate
+            lines += [
+                "rate_limits:",
+                f"  - name: {r.name}",
+                "    scope: user",
+                f"    requests_per_minute: {r.requests}",
+                f"    input_tokens_per_minute: {r.input_tokens}",
+                f"    output_tokens_per_minute: {r.output_tokens}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def period_id(period: Period, tz: str, at_ms: int) -> str:
+    """Which calendar period ``at_ms`` falls in, as budgetd names it (docs/decisions.md: hours
+    carry their UTC offset, so the repeated hour of a DST fall-back is a period of its own)."""
+    local = datetime.fromtimestamp(at_ms / 1000, tz=UTC).astimezone(ZoneInfo(tz))
+    if period == "hour":
+        return local.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H%z")
+    if period == "day":
+        return local.strftime("%Y-%m-%d")
+    if period == "week":
+        year, week, _ = local.isocalendar()
+        return f"{year}-W{week:02d}"
+    return local.strftime("%Y-%m")
+
+
+def price(input_tokens: int, output_tokens: int) -> int:
+    return input_tokens * INPUT_MICROS + output_tokens * OUTPUT_MICROS
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One budget a hold (or a record) counts against."""
+
+    budget: BudgetDef
+    entity: str
+    key: str
+    """The period counter: held at reserve, charged at commit (calendar budgets)."""
+
+
+@dataclass
+class Reservation:
+    org: str
+    rid: str
+    body: tuple[object, ...]
+    """What identifies the request for idempotency (fingerprinted by the engine)."""
+    amount: int
+    deadline_ms: int
+    entries: tuple[Entry, ...]
+    input_tokens: int
+    max_tokens: int
+    state: State = "held"
+    commit_body: tuple[int, int] | None = None
+    commit_answer: tuple[int, int, bool, bool, str] | None = None
+    """(cost, released, overrun, late, ledger id) of the first commit."""
+    grant_answer: tuple[int, int] | None = None
+    """(held micros, expires-at ms) of the first grant."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Spend that landed on one counter, and how much of it the limit need not cover."""
+
+    key: str
+    cost: int
+    excused: int
+    """Overrun beyond the call's own hold, a late commit, or a record (never checked)."""
+    limit: int
+    """The limit in force where the hold (or record) was granted."""
+
+
+@dataclass
+class Reference:
+    now_ms: int
+    policies: list[dict[str, OrgDef]]
+    """Per engine (replica): the policy it has loaded."""
+    reservations: dict[tuple[str, str], Reservation] = field(default_factory=dict)
+    records: dict[tuple[str, str], tuple[tuple[object, ...], int]] = field(default_factory=dict)
+    spent: Counter[str] = field(default_factory=Counter)
+    held: Counter[str] = field(default_factory=Counter)
+    charges: list[Charge] = field(default_factory=list)
+    ledger: Counter[str] = field(default_factory=Counter)
+    """Ledger entries per org."""
+
+    # -- what applies ----------------------------------------------------------------------
+
+    def entries(
+        self, engine: int, org: str, user: str | None, feature: str | None, at_ms: int
+    ) -> tuple[Entry, ...]:
+        policy = self.policies[engine][org]
+        out = []
+        for b in policy.budgets:
+            entity = {"org": org, "user": user, "feature": feature}[b.scope]
+            if entity is None:
+                continue
+            pid = period_id(b.period, policy.tz, at_ms)
+            out.append(Entry(b, entity, keys.period_counter(org, b.name, entity, pid)))
+        return tuple(out)
+
+    def used(self, entry: Entry) -> int:
+        return self.spent[entry.key] + self.held[entry.key]
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open_holds(self, org: str | None = None) -> list[Reservation]:
+        return [
+            r
+            for r in self.reservations.values()
+            if r.state == "held" and (org is None or r.org == org)
+        ]
+
+    def _void(self, r: Reservation, state: State) -> None:
+        for e in r.entries:
+            self.held[e.key] -= r.amount
+        r.state = state
+
+    def expire_one(self, r: Reservation) -> None:
+        self._void(r, "expired")
+
+    def expire_due(self, org: str | None, limit: int | None = None) -> list[str]:
+        """Reclaim holds whose lease ran out (deadline ≤ now), oldest deadline first, ties by
+        id (the hold index is a sorted set scored by deadline)."""
+        due = sorted(
+            (r for r in self.open_holds(org) if r.deadline_ms <= self.now_ms),
+            key=lambda r: (r.deadline_ms, r.rid),
+        )
+        if limit is not None:
+            due = due[:limit]
+        for r in due:
+            self._void(r, "expired")
+        return [r.rid for r in due]
+
+    def grant(self, r: Reservation) -> None:
+        self.reservations[(r.org, r.rid)] = r
+        for e in r.entries:
+            self.held[e.key] += r.amount
+
+    def commit(
+        self, r: Reservation, input_tokens: int, output_tokens: int
+    ) -> tuple[int, int, bool, bool]:
+        """(cost, released, overrun, late) of a first commit; moves the counters."""
+        cost = price(input_tokens, output_tokens)
+        holding = r.state == "held"
+        late = not holding or self.now_ms > r.deadline_ms
+        overrun = late or cost > r.amount
+        released = max(0, r.amount - cost) if holding and not late else 0
+        if holding:
+            self._void(r, "held")
+        excused = cost if late else max(0, cost - r.amount)
+        for e in r.entries:
+            self.spent[e.key] += cost
+            self.charges.append(Charge(e.key, cost, excused, e.budget.limit))
+        r.state = "committed"
+        r.commit_body = (input_tokens, output_tokens)
+        self.ledger[r.org] += 1
+        return cost, released, overrun, late
+
+    def release(self, r: Reservation) -> tuple[str, int]:
+        """(state, released micros)."""
+        if r.state != "held":
+            return r.state, 0
+        if self.now_ms > r.deadline_ms:
+            self._void(r, "expired")
+            return "expired", 0
+        self._void(r, "released")
+        return "released", r.amount
+
+    def record(self, entries: tuple[Entry, ...], org: str, cost: int) -> None:
+        for e in entries:
+            self.spent[e.key] += cost
+            self.charges.append(Charge(e.key, cost, cost, e.budget.limit))
+        self.ledger[org] += 1
+
+    # -- the bound -------------------------------------------------------------------------
+
+    def over_limit(self) -> list[str]:
+        """Counters whose spend exceeds the limit plus what was excused: for each, every hold
+        charged to it was granted against a limit at most the largest one recorded."""
+        by_key: dict[str, list[Charge]] = {}
+        for c in self.charges:
+            by_key.setdefault(c.key, []).append(c)
+        out = []
+        for key, charges in by_key.items():
+            total = sum(c.cost for c in charges)
+            limit = max(c.limit for c in charges)
+            excused = sum(c.excused for c in charges)
+            if total > limit + excused:
+                out.append(f"{key}: spent {total} > limit {limit} + excused {excused}")
+        return out
