@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Awaitable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from budgetd.clock import FrozenClock
 from budgetd.contract import CommitRequest, Denied, Grant, ReserveRequest, UsageRequest
 from budgetd.engine import Engine
-from budgetd.errors import Conflict, StoreDown
+from budgetd.errors import Conflict, InvalidRequest, StoreDown
 from budgetd.jobs.sweep import sweep_expired
 from budgetd.ledger import reconcile
 from budgetd.metrics import Metrics
@@ -75,7 +77,23 @@ BETA = OrgDef(
     ),
     fail_open=True,
 )
+ACME_ROLLING = replace(ACME, budgets=(*ACME.budgets, BudgetDef("user-roll", "user", "1h", 40_000)))
 ORGS = {o.org: o for o in (ACME, BETA)}
+FAMILIES = frozenset({"rolling", "huge", "deg-ids", "script-error", "stalled-commit"})
+"""Rule families beyond the base ones; each is switched on in CI once main has the fix it
+needs (issue 9), so CI never lands red:
+* rolling: a rolling-hour budget, leases up to a day, commits late in the window (item 4);
+* huge: token counts and reported costs far past 2^53 and 2^63 (items 1, 2);
+* deg-ids: client ids starting with ``deg.`` (item 5);
+* script-error: the org's ledger key of the wrong type while a commit runs (item 3);
+* stalled-commit: a commit while Redis is stalled, on either replica (item 11)."""
+MAX_SAFE = 2**53
+HUGE = {
+    "commit 2e18 output tokens": (0, 2 * 10**18),
+    "commit 200M input tokens": (200_000_000, 0),
+    "record 2^63 reported micros": (10, 10),
+    "record 1e23 input tokens": (10**23, 0),
+}
 
 EDGES = {
     "new-york-dst-ends": datetime(2026, 11, 1, 6, 0, tzinfo=UTC),
@@ -99,6 +117,7 @@ SETTLE = (
     "commit other",
     "release",
     "release while stalled",
+    "commit while stalled",
     "reserve again",
     "reserve other",
 )
@@ -112,6 +131,7 @@ class EngineModel(RuleBasedStateMachine):
     """One example: two engine replicas over one store, a frozen clock moved by the rules."""
 
     backend: Backend
+    families: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         super().__init__()
@@ -137,11 +157,11 @@ class EngineModel(RuleBasedStateMachine):
 
     def write_policy(self, replica: int, pct: int) -> None:
         directory = self.dirs[replica]
-        for org in ORGS.values():
+        for org in self.orgs.values():
             (directory / f"{org.org}.yaml").write_text(org.scaled(pct).yaml())
         status = self.engines[replica].registry.reload()
         assert status.ok, status.errors
-        self.model.policies[replica] = {o: org.scaled(pct) for o, org in ORGS.items()}
+        self.model.policies[replica] = {o: org.scaled(pct) for o, org in self.orgs.items()}
 
     @initialize(edge=st.sampled_from(sorted(EDGES)), before_s=st.integers(0, 7200))
     def start(self, edge: str, before_s: int) -> None:
@@ -150,12 +170,14 @@ class EngineModel(RuleBasedStateMachine):
         self.backend.begin(start_ms)
         self.clock = FrozenClock(datetime.fromtimestamp(start_ms / 1000, tz=UTC))
         self.stores = self.run(self.backend.stores())
-        self.model = Reference(now_ms=start_ms, policies=[dict(ORGS), dict(ORGS)])
+        acme = ACME_ROLLING if "rolling" in self.families else ACME
+        self.orgs = {"acme": acme, "beta": BETA}
+        self.model = Reference(now_ms=start_ms, policies=[dict(self.orgs), dict(self.orgs)])
         self.engines: list[Engine] = []
         for i in range(2):
             directory = Path(tempfile.mkdtemp(prefix=f"model-policy{i}-"))
             self.dirs.append(directory)
-            for org in ORGS.values():
+            for org in self.orgs.values():
                 (directory / f"{org.org}.yaml").write_text(org.yaml())
             registry = PolicyRegistry(directory, TEST_PRICING)
             status = registry.reload()
@@ -207,19 +229,33 @@ class EngineModel(RuleBasedStateMachine):
         m.expire_due(org, 8)
         entries = m.entries(replica, org, request.user, request.feature, m.now_ms)
         amount = price(request.input_tokens, request.max_tokens)
-        short = {(e.budget.name, e.entity) for e in entries if m.used(e) + amount > e.budget.limit}
-        answer = self.run(self.engines[replica].reserve(request))
+        rolling = {(e.budget.name, e.entity) for e in entries if e.rolling}
+        short = {
+            (e.budget.name, e.entity)
+            for e in entries
+            if not e.rolling and m.used(e) + amount > e.budget.limit
+        }
+        hold_ttl_s = m.policies[replica][org].hold_ttl_s
+        try:
+            answer = self.run(self.engines[replica].reserve(request))
+        except InvalidRequest as exc:
+            # Refusing what budgetd cannot honour is fine: an id it reserves for itself, a
+            # lease longer than the policy allows. Nothing may have changed (checked next).
+            event(f"reserve refused: {exc.field}")
+            assert request.reservation_id.startswith("deg.") or (request.ttl_s or 0) > hold_ttl_s
+            return
         event(f"reserve: {type(answer).__name__}")
         if isinstance(answer, Denied):
             named = {(s.name, s.entity) for s in answer.scopes if s.kind == "budget"}
-            # Every budget without room is named, and only those; rates are not modelled.
-            assert named == short, (named, short)
+            # Every calendar budget without room is named, and only those; rates and rolling
+            # windows are not modelled (the window bound is checked on what gets committed).
+            assert named - rolling == short, (named, short)
             for s in answer.scopes:
-                if s.kind == "budget":
+                if s.kind == "budget" and (s.name, s.entity) not in rolling:
                     e = next(x for x in entries if (x.budget.name, x.entity) == (s.name, s.entity))
                     assert (s.spent_micros, s.held_micros) == (m.spent[e.key], m.held[e.key])
-            if not short:
-                assert ORGS[org].rate is not None and request.user is not None, answer
+            if not named:
+                assert self.orgs[org].rate is not None and request.user is not None, answer
             # A denial changes nothing (lazy expiry aside, which the counters check covers).
             assert self.run(self._buckets(org)) == before_buckets
             view = self.run(self.stores[0].reservation(org, request.reservation_id))
@@ -227,7 +263,8 @@ class EngineModel(RuleBasedStateMachine):
             return
         assert isinstance(answer, Grant), answer
         assert not short, f"granted {amount} µ$ past the limit of {short}"
-        ttl_s = request.ttl_s or m.policies[replica][org].hold_ttl_s
+        # A lease is capped by the policy's hold_ttl_s (issue 9, item 4).
+        ttl_s = min(request.ttl_s or hold_ttl_s, hold_ttl_s)
         assert (answer.held_micros, answer.replayed, answer.degraded) == (amount, False, False)
         deadline = m.now_ms + ttl_s * 1000
         assert answer.expires_at == datetime.fromtimestamp(deadline / 1000, tz=UTC)
@@ -244,7 +281,7 @@ class EngineModel(RuleBasedStateMachine):
         )
         m.grant(r)
         for s in answer.scopes:
-            if s.kind == "budget":
+            if s.kind == "budget" and (s.name, s.entity) not in rolling:
                 e = next(x for x in entries if (x.budget.name, x.entity) == (s.name, s.entity))
                 assert (s.spent_micros, s.held_micros) == (m.spent[e.key], m.held[e.key])
 
@@ -255,8 +292,9 @@ class EngineModel(RuleBasedStateMachine):
         feature=features,
         est=st.integers(0, 6_000),
         max_tokens=st.integers(1, 5_000),
-        ttl=st.sampled_from([None, 1, 5, 30]),
+        ttl=st.sampled_from([None, 1, 5, 30, 3_600, 86_400]),
         stall=st.sampled_from((False,) * 9 + (True,)),
+        deg=st.sampled_from((False,) * 4 + (True,)),
     )
     def reserve(
         self,
@@ -268,9 +306,13 @@ class EngineModel(RuleBasedStateMachine):
         max_tokens: int,
         ttl: int | None,
         stall: bool,
+        deg: bool,
     ) -> None:
         """A reserve on either replica; one in ten while Redis is stalled (a real server)."""
-        request = self._request(org, user, feature, est, max_tokens, ttl, self.fresh_id())
+        if "rolling" not in self.families and ttl is not None and ttl > 30:
+            ttl = 30  # leases past the policy's are the rolling family's
+        prefix = "deg." if deg and "deg-ids" in self.families else "r"
+        request = self._request(org, user, feature, est, max_tokens, ttl, self.fresh_id(prefix))
         if stall and self.backend.can_stall:
             self._reserve_stalled(replica, request)
         else:
@@ -279,7 +321,6 @@ class EngineModel(RuleBasedStateMachine):
     def _pick(self, pick: int, open_only: bool) -> Reservation:
         pool = self.model.open_holds() if open_only else []
         pool = pool or list(self.model.reservations.values())
-        pool.sort(key=lambda r: int(r.rid[1:]))
         return pool[pick % len(pool)]
 
     def _has_reservations(self) -> bool:
@@ -300,6 +341,11 @@ class EngineModel(RuleBasedStateMachine):
         event(f"settle: {action} ({r.state})")
         if action == "release":
             self._release(replica, r)
+        elif action == "commit while stalled":
+            if self.backend.can_stall and "stalled-commit" in self.families:
+                self._commit_stalled(replica, r)
+            else:
+                self._commit(replica, r, self._usage(r, "under"))
         elif action == "release while stalled":
             if self.backend.can_stall:
                 self._release_stalled(replica, r)
@@ -364,7 +410,10 @@ class EngineModel(RuleBasedStateMachine):
         got = (answer.cost_micros, answer.released_micros, answer.overrun, answer.late)
         if r.state == "committed":
             assert r.commit_answer is not None
-            assert (*got, answer.ledger_id) == r.commit_answer, "a replay answers as the first"
+            first = r.commit_answer
+            if first[4] == "":  # the first commit's answer was lost in a stall
+                first = (*first[:4], answer.ledger_id)
+            assert (*got, answer.ledger_id) == first, "a replay answers as the first"
             assert answer.replayed
             return
         expected = m.commit(r, *tokens)
@@ -477,7 +526,7 @@ class EngineModel(RuleBasedStateMachine):
         entries = m.entries(replica, org, user, feature, m.now_ms)
         amount = price(request.input_tokens, request.max_tokens)
         result = self._stalled(replica, self.engines[replica].reserve(request))
-        if ORGS[org].fail_open:
+        if self.orgs[org].fail_open:
             assert isinstance(result, Grant) and result.degraded, result
             assert result.held_micros == 0
             self.degraded.append((org, result.reservation_id, user, feature))
@@ -523,6 +572,24 @@ class EngineModel(RuleBasedStateMachine):
         assert (answer.cost_micros, answer.released_micros, answer.overrun) == (cost, 0, True)
         m.record(m.entries(replica, org, user, feature, m.now_ms), org, cost)
 
+    def _commit_stalled(self, replica: int, r: Reservation) -> None:
+        """A commit during a stall answers 503 (clients retry those), on the replica that
+        granted the hold and on one that never saw it alike; it may run once Redis resumes."""
+        tokens = self._usage(r, "under")
+        body = CommitRequest(usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1]))
+        before = r.state
+        result = self._stalled(replica, self.engines[replica].commit(r.org, r.rid, body))
+        if before in ("released", "committed") and isinstance(result, Conflict):
+            return  # answered from a cache without Redis? Only a conflict could be.
+        assert isinstance(result, StoreDown), repr(result)
+        view = self.run(self.stores[0].reservation(r.org, r.rid))  # type: ignore[index]
+        assert view is not None
+        if before in ("held", "expired") and view.state == "committed":
+            expected = self.model.commit(r, *tokens)
+            r.commit_answer = (*expected, "")
+        else:
+            assert view.state == before, (view.state, before)
+
     def _release_stalled(self, replica: int, r: Reservation) -> None:
         """A release during a stall answers 503; it may run once Redis resumes, or not."""
         result = self._stalled(replica, self.engines[replica].release(r.org, r.rid))
@@ -546,6 +613,87 @@ class EngineModel(RuleBasedStateMachine):
             if view is not None and view.state == "expired":
                 self.model.expire_one(r)
 
+    @precondition(lambda self: self.ready and "huge" in self.families)
+    @rule(
+        kind=st.sampled_from(sorted(HUGE)),
+        replica=replicas,
+        pick=picks,
+        user=users,
+        feature=features,
+    )
+    def hostile_magnitude(
+        self, kind: str, replica: int, pick: int, user: str | None, feature: str | None
+    ) -> None:
+        """Amounts a hostile app key can send (issue 9, items 1 and 2): refused with a 422, or
+        charged exactly; never a wrapped, negative or float-rounded counter, never a bucket
+        debt that locks the org out for hours."""
+        m = self.model
+        if kind.startswith("commit"):
+            if not m.open_holds():
+                return
+            r = self._pick(pick, open_only=True)
+            tokens = HUGE[kind]
+            body = CommitRequest(usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1]))
+            try:
+                answer = self.run(self.engines[replica].commit(r.org, r.rid, body))
+            except InvalidRequest:
+                event(f"refused: {kind}")
+                return
+            expected = m.commit(r, *tokens)
+            got = (answer.cost_micros, answer.released_micros, answer.overrun, answer.late)
+            assert got == expected, (got, expected)
+            r.commit_answer = (*expected, answer.ledger_id)
+            return
+        tokens = HUGE[kind]
+        reported = 2**63 if kind == "record 2^63 reported micros" else None
+        request = UsageRequest(
+            org="acme",
+            model=MODEL,
+            usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1]),
+            user=user,
+            feature=feature,
+            record_id=self.fresh_id("u"),
+            cost_micros=reported,
+        )
+        try:
+            recorded = self.run(self.engines[replica].record(request))
+        except InvalidRequest:
+            event(f"refused: {kind}")
+            return
+        cost = reported if reported is not None else price(*tokens)
+        assert recorded.cost_micros == cost, (recorded.cost_micros, cost)
+        m.record(m.entries(replica, "acme", user, feature, m.now_ms), "acme", cost)
+
+    @precondition(
+        lambda self: self.ready and "script-error" in self.families and self.model.open_holds()
+    )
+    @rule(pick=picks, replica=replicas)
+    def commit_meets_a_script_error(self, pick: int, replica: int) -> None:
+        """A script that fails half-way must have written nothing (issue 9, item 3): the org's
+        ledger key is of the wrong type while a commit runs, so its XADD fails. The ledger is
+        put aside and back around it (same hash tag), so no data is lost."""
+        assert self.stores is not None
+        r = self._pick(pick, open_only=True)
+        client: Any = self.stores[0].client
+        ledger = keys.ledger(r.org)
+        aside = f"{ledger}:aside"
+        had = bool(self.run(client.exists(ledger)))
+        if had:
+            self.run(client.rename(ledger, aside))
+        self.run(client.set(ledger, "not a stream"))
+        tokens = self._usage(r, "under")
+        body = CommitRequest(usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1]))
+        try:
+            self.run(self.engines[replica].commit(r.org, r.rid, body))
+        except Exception as exc:  # any error will do: the point is what it left behind
+            event(f"script error: {type(exc).__name__}")
+        else:
+            raise AssertionError("a commit cannot succeed without its ledger entry")
+        finally:
+            self.run(client.delete(ledger))
+            if had:
+                self.run(client.rename(aside, ledger))
+
     # -- invariants ------------------------------------------------------------------------
 
     async def _buckets(self, org: str) -> dict[str, dict[str, str]]:
@@ -560,25 +708,36 @@ class EngineModel(RuleBasedStateMachine):
         assert self.stores is not None
         m = self.model
         client: Any = self.stores[0].client
-        for org, policy in ORGS.items():
+        for org, policy in self.orgs.items():
+            rolling_names = {b.name for b in policy.budgets if b.period == "1h"}
             rec = await reconcile(self.stores[0], org)
             assert rec.ok, f"reconcile {org}: {rec.differences}"
             found = [
-                str(k) async for k in client.scan_iter(match=f"{keys.tag(org)}:b:*", count=1000)
+                str(k)
+                for pattern in (f"{keys.tag(org)}:b:*", f"{keys.tag(org)}:h:*")
+                for k in await client.keys(pattern)
             ]
             async with client.pipeline(transaction=False) as pipe:
                 for key in found:
                     pipe.hmget(key, ["spent", "held"])
                 values = await pipe.execute()
-            seen = set(found)
+            actual: Counter[str] = Counter()
+            held_on: Counter[str] = Counter()
             for key, (spent, held) in zip(found, values, strict=True):
-                actual = (int(spent or 0), int(held or 0))
-                assert actual[0] >= 0 and actual[1] >= 0, f"{key}: negative {actual}"
-                expected = (m.spent[key], m.held[key])
-                assert actual == expected, f"{key}: (spent, held) {actual}, model {expected}"
-            for key in (+m.spent) + (+m.held):
+                pair = (int(spent or 0), int(held or 0))
+                assert 0 <= pair[0] < MAX_SAFE and 0 <= pair[1] < MAX_SAFE, f"{key}: {pair}"
+                if ":b:" in key and rolling_names.intersection(key.split(":")[3:4]):
+                    # A rolling budget's sub-bucket: its spend adds up under the held key.
+                    _, name, entity, _ = key.rsplit(":", 3)
+                    actual[keys.rolling_held(org, name, entity)] += pair[0]
+                    assert pair[1] == 0, f"{key}: a sub-bucket holds {pair[1]}"
+                else:
+                    actual[key] += pair[0]
+                held_on[key] += pair[1]
+            for key in {*actual, *held_on, *m.spent, *m.held}:
                 if key.startswith(keys.tag(org)):
-                    assert key in seen, f"{key} lost"
+                    got, want = (actual[key], held_on[key]), (m.spent[key], m.held[key])
+                    assert got == want, f"{key}: (spent, held) {got}, model {want}"
             ledger = await client.xrange(keys.ledger(org))
             assert len(ledger) == m.ledger[org], (len(ledger), m.ledger[org])
             settled = [f["reservation_id"] for _, f in ledger if f.get("kind") == "commit"]
@@ -595,6 +754,9 @@ class EngineModel(RuleBasedStateMachine):
                     "output_tokens": rate.output_tokens,
                 }[kind]
                 assert int(bucket["t"]) <= capacity * SCALE, f"{key} above capacity: {bucket}"
+                if "huge" in self.families:
+                    # One commit's debt is bounded: a bucket refills from it within a minute.
+                    assert int(bucket["t"]) >= -capacity * SCALE, f"{key} in debt: {bucket}"
         over = m.over_limit()
         assert not over, over
 

@@ -22,7 +22,9 @@ MODEL = "claude-haiku-test"
 INPUT_MICROS, OUTPUT_MICROS = 1, 5
 """The test price table's haiku: $1 and $5 per million tokens = 1 and 5 µ$ per token."""
 
-Period = Literal["hour", "day", "week", "month"]
+Period = Literal["hour", "day", "week", "month", "1h"]
+"""Calendar periods, and one rolling window (an hour, in 24 sub-buckets of 150 s)."""
+ROLLING_MS = {"1h": 3_600_000}
 Scope = Literal["org", "user", "feature"]
 State = Literal["held", "committed", "released", "expired"]
 LAZY_EXPIRY = 8
@@ -114,7 +116,12 @@ class Entry:
     budget: BudgetDef
     entity: str
     key: str
-    """The period counter: held at reserve, charged at commit (calendar budgets)."""
+    """Where the hold lives: the period counter (calendar budgets: the commit is charged there
+    too), or the rolling budget's held key (its spend lands in sub-buckets)."""
+
+    @property
+    def rolling(self) -> bool:
+        return self.budget.period in ROLLING_MS
 
 
 @dataclass
@@ -160,6 +167,8 @@ class Reference:
     charges: list[Charge] = field(default_factory=list)
     ledger: Counter[str] = field(default_factory=Counter)
     """Ledger entries per org."""
+    rolling: dict[tuple[str, str], list[tuple[int, Charge]]] = field(default_factory=dict)
+    """Per rolling budget and entity's held key: (when, charge) of every spend, by time."""
 
     # -- what applies ----------------------------------------------------------------------
 
@@ -172,12 +181,26 @@ class Reference:
             entity = {"org": org, "user": user, "feature": feature}[b.scope]
             if entity is None:
                 continue
+            if b.period in ROLLING_MS:
+                out.append(Entry(b, entity, keys.rolling_held(org, b.name, entity)))
+                continue
             pid = period_id(b.period, policy.tz, at_ms)
             out.append(Entry(b, entity, keys.period_counter(org, b.name, entity, pid)))
         return tuple(out)
 
     def used(self, entry: Entry) -> int:
+        """Calendar budgets only: what the counter has used (a rolling window's sum depends on
+        how budgetd splits it; the window bound is checked on commit times instead)."""
         return self.spent[entry.key] + self.held[entry.key]
+
+    def _charge(self, e: Entry, cost: int, excused: int) -> None:
+        charge = Charge(e.key, cost, excused, e.budget.limit)
+        if e.rolling:
+            self.rolling.setdefault(e.key, []).append((self.now_ms, charge))
+            self.spent[e.key] += cost  # the sum over the rolling budget's sub-buckets
+        else:
+            self.spent[e.key] += cost
+            self.charges.append(charge)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -227,8 +250,7 @@ class Reference:
             self._void(r, "held")
         excused = cost if late else max(0, cost - r.amount)
         for e in r.entries:
-            self.spent[e.key] += cost
-            self.charges.append(Charge(e.key, cost, excused, e.budget.limit))
+            self._charge(e, cost, excused)
         r.state = "committed"
         r.commit_body = (input_tokens, output_tokens)
         self.ledger[r.org] += 1
@@ -246,8 +268,7 @@ class Reference:
 
     def record(self, entries: tuple[Entry, ...], org: str, cost: int) -> None:
         for e in entries:
-            self.spent[e.key] += cost
-            self.charges.append(Charge(e.key, cost, cost, e.budget.limit))
+            self._charge(e, cost, cost)
         self.ledger[org] += 1
 
     # -- the bound -------------------------------------------------------------------------
@@ -265,4 +286,17 @@ class Reference:
             excused = sum(c.excused for c in charges)
             if total > limit + excused:
                 out.append(f"{key}: spent {total} > limit {limit} + excused {excused}")
+        for key, spends in self.rolling.items():
+            window = ROLLING_MS["1h"]
+            for end, _ in spends:
+                # Every window of the stated length that ends at a spend: (end - window, end].
+                inside = [c for at, c in spends if end - window < at <= end]
+                total = sum(c.cost for c in inside)
+                limit = max(c.limit for c in inside)
+                excused = sum(c.excused for c in inside)
+                if total > limit + excused:
+                    out.append(
+                        f"{key}: {total} µ$ committed within {window // 60_000} min"
+                        f" ending at {end} > limit {limit} + excused {excused}"
+                    )
         return out
