@@ -15,6 +15,7 @@ What every step must leave true (issue 9):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections import Counter
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-from hypothesis import event
+from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from budgetd.clock import FrozenClock
@@ -125,6 +127,13 @@ users = st.sampled_from([None, "alice", "bob"])
 features = st.sampled_from([None, "chat", "search"])
 picks = st.integers(min_value=0, max_value=1 << 16)
 replicas = st.integers(min_value=0, max_value=1)
+
+
+def event(text: str) -> None:
+    """Count what an example did (``--hypothesis-show-statistics``); a plain step sequence
+    (test_found_on_main.py) runs outside hypothesis, where there is nothing to count."""
+    with contextlib.suppress(InvalidArgument):
+        hypothesis_event(text)
 
 
 class EngineModel(RuleBasedStateMachine):
@@ -226,7 +235,7 @@ class EngineModel(RuleBasedStateMachine):
         org = request.org
         assert request.reservation_id is not None
         before_buckets = self.run(self._buckets(org))
-        m.expire_due(org, 8)
+        expired = m.expire_due(org, 8)
         entries = m.entries(replica, org, request.user, request.feature, m.now_ms)
         amount = price(request.input_tokens, request.max_tokens)
         rolling = {(e.budget.name, e.entity) for e in entries if e.rolling}
@@ -242,6 +251,7 @@ class EngineModel(RuleBasedStateMachine):
             # Refusing what budgetd cannot honour is fine: an id it reserves for itself, a
             # lease longer than the policy allows. Nothing may have changed (checked next).
             event(f"reserve refused: {exc.field}")
+            m.unexpire(org, expired)  # refused before the store: no lazy expiry ran
             assert request.reservation_id.startswith("deg.") or (request.ttl_s or 0) > hold_ttl_s
             return
         event(f"reserve: {type(answer).__name__}")
@@ -375,6 +385,7 @@ class EngineModel(RuleBasedStateMachine):
         assert answer.expires_at == datetime.fromtimestamp(deadline / 1000, tz=UTC)
 
     def _reserve_other(self, replica: int, r: Reservation) -> None:
+        before = r.state
         self.model.expire_due(r.org, 8)
         (request,) = r.body
         assert isinstance(request, ReserveRequest)
@@ -382,7 +393,9 @@ class EngineModel(RuleBasedStateMachine):
         try:
             self.run(self.engines[replica].reserve(other))
         except Conflict as exc:
-            assert exc.state == r.state, (exc.state, r.state)
+            # Since a9e2ca6 the 409 names the state read before the same call's lazy expiry
+            # reclaimed this very hold (closing note of the model test: stale, not wrong money).
+            assert exc.state in {r.state, before}, (exc.state, r.state)
         else:
             raise AssertionError("a reused id with another body must be a conflict")
 
@@ -526,6 +539,10 @@ class EngineModel(RuleBasedStateMachine):
         entries = m.entries(replica, org, user, feature, m.now_ms)
         amount = price(request.input_tokens, request.max_tokens)
         result = self._stalled(replica, self.engines[replica].reserve(request))
+        if isinstance(result, InvalidRequest):
+            # Refused before the store (an id of budgetd's own, a lease past the policy's).
+            assert rid.startswith("deg.") or (request.ttl_s or 0) > self.orgs[org].hold_ttl_s
+            return
         if self.orgs[org].fail_open:
             assert isinstance(result, Grant) and result.degraded, result
             assert result.held_micros == 0
@@ -726,9 +743,9 @@ class EngineModel(RuleBasedStateMachine):
             for key, (spent, held) in zip(found, values, strict=True):
                 pair = (int(spent or 0), int(held or 0))
                 assert 0 <= pair[0] < MAX_SAFE and 0 <= pair[1] < MAX_SAFE, f"{key}: {pair}"
-                if ":b:" in key and rolling_names.intersection(key.split(":")[3:4]):
+                kind, name, entity, _ = key.rsplit(":", 3)
+                if kind.endswith(":b") and name in rolling_names:
                     # A rolling budget's sub-bucket: its spend adds up under the held key.
-                    _, name, entity, _ = key.rsplit(":", 3)
                     actual[keys.rolling_held(org, name, entity)] += pair[0]
                     assert pair[1] == 0, f"{key}: a sub-bucket holds {pair[1]}"
                 else:

@@ -219,6 +219,14 @@ class Reference:
     def expire_one(self, r: Reservation) -> None:
         self._void(r, "expired")
 
+    def unexpire(self, org: str, rids: list[str]) -> None:
+        """Undo ``expire_due`` for a call that never reached the store."""
+        for rid in rids:
+            r = self.reservations[(org, rid)]
+            for e in r.entries:
+                self.held[e.key] += r.amount
+            r.state = "held"
+
     def expire_due(self, org: str | None, limit: int | None = None) -> list[str]:
         """Reclaim holds whose lease ran out (deadline ≤ now), oldest deadline first, ties by
         id (the hold index is a sorted set scored by deadline)."""

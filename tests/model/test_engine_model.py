@@ -15,7 +15,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from tests.model.backends import Backend, EmbeddedBackend, ValkeyBackend
 from tests.model.clocks import TimeShiftedValkey
-from tests.model.machine import EngineModel
+from tests.model.machine import FAMILIES, EngineModel
 
 EXAMPLES = int(os.environ.get("BUDGETD_MODEL_EXAMPLES", "40"))
 CI = settings(
@@ -31,7 +31,12 @@ SEED = int(os.environ.get("BUDGETD_MODEL_SEED", "20261129"))
 
 
 def machine_on(backend: Backend, seed_: int | None = SEED) -> type[EngineModel]:
-    machine = type(f"EngineModelOn{backend.name.title()}", (EngineModel,), {"backend": backend})
+    machine = type(
+        f"EngineModelOn{backend.name.title()}",
+        (EngineModel,),
+        # Every family: main has the fixes of issue 9's items 1-5 and 11 they need.
+        {"backend": backend, "families": FAMILIES},
+    )
     return machine if seed_ is None else seed(seed_)(machine)
 
 
