@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.model.backends import EmbeddedBackend
+from tests.model.backends import Backend, EmbeddedBackend, ValkeyBackend
+from tests.model.clocks import TimeShiftedValkey
 from tests.model.machine import EngineModel
 
 
 @contextmanager
-def machine(*families: str) -> Iterator[EngineModel]:
-    state = type(
-        "Steps", (EngineModel,), {"backend": EmbeddedBackend(), "families": frozenset(families)}
-    )()
+def machine(*families: str, backend: Backend | None = None) -> Iterator[EngineModel]:
+    attrs = {"backend": backend or EmbeddedBackend(), "families": frozenset(families)}
+    state = type("Steps", (EngineModel,), attrs)()
     try:
         state.start(edge="london-dst-ends", before_s=0)
         state.store_matches_model()
@@ -116,3 +116,26 @@ def test_item5_a_client_id_starting_with_deg_is_never_a_degraded_one() -> None:
         if state.model.reservations:  # the rule's precondition: main now refuses the id (422)
             state.settle(action="commit equal", replica=0, pick=0, open_only=True)
             state.store_matches_model()
+
+
+def test_item11_a_commit_during_a_stall_is_503_on_the_replica_that_did_not_grant_it(
+    time_shifted_valkey: TimeShiftedValkey,
+) -> None:
+    # 7734c40: "AssertionError: StoreUnavailable('redis unreachable: TimeoutError: ')": the
+    # other replica's read of the reservation's model was not mapped to store-unavailable, so
+    # the commit answered 500, which clients do not retry.
+    with machine("stalled-commit", backend=ValkeyBackend(time_shifted_valkey)) as state:
+        state.reserve(
+            replica=0,
+            org="acme",
+            user="bob",
+            feature="search",
+            est=431,
+            max_tokens=1759,
+            ttl=None,
+            stall=False,
+            deg=False,
+        )
+        state.store_matches_model()
+        state.settle(action="commit while stalled", replica=1, pick=0, open_only=True)
+        state.store_matches_model()
