@@ -43,6 +43,12 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# uvicorn's supervisor kills a worker that has not answered its ping within this (default 5 s):
+# on a CPU-throttled pod or a busy machine a worker's start-up (imports, the app) takes longer,
+# and with 5 s the workers were killed and restarted in a loop, never serving.
+WORKER_HEALTHCHECK_S = 30
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 

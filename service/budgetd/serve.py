@@ -9,7 +9,7 @@ import uvicorn
 
 from budgetd import logs
 from budgetd.app import create_app
-from budgetd.metrics import cleanup_multiprocess, prepare_multiprocess
+from budgetd.metrics import WORKER_HEALTHCHECK_S, cleanup_multiprocess, prepare_multiprocess
 from budgetd.settings import ConfigError, Settings
 from budgetd.store.connect import redis_store
 
@@ -56,6 +56,7 @@ def run(settings: Settings) -> None:
             log_config=logs.dict_config(settings.log_level),
             log_level=settings.log_level,
             access_log=False,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         )
     finally:
         if samples is not None:

@@ -12,7 +12,7 @@ from budgetd.app import create_app
 from budgetd.gateway.app import Gateway
 from budgetd.gateway.settings import GatewaySettings
 from budgetd.gateway.upstream_keys import UpstreamKeys
-from budgetd.metrics import cleanup_multiprocess, prepare_multiprocess
+from budgetd.metrics import WORKER_HEALTHCHECK_S, cleanup_multiprocess, prepare_multiprocess
 from budgetd.observe import Observed
 from budgetd.settings import ConfigError, Settings
 
@@ -60,6 +60,7 @@ def run(settings: Settings, gateway: GatewaySettings) -> None:
             log_config=logs.dict_config(settings.log_level),
             log_level=settings.log_level,
             access_log=False,
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         )
     finally:
         if samples is not None:
