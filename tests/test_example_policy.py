@@ -39,7 +39,7 @@ def test_example_uses_every_feature(acme: OrgPolicy) -> None:
     }
     assert kinds == {"webhook", "slack", "log"}
     budgets = {b.name: b for b in acme.budgets}
-    assert {b.scope for b in acme.budgets} == {"org", "user", "feature"}
+    assert {b.scope for b in acme.budgets} == {"org", "user", "feature", "team"}
     assert {b.period.calendar for b in acme.budgets if not b.period.rolling} == {
         "hour",
         "day",
@@ -76,6 +76,7 @@ def test_example_resolves_as_commented(acme: OrgPolicy) -> None:
         "user-daily": (150_000_000, "override"),
         "search-features": (900_000_000, "override"),
         "feature-hourly": (50_000_000, "default"),
+        "team-monthly": (2_000_000_000, "default"),
     }
     alice_opus = {
         r.kind: (r.per_minute, r.source) for r in applied.rates if r.rule.name == "user-opus"
@@ -84,4 +85,17 @@ def test_example_resolves_as_commented(acme: OrgPolicy) -> None:
         "requests": (60, "override"),
         "input_tokens": (800_000, "override"),
         "output_tokens": (40_000, "default"),
+    }
+
+
+def test_example_team_and_claude_code_budgets(acme: OrgPolicy) -> None:
+    haiku = next(m.id for m in acme.pricing.unique_models() if m.id.startswith("claude-haiku-"))
+    applied = resolve(
+        acme, Subject(org="acme-research", user="ext-vendor-qa", feature="claude-code"), haiku
+    )
+    limits = {(b.rule.name, b.entity): b.limit for b in applied.budgets}
+    assert limits[("claude-code-daily", "ext-vendor-qa")] == 30_000_000
+    assert limits[("team-monthly", "contractors")] == 500_000_000
+    assert {(r.rule.name, r.entity) for r in applied.rates if r.rule.scope == "team"} == {
+        ("team-requests", "contractors")
     }

@@ -41,4 +41,5 @@ def test_schema_describes_the_policy_file() -> None:
         "aliases",
         "budgets",
         "rate_limits",
+        "teams",
     }

@@ -13,7 +13,7 @@ from budgetd.engine import KEEP_RESOLVED_MS, Engine, fingerprint
 from budgetd.errors import Conflict, InvalidRequest
 from budgetd.periods import window
 from budgetd.policy.model import BudgetRule, OrgPolicy
-from budgetd.policy.resolve import AppliedBudget, Subject, applied_budget
+from budgetd.policy.resolve import AppliedBudget, entity_budget
 from budgetd.store.base import AdjustCall
 
 
@@ -28,17 +28,15 @@ def _target(policy: OrgPolicy, request: c.AdjustmentRequest) -> AppliedBudget:
             raise InvalidRequest(
                 f"budget {rule.name!r} counts for the whole org; leave entity out", field="entity"
             )
-        subject = Subject(org=policy.org)
+        entity = policy.org
     elif request.entity is None:
         raise InvalidRequest(
             f"budget {rule.name!r} counts per {rule.scope}: name the {rule.scope} in entity",
             field="entity",
         )
-    elif rule.scope == "user":
-        subject = Subject(org=policy.org, user=request.entity)
     else:
-        subject = Subject(org=policy.org, feature=request.entity)
-    applied = applied_budget(rule, subject)
+        entity = request.entity
+    applied = entity_budget(policy, rule, entity)
     if applied is None:
         raise InvalidRequest(
             f"{request.entity!r} is not matched by budget {rule.name!r} ({rule.match!r})",

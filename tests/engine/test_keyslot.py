@@ -14,10 +14,14 @@ from budgetd.store.scripted import ScriptStore
 ROLLING = """
 org: acme
 timezone: America/New_York
+teams:
+  platform: {users: ["u:{weird}"]}
+  ml: {match: "u:*"}
 budgets:
   - {name: org-month, scope: org, limit_usd: 100, period: month}
   - {name: feat-7d, scope: feature, limit_usd: 10, period: 7d}
   - {name: user-day, scope: user, limit_usd: 1, period: day}
+  - {name: team-month, scope: team, limit_usd: 100, period: month}
 rate_limits:
   - {name: rate, scope: user, requests_per_minute: 10, input_tokens_per_minute: 10000,
      output_tokens_per_minute: 10000}
@@ -49,6 +53,8 @@ async def test_all_keys_of_a_reserve_share_the_org_slot(
         )
     )
     call = seen[0]
+    # Both of the user's teams have their own counter, in the same slot as the rest.
+    assert {b.label.entity for b in call.budgets if b.label.scope == "team"} == {"platform", "ml"}
     touched = [
         keys.reservation("acme", "r1"),
         keys.holds("acme"),

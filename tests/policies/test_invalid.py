@@ -33,7 +33,7 @@ EXPECTED: dict[str, str] = {
     ),
     "bad_scope.yaml": (
         "bad_scope.yaml:5: budgets[0].scope: 'company' is not allowed here; use one of org, "
-        "feature, user"
+        "feature, user, team"
     ),
     "bad_yaml_syntax.yaml": (
         "bad_yaml_syntax.yaml:7: (YAML syntax): not valid YAML: while parsing a flow sequence"
@@ -69,7 +69,7 @@ EXPECTED: dict[str, str] = {
     ),
     "org_budget_overrides.yaml": (
         "org_budget_overrides.yaml:8: budgets[0].overrides: an org-scope budget cannot have "
-        "overrides (they are for user and feature scopes)"
+        "overrides (they are for user, team and feature scopes)"
     ),
     "override_outside_match.yaml": (
         "override_outside_match.yaml:11: budgets[0].overrides.chat: override 'chat' never "
@@ -91,6 +91,17 @@ EXPECTED: dict[str, str] = {
         "secret_env_unset.yaml:6: channels.ops-hook.secret_env: the environment variable "
         "BUDGETD_TEST_SECRET_NOBODY_SETS is not set (or empty): this webhook would be sent "
         "unsigned. Set it, or remove secret_env to send unsigned on purpose"
+    ),
+    "team_empty.yaml": (
+        "team_empty.yaml:4: teams.platform: a team needs users, a match glob on user ids, or both"
+    ),
+    "team_override_unknown.yaml": (
+        "team_override_unknown.yaml:12: budgets[0].overrides.platfrom: override 'platfrom' "
+        "names no team (teams: platform)"
+    ),
+    "team_scope_without_teams.yaml": (
+        "team_scope_without_teams.yaml:5: budgets[0].scope: scope team needs teams: define "
+        "them at the top level"
     ),
     "threshold_over_100.yaml": (
         "threshold_over_100.yaml:8: budgets[0].thresholds_pct[2]: must be at most 100 (got 120)"

@@ -46,10 +46,13 @@ async def since(
 
 
 def entity_of(spend: Spend, scope: str, org: str) -> str:
-    """The entity a ledger entry counts for in a budget of ``scope`` ('' when none)."""
+    """The entity a ledger entry counts for in a budget of ``scope`` ('' when none, and for the
+    scopes a ledger entry does not name yet: team)."""
     if scope == "org":
         return org
-    return spend.user if scope == "user" else spend.feature
+    if scope == "user":
+        return spend.user
+    return spend.feature if scope == "feature" else ""
 
 
 def totals_by(spends: list[Spend], attribute: str) -> Counter[str]:

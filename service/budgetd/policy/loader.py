@@ -21,6 +21,7 @@ from budgetd.policy.model import (
     PolicySet,
     RateLimits,
     RateRule,
+    TeamSpec,
 )
 from budgetd.pricing_table import PricingFileError, PricingTable, load_pricing
 from budgetd.yaml_errors import FieldPath, YamlDocument, dotted, located_validation_error
@@ -131,6 +132,36 @@ def _check_header(
     return tz, org_pricing
 
 
+def _teams(raw: schema.PolicyFile, check: _FileChecker) -> dict[str, TeamSpec]:
+    for name, team in raw.teams.items():
+        if not team.users and team.match is None:
+            check.fail(
+                ("teams", name), "a team needs users, a match glob on user ids, or both", key=True
+            )
+    return {
+        name: TeamSpec(users=frozenset(team.users), match=team.match)
+        for name, team in raw.teams.items()
+    }
+
+
+def _check_team_refs(
+    raw: schema.PolicyFile, check: _FileChecker, scope: str, entities: list[str], path: FieldPath
+) -> None:
+    """A team-scope rule needs teams, and its overrides must name them."""
+    if scope != "team":
+        return
+    if not raw.teams:
+        check.fail((*path, "scope"), "scope team needs teams: define them at the top level")
+    for entity in entities:
+        if entity not in raw.teams:
+            known = ", ".join(sorted(raw.teams)) or "none defined"
+            check.fail(
+                (*path, "overrides", entity),
+                f"override {entity!r} names no team (teams: {known})",
+                key=True,
+            )
+
+
 def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable) -> OrgPolicy:
     defaults = raw.defaults
     tz, org_pricing = _check_header(raw, check, pricing)
@@ -163,7 +194,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
         key = "overrides" if has_overrides else "match"
         check.fail(
             (*path, key),
-            f"an org-scope {what} cannot have {key} (they are for user and feature scopes)",
+            f"an org-scope {what} cannot have {key} (they are for user, team and feature scopes)",
             key=True,
         )
 
@@ -183,6 +214,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
         if b.notify is not None:
             check_notify(b.notify, (*path, "notify"))
         check_overrides_match(b.scope, b.match, list(b.overrides), path)
+        _check_team_refs(raw, check, b.scope, list(b.overrides), path)
         budgets.append(
             BudgetRule(
                 name=b.name,
@@ -209,6 +241,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
                 failure=b.failure or defaults.failure,
                 notify=tuple(b.notify if b.notify is not None else defaults.notify),
                 forecast=b.forecast if b.forecast is not None else defaults.forecast,
+                feature=b.feature,
                 spike_factor=_fraction(
                     b.spike_factor if b.spike_factor is not None else defaults.spike_factor
                 ),
@@ -236,6 +269,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
         if r.scope == "org" and (r.overrides or r.match != "*"):
             org_only(path, "rate limit", bool(r.overrides))
         check_overrides_match(r.scope, r.match, list(r.overrides), path)
+        _check_team_refs(raw, check, r.scope, list(r.overrides), path)
         _check_models(check, r.models, org_pricing, (*path, "models"))
         rates.append(
             RateRule(
@@ -266,6 +300,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
         channels=dict(raw.channels),
         pricing=org_pricing,
         hold_ttl_s=defaults.hold_ttl_s,
+        teams=_teams(raw, check),
     )
 
 

@@ -48,6 +48,8 @@ class BudgetRule(msgspec.Struct, frozen=True, kw_only=True):
     failure: Failure
     notify: tuple[str, ...]
     forecast: bool = True
+    feature: str | None = None
+    """Only calls whose feature matches this glob count; None: every call."""
     spike_factor: Fraction | None = None
     """None: no spike alerts for this budget."""
     spike_min: Micros = 0
@@ -70,6 +72,11 @@ class RateRule(msgspec.Struct, frozen=True, kw_only=True):
     failure: Failure
 
 
+class TeamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    users: frozenset[str]
+    match: str | None = None
+
+
 class OrgPolicy(msgspec.Struct, frozen=True, kw_only=True):
     org: str
     timezone: str
@@ -81,6 +88,7 @@ class OrgPolicy(msgspec.Struct, frozen=True, kw_only=True):
     pricing: PricingTable
     """The pricing table with this org's aliases added."""
     hold_ttl_s: int
+    teams: dict[str, TeamSpec] = msgspec.field(default_factory=dict)
 
     def notify_for(self, budget: str) -> tuple[str, ...]:
         """The channels that hear about ``budget``'s events (none for an unknown budget); the

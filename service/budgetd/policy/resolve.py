@@ -32,7 +32,7 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
 class AppliedBudget(msgspec.Struct, frozen=True, kw_only=True):
     rule: BudgetRule
     entity: str
-    """The org, user or feature this counter belongs to."""
+    """The org, user, team or feature this counter belongs to."""
     limit: Micros
     source: Source
 
@@ -55,46 +55,80 @@ def _glob(name: str, pattern: str) -> bool:
     return pattern == "*" or fnmatch.fnmatchcase(name, pattern)
 
 
-def _entity(scope: Scope, subject: Subject, match: str) -> str | None:
-    """The entity a rule of ``scope`` counts for this subject, or None if it does not apply."""
+def teams_of(policy: OrgPolicy, user: str | None) -> tuple[str, ...]:
+    """The teams ``user`` belongs to (listed by name or matched by a team's glob)."""
+    if user is None:
+        return ()
+    return tuple(
+        name
+        for name, team in policy.teams.items()
+        if user in team.users or (team.match is not None and _glob(user, team.match))
+    )
+
+
+def _entities(policy: OrgPolicy, scope: Scope, subject: Subject, match: str) -> tuple[str, ...]:
+    """The entities a rule of ``scope`` counts for this subject: one for org, user and feature
+    (or none), one per team of the user for team."""
     if scope == "org":
-        return subject.org
+        return (subject.org,)
+    if scope == "team":
+        return tuple(t for t in teams_of(policy, subject.user) if _glob(t, match))
     name = subject.user if scope == "user" else subject.feature
     if name is None or not _glob(name, match):
-        return None
-    return name
+        return ()
+    return (name,)
 
 
-def applied_budget(rule: BudgetRule, subject: Subject) -> AppliedBudget | None:
-    """The counter ``rule`` keeps for this subject, with its limit; None if it does not apply."""
-    entity = _entity(rule.scope, subject, rule.match)
-    if entity is None:
-        return None
+def entity_budget(policy: OrgPolicy, rule: BudgetRule, entity: str) -> AppliedBudget | None:
+    """``rule``'s counter for ``entity`` with its limit; None if the rule has no such entity."""
     if rule.scope == "org":
+        if entity != policy.org:
+            return None
         return AppliedBudget(rule=rule, entity=entity, limit=rule.default_limit, source="org")
+    if not _glob(entity, rule.match) or (rule.scope == "team" and entity not in policy.teams):
+        return None
     override = rule.overrides.get(entity)
     if override is not None:
         return AppliedBudget(rule=rule, entity=entity, limit=override, source="override")
     return AppliedBudget(rule=rule, entity=entity, limit=rule.default_limit, source="default")
 
 
-def _rates(rule: RateRule, subject: Subject, models: tuple[str, ...]) -> list[AppliedRate]:
-    entity = _entity(rule.scope, subject, rule.match)
-    if entity is None or not any(_glob(m, p) for m in models for p in rule.models):
+def applied_budgets(
+    policy: OrgPolicy, rule: BudgetRule, subject: Subject
+) -> tuple[AppliedBudget, ...]:
+    """The counters ``rule`` keeps for this subject (several for a user in several teams)."""
+    if rule.feature is not None and (
+        subject.feature is None or not _glob(subject.feature, rule.feature)
+    ):
+        return ()
+    return tuple(
+        applied
+        for entity in _entities(policy, rule.scope, subject, rule.match)
+        if (applied := entity_budget(policy, rule, entity)) is not None
+    )
+
+
+def _rates(
+    policy: OrgPolicy, rule: RateRule, subject: Subject, models: tuple[str, ...]
+) -> list[AppliedRate]:
+    if not any(_glob(m, p) for m in models for p in rule.models):
         return []
-    override = rule.overrides.get(entity) if rule.scope != "org" else None
     applied: list[AppliedRate] = []
-    for kind in RATE_KINDS:
-        value = getattr(override, kind) if override is not None else None
-        source: Source = (
-            "override" if value is not None else ("org" if rule.scope == "org" else "default")
-        )
-        if value is None:
-            value = getattr(rule.limits, kind)
-        if value is not None:
-            applied.append(
-                AppliedRate(rule=rule, entity=entity, kind=kind, per_minute=value, source=source)
+    for entity in _entities(policy, rule.scope, subject, rule.match):
+        override = rule.overrides.get(entity) if rule.scope != "org" else None
+        for kind in RATE_KINDS:
+            value = getattr(override, kind) if override is not None else None
+            source: Source = (
+                "override" if value is not None else ("org" if rule.scope == "org" else "default")
             )
+            if value is None:
+                value = getattr(rule.limits, kind)
+            if value is not None:
+                applied.append(
+                    AppliedRate(
+                        rule=rule, entity=entity, kind=kind, per_minute=value, source=source
+                    )
+                )
     return applied
 
 
@@ -105,9 +139,9 @@ def resolve(policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
     for, so an alias (``opus-latest``) cannot slip past a ``claude-opus-*`` limit.
     """
     budgets = tuple(
-        applied for rule in policy.budgets if (applied := applied_budget(rule, subject)) is not None
+        applied for rule in policy.budgets for applied in applied_budgets(policy, rule, subject)
     )
     priced = policy.pricing.models.get(model)
     models = (model,) if priced is None or priced.id == model else (model, priced.id)
-    rates = tuple(r for rule in policy.rate_limits for r in _rates(rule, subject, models))
+    rates = tuple(r for rule in policy.rate_limits for r in _rates(policy, rule, subject, models))
     return Applicable(budgets=budgets, rates=rates)

@@ -42,7 +42,7 @@ SpikeFactor = Annotated[float, msgspec.Meta(ge=1, le=1000)]
 Mode = Literal["enforce", "shadow"]
 Failure = Literal["fail_closed", "fail_open"]
 HardAction = Literal["block", "warn"]
-Scope = Literal["org", "feature", "user"]
+Scope = Literal["org", "feature", "user", "team"]
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -86,6 +86,14 @@ class Defaults(_Strict, frozen=True):
     """Hours that spend less than this never count as a spike (noise floor)."""
 
 
+class Team(_Strict, frozen=True):
+    """A team's members: user ids, a glob on user ids, or both. A user may be in several."""
+
+    users: list[str] = msgspec.field(default_factory=list)
+    match: str | None = None
+    """A glob on user ids (``platform-*``); its users belong to the team too."""
+
+
 class Budget(_Strict, frozen=True):
     name: Name
     scope: Scope
@@ -94,7 +102,10 @@ class Budget(_Strict, frozen=True):
     period: Period
     match: str = "*"
     """Scope feature: a glob on feature names (``search-*``); each matching feature has its own
-    counter. Scope user: a glob on user ids."""
+    counter. Scope user: a glob on user ids. Scope team: a glob on team names."""
+    feature: str | None = None
+    """Only calls whose feature matches this glob count (``claude-code``): a per-user budget
+    for one tool. Unset: every call counts."""
     overrides: dict[str, Usd] = msgspec.field(default_factory=dict)
     """Per-entity limits that replace the default (``alice: 50``)."""
     thresholds_pct: list[Percent] | None = None
@@ -135,6 +146,8 @@ class PolicyFile(_Strict, frozen=True):
     channels: dict[Name, Channel] = msgspec.field(default_factory=dict)
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
     """Extra model ids (alias → priced model id)."""
+    teams: dict[Name, Team] = msgspec.field(default_factory=dict)
+    """Teams for ``scope: team`` budgets and rate limits (team name → members)."""
     budgets: list[Budget] = msgspec.field(default_factory=list)
     rate_limits: list[RateLimit] = msgspec.field(default_factory=list)
 
