@@ -157,6 +157,17 @@ async def trim(store: ScriptStore, org: str, before_ms: int, batch: int = 1000) 
             return removed
 
 
+async def prune_archive(store: ScriptStore, org: str, expiry: CounterExpiry) -> int:
+    """Drop the archive's sums for counters past their expiry by design: reconcile no longer
+    compares those counters, so the sums are dead weight (the hash grew by every counter of
+    every trimmed period, forever). Returns how many fields went."""
+    archive_key = keys.ledger_archive(org)
+    now_ms = int(await store.server_time() * 1000)
+    fields: Any = await store.client.hkeys(archive_key)
+    gone = [f for f in map(str, fields) if (due := expiry(f)) is not None and due <= now_ms]
+    return int(await store.client.hdel(archive_key, *gone)) if gone else 0
+
+
 async def oldest_ms(store: ScriptStore, org: str) -> int | None:
     """When the oldest entry still in the stream was appended (None: the stream is empty)."""
     rows: Any = await store.client.xrange(keys.ledger(org), count=1)

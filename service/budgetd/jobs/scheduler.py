@@ -25,8 +25,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from budgetd import ledger
 from budgetd.clock import SystemClock
 from budgetd.engine import Engine
+from budgetd.expiry import counter_expiry
 from budgetd.jobs.clock_sync import sync_clock
 from budgetd.jobs.delivery import Deliverer, DeliveryConfig
 from budgetd.jobs.forecast import forecast
@@ -292,6 +294,8 @@ class Jobs:
         removed = 0
         for org in self._orgs():
             removed += await apply_retention(self.queue.store, org, keep_ms, s.ledger_export_dir)
+            expiry = counter_expiry(self.engine.policy(org))
+            await ledger.prune_archive(self.queue.store, org, expiry)
         self.engine.metrics.ledger_trimmed.inc(removed)
         return removed
 

@@ -13,6 +13,8 @@ from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
 
 GROUP = "delivery"
+DEAD_LETTERS_KEPT = 10_000
+"""Per org: the dead-letter list keeps this many, newest first."""
 
 
 class GroupLost(Exception):
@@ -53,9 +55,10 @@ def _after(stream_id: tuple[int, int]) -> tuple[int, int]:
 class EventQueue:
     """Stream operations for the delivery job. Reads and bookkeeping, no enforcement."""
 
-    def __init__(self, store: ScriptStore) -> None:
+    def __init__(self, store: ScriptStore, dead_letters_kept: int = DEAD_LETTERS_KEPT) -> None:
         self.store = store
         self.client = store.client
+        self.dead_letters_kept = dead_letters_kept
 
     async def emit(self, org: str, event_id: str, keep: timedelta, fields: dict[str, str]) -> bool:
         """Append once per ``event_id``; the dedupe marker lives for ``keep``."""
@@ -167,7 +170,12 @@ class EventQueue:
         return bool(await self.client.set(key, owner, nx=True, px=lease_ms))
 
     async def dead_letter(self, org: str, record: dict[str, Any]) -> None:
-        await self.client.lpush(keys.dead_letters(org), msgspec.json.encode(record))
+        """Newest first; only the newest ``DEAD_LETTERS_KEPT`` stay (the log has them all)."""
+        key = keys.dead_letters(org)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, msgspec.json.encode(record))
+            pipe.ltrim(key, 0, self.dead_letters_kept - 1)
+            await pipe.execute()
 
     async def dead_letters(self, org: str, count: int) -> list[dict[str, Any]]:
         rows = await self.client.lrange(keys.dead_letters(org), 0, count - 1)
