@@ -98,3 +98,35 @@ async def test_a_release_that_finds_its_counters_gone_recreates_them_expiring(
         # The next hold on the re-created counters keeps them expiring too.
         assert isinstance(await engine.reserve(req(rid + "-next")), Grant)
         await assert_all_expire(store)
+
+
+SMALL_BUCKET = """
+org: acme
+timezone: UTC
+budgets:
+  - {name: org-month, scope: org, limit_usd: 100, period: month}
+rate_limits:
+  - {name: user-out, scope: user, output_tokens_per_minute: 1000}
+"""
+
+
+async def test_a_draining_bucket_is_kept_until_it_has_refilled(
+    make_engine: Callable[..., Engine], store: ScriptStore
+) -> None:
+    """Its expiry is moved only when it falls short: it must never fall short of the refill."""
+    engine = make_engine(SMALL_BUCKET)
+    bucket = keys.bucket("acme", "user-out", "bob", "output_tokens")
+    for i in range(1, 16):
+        held = ReserveRequest(
+            org="acme",
+            model=HAIKU,
+            input_tokens=10,
+            max_tokens=60,
+            user="bob",
+            reservation_id=f"d{i}",
+        )
+        assert isinstance(await engine.reserve(held), Grant)
+        # 60 of 1,000 tokens a minute taken per call: refilled 3.6 s per call later, plus a minute.
+        refill_ms = 60_000 + i * 3_600
+        # 5 s of slack for the time between the script and this read on a loaded machine.
+        assert await store.client.pttl(bucket) >= refill_ms - 5_000, i

@@ -24,7 +24,7 @@ def rolling_held(org: str, budget: str, entity: str) -> str:
 
 
 def bucket(org: str, rule: str, entity: str, kind: str) -> str:
-    """Hash {t, ms}: a token bucket."""
+    """Hash {t, ms, x}: a token bucket (x: the expiry its scripts last set)."""
     return f"{tag(org)}:tb:{rule}:{entity}:{kind}"
 
 

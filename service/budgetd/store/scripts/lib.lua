@@ -4,7 +4,8 @@
 --   * Time is Redis TIME in milliseconds; it is never taken from the caller.
 --   * Numbers handed to redis.call go through int(): Lua's tostring turns 1e12 into "1e+12",
 --     which HINCRBY would reject.
---   * A token bucket is a hash {t = level * 60000, ms = time of that level}; it refills at
+--   * A token bucket is a hash {t = level * 60000, ms = time of that level, x = the expiry last
+--     set on it (bucket_write)}; it refills at
 --     `per_minute` scaled units per millisecond, so integer arithmetic stays exact in doubles.
 --   * A reservation's plan (JSON written by the service at reserve time) lists every key its
 --     hold touched: {a = amount, b = {{h = held key, c = charge key, x = expire-at ms}},
@@ -147,8 +148,14 @@ end
 
 -- Level of a bucket at `now`, after refill, and the time that level belongs to. A clock that
 -- ran backwards (failover to a replica whose clock is behind) refills nothing, never negative.
+-- A bucket also keeps `x`: the expiry instant (Redis ms) its last PEXPIREAT set. bucket_read
+-- remembers it per key for bucket_write (nothing else reads it; a missing or bad one is 0).
+local BUCKET_EXPIRY = {}
+
 local function bucket_read(key, per_minute, capacity, now)
-  local v = redis.call('HMGET', key, 't', 'ms')
+  local v = redis.call('HMGET', key, 't', 'ms', 'x')
+  local x = tonumber(v[3])
+  BUCKET_EXPIRY[key] = (x and fits(x)) and x or 0
   local cap = capacity * SCALE
   if not v[1] then
     return cap, now
@@ -169,17 +176,27 @@ end
 
 -- A bucket's debt is at most one capacity: an under-estimate is taken, but one huge call cannot
 -- lock its scope out for longer than a minute's refill (plus the next call's own need).
+-- The key must live until the level has refilled (plus a minute). Its expiry is moved only when
+-- the one it has (`x`, as bucket_read found it) falls short of that, and then moved that far
+-- again (at most an hour) ahead, so a busy bucket's expiry is set about once per refill time
+-- rather than on every call (docs/decisions.md, "Redis work per call").
 local function bucket_write(key, level, at, per_minute, capacity)
   if level < -capacity * SCALE then
     level = -capacity * SCALE
   end
-  redis.call('HSET', key, 't', int(level), 'ms', int(at))
   local missing = capacity * SCALE - level
   local ttl = 86400000
   if per_minute > 0 then
     ttl = math.ceil(missing / per_minute) + 60000
   end
-  redis.call('PEXPIRE', key, int(ttl))
+  if (BUCKET_EXPIRY[key] or 0) >= now_ms() + ttl then
+    redis.call('HSET', key, 't', int(level), 'ms', int(at))
+    return
+  end
+  local x = now_ms() + ttl + math.min(ttl, 3600000)
+  redis.call('HSET', key, 't', int(level), 'ms', int(at), 'x', int(x))
+  redis.call('PEXPIREAT', key, int(x))
+  BUCKET_EXPIRY[key] = x
 end
 
 -- The new state of each plan bucket `t` given back `tokens(t)` (negative: taking more), never
