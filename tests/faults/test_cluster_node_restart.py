@@ -81,7 +81,10 @@ async def test_a_crashed_primary_fails_closed_then_recovers_by_itself(
         started = time.monotonic()
         with pytest.raises(StoreDown):
             await engine.reserve(_req("during"))
-        assert time.monotonic() - started < 3 * TIMEOUT_S
+        # A hang guard, not a latency figure: the call must give up on its own timeout rather
+        # than wait for the node to come back (which it never would here). The margin is wide
+        # because a loaded CI machine adds seconds of scheduling to a 1 s timeout.
+        assert time.monotonic() - started < 20 * TIMEOUT_S
 
         node.start()
         deadline = time.monotonic() + 15

@@ -72,7 +72,10 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
     tmp = tmp_path_factory.mktemp("web")
     directory = tmp / "policies"
     write_policy(directory, POLICY)
-    admin, app_key = write_keys(tmp / "keys.yaml", ("acme", "admin", "ops"), ("acme", "app", "web"))
+    keys_file = tmp / "keys.yaml"
+    admin, app_key = write_keys(keys_file, ("acme", "admin", "ops"), ("acme", "app", "web"))
+    # The app key is carol's: the user's own view shows the user its entry names, no other.
+    keys_file.write_text(keys_file.read_text() + "    user: carol\n")
     port = free_port()
     env = {
         **os.environ,

@@ -150,6 +150,26 @@ async def org_page(request: Request[Any, Any, Any], org: FromPath[str]) -> Respo
     return _html("org.html.j2", page=page, charts=_charts(page), who=_who(p))
 
 
+def _viewable_user(p: Principal, asked: str | None) -> str:
+    """Whose spend this key may see. An app key sees only the user its keys-file entry binds it
+    to (``user:``): usage data is tenant data, and an app key shared by a backend must not read
+    its other users' spend by changing ``?user=``. Admin keys (and an unauthenticated quickstart)
+    may look at any user of their org."""
+    if p.role == "admin" or p.org is None:
+        if not asked:
+            raise InvalidRequest("name the user (?user=)", field="user")
+        return asked
+    if p.user is None:
+        raise Forbidden(
+            "this app key is bound to no user: give its keys-file entry a `user:` to see that"
+            " user's own spend here",
+            field="user",
+        )
+    if asked and asked != p.user:
+        raise Forbidden(f"this key shows user {p.user!r} only", field="user")
+    return p.user
+
+
 @get("/ui/me", include_in_schema=False)
 async def me(request: Request[Any, Any, Any], user: FromQuery[str | None] = None) -> Response[Any]:
     p = _principal(request)
@@ -160,10 +180,8 @@ async def me(request: Request[Any, Any, Any], user: FromQuery[str | None] = None
     try:
         if org is None:
             raise InvalidRequest("no org is defined", field="org")
-        if not user:
-            raise InvalidRequest("name the user (?user=)", field="user")
         queue: EventQueue = request.app.state.queue
-        page = await pages.user_page(engine, queue.store, org, user)
+        page = await pages.user_page(engine, queue.store, org, _viewable_user(p, user))
     except BudgetdError as exc:
         return _html("login.html.j2", status=exc.status, error=exc.detail, who=_who(p))
     return _html("me.html.j2", page=page, who=_who(p))
