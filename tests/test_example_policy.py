@@ -39,7 +39,7 @@ def test_example_uses_every_feature(acme: OrgPolicy) -> None:
     }
     assert kinds == {"webhook", "slack", "log"}
     budgets = {b.name: b for b in acme.budgets}
-    assert {b.scope for b in acme.budgets} == {"org", "user", "feature", "team"}
+    assert {b.scope for b in acme.budgets} == {"org", "user", "feature", "team", "key"}
     assert {b.period.calendar for b in acme.budgets if not b.period.rolling} == {
         "hour",
         "day",

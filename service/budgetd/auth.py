@@ -79,6 +79,11 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     feature: str | None = None
     attribution_headers: bool = False
 
+    @property
+    def key(self) -> str | None:
+        """The key's name, for key-scope budgets; None when authentication is off."""
+        return None if self.org is None else self.name
+
     def require_org(self, org: str) -> None:
         """An app or admin key acts on its own org only; anything else is 403, never a no-op."""
         if self.org is not None and org != self.org:

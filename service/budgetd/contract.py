@@ -180,7 +180,7 @@ class ScopeState(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: Literal["budget", "rate"]
     name: str
-    scope: Literal["org", "feature", "user", "team"]
+    scope: Literal["org", "feature", "user", "team", "key"]
     entity: str
     source: Literal["org", "default", "override"]
     limit: int

@@ -127,7 +127,7 @@ class Engine:
         self.metrics = metrics
         # Per loaded policy set (both are cleared when it changes): what applies to a subject
         # and model, and the store's view of each budget in each window.
-        self._resolved: dict[tuple[str, str | None, str | None, str], Applicable] = {}
+        self._resolved: dict[tuple[str | None, ...], Applicable] = {}
         self._slots: dict[tuple[str, str, str, int, str], BudgetSlot] = {}
         self._caches_for: object = None
         # reservation id → model, so most commits need no extra read to know what to price.
@@ -157,7 +157,7 @@ class Engine:
     def _applicable(self, policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
         """``resolve``, remembered per subject and model (per loaded policy set)."""
         self._caches_current()
-        key = (policy.org, subject.user, subject.feature, model)
+        key = (policy.org, subject.user, subject.feature, subject.key, model)
         found = self._resolved.get(key)
         if found is None:
             found = resolve(policy, subject, model)
@@ -402,7 +402,9 @@ class Engine:
 
     # -- operations ------------------------------------------------------------------------
 
-    async def reserve(self, request: c.ReserveRequest) -> c.Grant | c.Denied:
+    async def reserve(
+        self, request: c.ReserveRequest, key: str | None = None
+    ) -> c.Grant | c.Denied:
         policy = self.policy(request.org)
         if request.reservation_id and request.reservation_id.startswith(DEGRADED_PREFIX):
             # Commit and release route ids of this namespace to the degraded path (nothing held,
@@ -440,7 +442,7 @@ class Engine:
             raise Retired(str(exc), field=exc.field) from None
         except PricingError as exc:
             raise InvalidRequest(str(exc), field="speed") from None
-        subject = Subject(org=request.org, user=request.user, feature=request.feature)
+        subject = Subject(org=request.org, user=request.user, feature=request.feature, key=key)
         limits = self._limits(policy, subject, model, now, request.input_tokens, request.max_tokens)
         rid = request.reservation_id or uuid.uuid4().hex
         lease_s = request.ttl_s or policy.hold_ttl_s
@@ -671,7 +673,7 @@ class Engine:
             durability=self.store.durability,
         )
 
-    async def record(self, request: c.UsageRequest) -> c.RecordResult:
+    async def record(self, request: c.UsageRequest, key: str | None = None) -> c.RecordResult:
         policy = self.policy(request.org)
         now = self.clock.now()
         model, priced, lines = self._price(policy, request.model, request.usage, request.batch, now)
@@ -681,7 +683,7 @@ class Engine:
         five, hour = usage.cache_writes
         limits = self._limits(
             policy,
-            Subject(org=request.org, user=request.user, feature=request.feature),
+            Subject(org=request.org, user=request.user, feature=request.feature, key=key),
             model,
             now,
             usage.uncached_input + five + hour,
@@ -745,7 +747,12 @@ class Engine:
         )
 
     async def budgets(
-        self, org: str, user: str | None, feature: str | None, model: str | None
+        self,
+        org: str,
+        user: str | None,
+        feature: str | None,
+        model: str | None,
+        key: str | None = None,
     ) -> c.BudgetsResult:
         policy = self.policy(org)
         now = self.clock.now()
@@ -755,7 +762,7 @@ class Engine:
             except UnknownModelError as exc:
                 raise UnknownModel(str(exc)) from None
         limits = self._limits(
-            policy, Subject(org=org, user=user, feature=feature), model or "", now, 0, 0
+            policy, Subject(org=org, user=user, feature=feature, key=key), model or "", now, 0, 0
         )
         status = await self.store.status(limits.budgets, limits.buckets)
         scopes = self._scopes(limits, status.budgets, status.buckets)

@@ -228,7 +228,7 @@ async def test_unexpected_errors_are_a_logged_500_problem(tmp_path: Path) -> Non
     logging.getLogger("budgetd").addHandler(handler)
     async with _served(tmp_path) as fast:
 
-        async def broken(*_: Any) -> Any:
+        async def broken(*_: Any, **__: Any) -> Any:
             raise RuntimeError("boom")
 
         fast.app.state.engine.reserve = broken

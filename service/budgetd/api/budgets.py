@@ -15,7 +15,7 @@ async def budgets(request: AnyRequest) -> BudgetsResult:
     principal = caller(request)
     q = convert_query(request.query_params.multi_items(), BudgetsQuery)
     principal.require_org(q.org)
-    return await engine_of(request).budgets(q.org, q.user, q.feature, q.model)
+    return await engine_of(request).budgets(q.org, q.user, q.feature, q.model, key=principal.key)
 
 
 @post("/v1/cost", status_code=200, summary="The cost of a usage object, recorded nowhere")

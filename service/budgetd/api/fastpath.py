@@ -193,7 +193,7 @@ class FastPath:
             data = decode(await _body(scope, receive), ReserveRequest)
             principal.require_org(data.org)
             engine: Engine = state.engine
-            return await engine.reserve(data)
+            return await engine.reserve(data, key=principal.key)
 
         await _answer(scope, send, 201, reserve)
 

@@ -17,7 +17,7 @@ async def record_usage(request: AnyRequest) -> Response[Any]:
     principal = caller(request)
     data = decode(await request.body(), UsageRequest)
     principal.require_org(data.org)
-    result = await engine_of(request).record(data)
+    result = await engine_of(request).record(data, key=principal.key)
     return Response[RecordResult](result, status_code=201)
 
 

@@ -170,7 +170,8 @@ class Batches:
                         feature=who.feature if who else x.feature,
                         record_id=f"{batch_id}:{outcome.custom_id}",
                         batch=True,
-                    )
+                    ),
+                    key=x.key,
                 )
             if held is not None:
                 await x.engine.release(x.org, held.reservation_id)

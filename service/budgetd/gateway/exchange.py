@@ -47,6 +47,7 @@ class Exchange:
         self.org = principal.org
         self.user = principal.user
         self.feature = principal.feature
+        self.key = principal.key
         self.api_key = api_key
 
     async def reserve(self, reserve: Reserve) -> str | errors.Reply:
@@ -57,7 +58,7 @@ class Exchange:
         except msgspec.ValidationError as exc:
             return errors.error(400, f"budgetd: {exc}")
         try:
-            result = await self.engine.reserve(request)
+            result = await self.engine.reserve(request, key=self.key)
         except BudgetdError as exc:
             return errors.from_budgetd(exc)
         if isinstance(result, Denied):

@@ -27,6 +27,9 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
     org: str
     user: str | None = None
     feature: str | None = None
+    key: str | None = None
+    """The name of the API key the call came with (the keys file's ``name``); None when
+    authentication is off."""
 
 
 class AppliedBudget(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,7 +76,7 @@ def _entities(policy: OrgPolicy, scope: Scope, subject: Subject, match: str) -> 
         return (subject.org,)
     if scope == "team":
         return tuple(t for t in teams_of(policy, subject.user) if _glob(t, match))
-    name = subject.user if scope == "user" else subject.feature
+    name = {"user": subject.user, "feature": subject.feature, "key": subject.key}[scope]
     if name is None or not _glob(name, match):
         return ()
     return (name,)
