@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
+import pytest
+
 from budgetd.contract import CommitRequest, Grant, ReserveRequest
 from budgetd.engine import Engine
+from budgetd.errors import Conflict
 from budgetd.jobs.sweep import sweep_expired
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
@@ -108,3 +112,16 @@ async def test_overrun_commit_beyond_hold_is_flagged(engine: Engine) -> None:
         "acme", "r1", CommitRequest(usage=Usage(input_tokens=100, output_tokens=200))
     )  # 1,100 µ$ > 600 µ$ held
     assert (result.cost_micros, result.overrun, result.late) == (1_100, True, False)
+
+
+async def test_a_conflict_reports_the_state_after_its_own_lazy_expiry(engine: Engine) -> None:
+    """Found by the model-based test: the same id with another body after the lease ran out is
+    a conflict, and it must name the state the call itself left (``expired``: its lazy expiry
+    just reclaimed the hold), not the state it read before that (``held``)."""
+    assert isinstance(await engine.reserve(req("r1")), Grant)
+    await asyncio.sleep(1.1)  # the lease is on Redis time: real time must pass
+    other_body = msgspec.structs.replace(req("r1"), max_tokens=200)
+    with pytest.raises(Conflict) as conflict:
+        await engine.reserve(other_body)
+    assert conflict.value.state == "expired"
+    assert await _held(engine) == [0, 0, 0]

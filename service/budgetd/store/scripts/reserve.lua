@@ -43,12 +43,17 @@ end
 
 local prior = redis.call('HMGET', rkey, 'fp', 'res', 'dl', 'st')
 if prior[1] then
-  -- Idempotency: the reservation id is the key. Same request: the original answer.
+  -- Idempotency: the reservation id is the key. Same request: the original answer, with the
+  -- state this call leaves (its own lazy expiry may be what expires this very hold).
+  local state = prior[4]
+  for _, d in ipairs(due) do
+    if d.rid == rid and d.plan then state = 'expired' end
+  end
   expire_holds(holds, due, now)
   if prior[1] ~= fp then
-    return {'conflict', now, 0, '', prior[4], {}}
+    return {'conflict', now, 0, '', state, {}}
   end
-  return {'replay', now, tonumber(prior[3]), prior[2], prior[4], {}}
+  return {'replay', now, tonumber(prior[3]), prior[2], state, {}}
 end
 
 -- Phase 1: check everything; write nothing.
