@@ -68,6 +68,25 @@ Metadata = Annotated[
         "values at most 256, kept in the ledger entry.",
     ),
 ]
+MAX_TAGS = 8
+"""Tags one call may carry: each is an entity of every tag-scope budget it matches."""
+Tags = Annotated[
+    list[
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^[a-z0-9][a-z0-9_.:=/\-]{0,63}$",
+                description="lowercase letters, digits and _ . : = / -, up to 64, e.g. "
+                "project:search",
+            ),
+        ]
+    ],
+    msgspec.Meta(
+        max_length=MAX_TAGS,
+        description=f"Up to {MAX_TAGS} free-form tags (project:search, env:staging), each a "
+        "counter of every tag-scope budget it matches.",
+    ),
+]
 
 
 class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +110,7 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     web_searches: Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_WEB_SEARCHES)] = 0
     """Most web searches the call may run."""
     metadata: Metadata | None = None
+    tags: Tags = msgspec.field(default_factory=list)
 
 
 class OrgQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,6 +143,7 @@ class UsageRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Idempotency key: the same id records once."""
     batch: bool = False
     metadata: Metadata | None = None
+    tags: Tags = msgspec.field(default_factory=list)
     cost_micros: Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_CALL_MICROS)] | None = None
     """Charge this reported cost instead of pricing ``usage`` (e.g. the Agent SDK's
     ``total_cost_usd`` when the caller prefers it). The ledger keeps both, marked
@@ -180,7 +201,7 @@ class ScopeState(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: Literal["budget", "rate"]
     name: str
-    scope: Literal["org", "feature", "user", "team", "key"]
+    scope: Literal["org", "feature", "user", "team", "key", "tag"]
     entity: str
     source: Literal["org", "default", "override"]
     limit: int

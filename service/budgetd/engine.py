@@ -157,7 +157,7 @@ class Engine:
     def _applicable(self, policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
         """``resolve``, remembered per subject and model (per loaded policy set)."""
         self._caches_current()
-        key = (policy.org, subject.user, subject.feature, subject.key, model)
+        key = (policy.org, subject.user, subject.feature, subject.key, model, *subject.tags)
         found = self._resolved.get(key)
         if found is None:
             found = resolve(policy, subject, model)
@@ -442,7 +442,13 @@ class Engine:
             raise Retired(str(exc), field=exc.field) from None
         except PricingError as exc:
             raise InvalidRequest(str(exc), field="speed") from None
-        subject = Subject(org=request.org, user=request.user, feature=request.feature, key=key)
+        subject = Subject(
+            org=request.org,
+            user=request.user,
+            feature=request.feature,
+            key=key,
+            tags=tuple(request.tags),
+        )
         limits = self._limits(policy, subject, model, now, request.input_tokens, request.max_tokens)
         rid = request.reservation_id or uuid.uuid4().hex
         lease_s = request.ttl_s or policy.hold_ttl_s
@@ -683,7 +689,13 @@ class Engine:
         five, hour = usage.cache_writes
         limits = self._limits(
             policy,
-            Subject(org=request.org, user=request.user, feature=request.feature, key=key),
+            Subject(
+                org=request.org,
+                user=request.user,
+                feature=request.feature,
+                key=key,
+                tags=tuple(request.tags),
+            ),
             model,
             now,
             usage.uncached_input + five + hour,

@@ -23,6 +23,7 @@ budgets:
   - {name: user-day, scope: user, limit_usd: 1, period: day}
   - {name: team-month, scope: team, limit_usd: 100, period: month}
   - {name: key-day, scope: key, limit_usd: 100, period: day}
+  - {name: tag-day, scope: tag, match: "p:*", limit_usd: 100, period: day}
 rate_limits:
   - {name: rate, scope: user, requests_per_minute: 10, input_tokens_per_minute: 10000,
      output_tokens_per_minute: 10000}
@@ -51,6 +52,7 @@ async def test_all_keys_of_a_reserve_share_the_org_slot(
             user="u:{weird}",
             feature="chat",
             reservation_id="r1",
+            tags=["p:{x}", "p:y"],
         ),
         key="app-{other}",
     )
@@ -58,6 +60,7 @@ async def test_all_keys_of_a_reserve_share_the_org_slot(
     # Both of the user's teams have their own counter, in the same slot as the rest.
     assert {b.label.entity for b in call.budgets if b.label.scope == "team"} == {"platform", "ml"}
     assert {b.label.entity for b in call.budgets if b.label.scope == "key"} == {"app-{other}"}
+    assert {b.label.entity for b in call.budgets if b.label.scope == "tag"} == {"p:y"}
     touched = [
         keys.reservation("acme", "r1"),
         keys.holds("acme"),

@@ -33,7 +33,7 @@ EXPECTED: dict[str, str] = {
     ),
     "bad_scope.yaml": (
         "bad_scope.yaml:5: budgets[0].scope: 'company' is not allowed here; use one of org, "
-        "feature, user, team, key"
+        "feature, user, team, key, tag"
     ),
     "bad_yaml_syntax.yaml": (
         "bad_yaml_syntax.yaml:7: (YAML syntax): not valid YAML: while parsing a flow sequence"

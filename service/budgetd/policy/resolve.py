@@ -30,6 +30,7 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
     key: str | None = None
     """The name of the API key the call came with (the keys file's ``name``); None when
     authentication is off."""
+    tags: tuple[str, ...] = ()
 
 
 class AppliedBudget(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +77,8 @@ def _entities(policy: OrgPolicy, scope: Scope, subject: Subject, match: str) -> 
         return (subject.org,)
     if scope == "team":
         return tuple(t for t in teams_of(policy, subject.user) if _glob(t, match))
+    if scope == "tag":
+        return tuple(dict.fromkeys(t for t in subject.tags if _glob(t, match)))
     name = {"user": subject.user, "feature": subject.feature, "key": subject.key}[scope]
     if name is None or not _glob(name, match):
         return ()

@@ -42,7 +42,7 @@ SpikeFactor = Annotated[float, msgspec.Meta(ge=1, le=1000)]
 Mode = Literal["enforce", "shadow"]
 Failure = Literal["fail_closed", "fail_open"]
 HardAction = Literal["block", "warn"]
-Scope = Literal["org", "feature", "user", "team", "key"]
+Scope = Literal["org", "feature", "user", "team", "key", "tag"]
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -103,7 +103,8 @@ class Budget(_Strict, frozen=True):
     match: str = "*"
     """Scope feature: a glob on feature names (``search-*``); each matching feature has its own
     counter. Scope user: a glob on user ids. Scope team: a glob on team names. Scope key: a glob
-    on API key names (the keys file's ``name``)."""
+    on API key names (the keys file's ``name``). Scope tag: a glob on the call's tags
+    (``project:*``); each matching tag has its own counter."""
     feature: str | None = None
     """Only calls whose feature matches this glob count (``claude-code``): a per-user budget
     for one tool. Unset: every call counts."""
