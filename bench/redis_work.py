@@ -114,9 +114,11 @@ async def replayed_pairs(
     recorded: list[tuple[str, list[str], list[str | int]]] = []
     real_call = pipeline.call
 
-    async def record(sha: str, source: str, keys: list[str], args: list[str | int]) -> Any:
+    async def record(
+        sha: str, source: str, keys: list[str], args: list[str | int], *, deadline: float
+    ) -> Any:
         recorded.append((sha, keys, args))
-        return await real_call(sha, source, keys, args)
+        return await real_call(sha, source, keys, args, deadline=deadline)
 
     rid = f"replay{seq}"
     pipeline.call = record

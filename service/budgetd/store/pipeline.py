@@ -14,7 +14,15 @@ them travel as a convoy (the service idle while Redis ran all eight, then Redis 
 ``bench/reserve_commit.py`` did 1,300 pairs/s against 1,690 writing at once, at the same CPU
 per request.
 
-A call whose caller gave up (timeout, cancellation) keeps its place in the FIFO, so the replies
+Every call carries a deadline (the store timeout, on the loop's clock). The FIFO keeps each
+call's deadline next to its future, and one timer per connection (``loop.call_at``) fails the
+overdue calls with ``Overdue``: no ``asyncio.timeout`` per call, whose timer handle, context
+manager and task cancellation cost more client CPU than the rest of the call's bookkeeping
+(``bench/pipeline_deadline.py``). The timer is armed for the earliest deadline not yet
+watched and is not cancelled when replies come in: while calls flow it fires about once per
+timeout, finds nothing overdue and re-arms for the oldest call in flight.
+
+A call whose caller gave up (overdue, cancellation) keeps its place in the FIFO, so the replies
 after it still go to the right callers. A lost connection fails every call in flight; the next
 call reconnects. Plain TCP only: ``connect.py`` leaves TLS and sockets to redis-py.
 
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from typing import Any, cast
 
 import hiredis
@@ -36,6 +45,9 @@ import redis.exceptions
 from budgetd.store.base import StoreUnavailable
 
 CONNECTION_NAME = "budgetd-pipeline"
+EARLY_S = 0.001
+"""A deadline this close counts as passed when the timer fires: uvloop rounds a timer's delay
+to whole milliseconds, so it may fire a little before the deadline it was armed for."""
 
 
 def _pack(*parts: Any) -> bytes:
@@ -46,10 +58,14 @@ def _pack(*parts: Any) -> bytes:
 
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.reader = hiredis.Reader(encoding="utf-8")
-        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        """Calls in flight, in the order Redis answers them, each with its deadline."""
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they behave as one.
@@ -58,29 +74,64 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():  # a caller that gave up is skipped, its reply dropped
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._disarm()
         error = StoreUnavailable(
             f"redis connection lost with calls in flight (they may have run): "
             f"{exc or 'closed by server'}"
         )
         while self.waiting:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft()[0]
             if not future.done():
                 future.set_exception(error)
 
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def send(self, packed: bytes, deadline: float) -> asyncio.Future[Any]:
+        """Write one packed command; its reply, or ``Overdue`` once ``deadline`` (loop time)
+        passed without one."""
+        future: asyncio.Future[Any] = self.loop.create_future()
         if self.closed or self.transport is None or self.transport.is_closing():
             future.set_exception(NotSent("redis connection closed before the call was sent"))
             return future
-        self.waiting.append(future)
+        self.waiting.append((future, deadline))
         self.transport.write(packed)
+        if deadline < self._timer_at:  # the common case (a timer already armed) skips this
+            self._arm(deadline)
         return future
+
+    def _arm(self, at: float) -> None:
+        self._disarm()
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._fail_overdue)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, math.inf
+
+    def _fail_overdue(self) -> None:
+        """The timer: fail every call past its deadline (each keeps its place in the FIFO),
+        and watch the earliest deadline still ahead. Deadlines are mostly in FIFO order, but not
+        always (a store's timeout may change, NOSCRIPT sends again under the first deadline),
+        so every call in flight is looked at: once per timeout, not once per call."""
+        self._timer, self._timer_at = None, math.inf
+        now = self.loop.time() + EARLY_S
+        ahead = math.inf
+        for future, deadline in self.waiting:
+            if future.done():
+                continue
+            if deadline <= now:
+                future.set_exception(
+                    Overdue("redis did not answer within the store timeout (the call may have run)")
+                )
+            elif deadline < ahead:
+                ahead = deadline
+        if ahead < math.inf:
+            self._arm(ahead)
 
 
 class ScriptPipeline:
@@ -102,10 +153,23 @@ class ScriptPipeline:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
-    async def _connection(self) -> _Protocol:
+    async def _connection(self, deadline: float) -> _Protocol:
         protocol = self._protocol
         if protocol is not None and not protocol.closed:
             return protocol
+        loop = asyncio.get_running_loop()
+        try:
+            # Connecting (or waiting for another caller's connection) is bounded by the call's
+            # deadline as well as by the connect timeout.
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.connect_timeout_s)):
+                return await self._connect()
+        except NotSent:
+            raise
+        except (OSError, TimeoutError, StoreUnavailable) as exc:
+            # No script was written on this connection yet: whatever failed, none ran.
+            raise NotSent(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def _connect(self) -> _Protocol:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
@@ -113,39 +177,44 @@ class ScriptPipeline:
             if self._protocol is not None and not self._protocol.closed:
                 return self._protocol
             loop = asyncio.get_running_loop()
+            _, made = await loop.create_connection(_Protocol, self.host, self.port)
+            # The setup replies are bounded by _connection's timeout, not by a deadline here.
+            never = math.inf
+            setup = []
+            if self.password is not None:
+                auth = (
+                    ("AUTH", self.username, self.password)
+                    if self.username
+                    else ("AUTH", self.password)
+                )
+                setup.append(made.send(_pack(*auth), never))
+            if self.db:
+                setup.append(made.send(_pack("SELECT", self.db), never))
+            # Named, so operators (and tests) can tell it apart in CLIENT LIST. An ACL
+            # user without CLIENT SETNAME still connects: that reply is not checked.
+            named = made.send(_pack("CLIENT", "SETNAME", CONNECTION_NAME), never)
             try:
-                async with asyncio.timeout(self.connect_timeout_s):
-                    _, made = await loop.create_connection(_Protocol, self.host, self.port)
-                    setup = []
-                    if self.password is not None:
-                        auth = (
-                            ("AUTH", self.username, self.password)
-                            if self.username
-                            else ("AUTH", self.password)
-                        )
-                        setup.append(made.send(_pack(*auth)))
-                    if self.db:
-                        setup.append(made.send(_pack("SELECT", self.db)))
-                    # Named, so operators (and tests) can tell it apart in CLIENT LIST. An ACL
-                    # user without CLIENT SETNAME still connects: that reply is not checked.
-                    named = made.send(_pack("CLIENT", "SETNAME", CONNECTION_NAME))
-                    for reply in await asyncio.gather(*setup):
-                        if isinstance(reply, hiredis.ReplyError):
-                            raise NotSent(f"redis refused the connection: {reply}")
-                    await named
-            except (OSError, TimeoutError, StoreUnavailable) as exc:
-                # No script was written on this connection yet: whatever failed, none ran.
-                raise NotSent(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
+                for reply in await asyncio.gather(*setup):
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise NotSent(f"redis refused the connection: {reply}")
+                await named
+            except BaseException:
+                if made.transport is not None:  # a failed setup leaves no connection open
+                    made.transport.close()
+                raise
             self._protocol = made
             return made
 
-    async def call(self, sha: str, source: str, keys: list[str], args: list[str | int]) -> Any:
-        protocol = await self._connection()
-        reply = await protocol.send(_pack("EVALSHA", sha, len(keys), *keys, *args))
+    async def call(
+        self, sha: str, source: str, keys: list[str], args: list[str | int], *, deadline: float
+    ) -> Any:
+        """Run a script; ``Overdue`` when no reply came by ``deadline`` (the loop's clock)."""
+        protocol = await self._connection(deadline)
+        reply = await protocol.send(_pack("EVALSHA", sha, len(keys), *keys, *args), deadline)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # The server lost its script cache (restart, failover, SCRIPT FLUSH): EVAL sends the
-            # text once and caches it again.
-            reply = await protocol.send(_pack("EVAL", source, len(keys), *keys, *args))
+            # text once and caches it again, under the same deadline.
+            reply = await protocol.send(_pack("EVAL", source, len(keys), *keys, *args), deadline)
         if isinstance(reply, hiredis.ReplyError):
             raise ScriptError(str(reply))
         return reply
@@ -158,6 +227,13 @@ class ScriptPipeline:
 
 class NotSent(StoreUnavailable):
     """The call never reached Redis (no connection): it did not run, so it may be sent again."""
+
+
+class Overdue(StoreUnavailable):
+    """No reply by the call's deadline: Redis is stalled or slow, and the call may have run.
+
+    Not a lost connection: the call keeps its place, its reply is dropped when it comes, and
+    the connection serves the next calls."""
 
 
 class ScriptError(redis.exceptions.ResponseError):

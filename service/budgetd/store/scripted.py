@@ -36,7 +36,7 @@ from budgetd.store.base import (
     StoreUnavailable,
 )
 from budgetd.store.node_pipelines import NodePipelines
-from budgetd.store.pipeline import NotSent, ScriptError, ScriptPipeline
+from budgetd.store.pipeline import NotSent, Overdue, ScriptError, ScriptPipeline
 from budgetd.store.scripts import SCRIPT_NAMES, source
 
 Client = Redis | RedisCluster
@@ -167,54 +167,75 @@ class ScriptStore:
             name: client.register_script(source(name)) for name in SCRIPT_NAMES
         }
 
-    async def _bounded(self, awaitable: Awaitable[T]) -> T:
-        """``awaitable`` within the store timeout; an unreachable Redis is StoreUnavailable."""
+    def _deadline(self) -> float:
+        """When a call starting now must have its answer, on the loop's clock."""
+        return asyncio.get_running_loop().time() + self.timeout_s
+
+    async def _bounded(self, awaitable: Awaitable[T], deadline: float) -> T:
+        """``awaitable`` by ``deadline``; an unreachable Redis is StoreUnavailable. For the calls
+        redis-py makes: the pipelines check their own deadlines, without a timer per call."""
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 return await awaitable
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def run_script(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+        deadline = self._deadline()
         if self.observe is None:
-            return await self._bounded(self._call_until_settled(name, keys_, args))
+            return await self._call_until_settled(name, keys_, args, deadline)
         started = time.perf_counter()
         ok = False
         try:
-            result = await self._bounded(self._call_until_settled(name, keys_, args))
+            result = await self._call_until_settled(name, keys_, args, deadline)
             ok = True
             return result
         finally:
             self.observe(name, time.perf_counter() - started, ok)
 
     async def _call_until_settled(
-        self, name: str, keys_: Sequence[str], args: Sequence[str | int]
+        self, name: str, keys_: Sequence[str], args: Sequence[str | int], deadline: float
     ) -> Any:
         delay = 0.01
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                return await self._call(name, keys_, args)
+                return await self._call(name, keys_, args, deadline)
             except redis.exceptions.ResponseError as exc:
                 if _MOVED_AWAY not in str(exc):
                     raise
+            if loop.time() + delay >= deadline:
+                # The next try could not be answered in time: not sending it is the one
+                # outcome that is known not to have run.
+                raise StoreUnavailable("redis unreachable: the slot kept moving past the timeout")
             await asyncio.sleep(delay)  # the slot is moving: retry until it settles
             delay = min(delay * 2, 0.1)
 
-    async def _call(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def _call(
+        self, name: str, keys_: Sequence[str], args: Sequence[str | int], deadline: float
+    ) -> Any:
         if self.durability == "strict" and name not in READ_ONLY:
-            return await self._run_durably(name, keys_, args)
+            return await self._bounded(self._run_durably(name, keys_, args), deadline)
         if self.pipeline is not None:
             script = self._scripts[name]
-            return await self.pipeline.call(script.sha, source(name), list(keys_), list(args))
+            return await self.pipeline.call(
+                script.sha, source(name), list(keys_), list(args), deadline=deadline
+            )
         if self.node_pipelines is not None and keys_:
             node = self.node_pipelines.for_key(keys_[0])
             if node is not None:
                 try:
                     return await node.call(
-                        self._scripts[name].sha, source(name), list(keys_), list(args)
+                        self._scripts[name].sha,
+                        source(name),
+                        list(keys_),
+                        list(args),
+                        deadline=deadline,
                     )
                 except NotSent:
                     self.node_pipelines.lost(node)
+                except Overdue:
+                    raise  # a stalled node, not a lost one: its connection stays in use
                 except StoreUnavailable:
                     # Sent, then the connection was lost: it may have run. Sending it again
                     # could apply it twice; the caller's retry (same id) is what may repeat it.
@@ -225,7 +246,7 @@ class ScriptStore:
                         raise  # it ran (and wrote nothing): running it again changes nothing
                 # Proven not to have run: redis-py follows the cluster from here
                 # (node_pipelines.py says why).
-        return await self._scripts[name](keys=list(keys_), args=list(args))
+        return await self._bounded(self._scripts[name](keys=list(keys_), args=list(args)), deadline)
 
     async def _run_durably(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         # Race: WAITAOF confirms the writes of *its connection*; sent through the pool on its
@@ -489,14 +510,15 @@ class ScriptStore:
 
     async def reservation(self, org: str, reservation_id: str) -> ReservationView | None:
         state, meta, deadline = await self._bounded(
-            self.client.hmget(keys.reservation(org, reservation_id), ["st", "meta", "dl"])
+            self.client.hmget(keys.reservation(org, reservation_id), ["st", "meta", "dl"]),
+            self._deadline(),
         )
         if state is None:
             return None
         return ReservationView(state=str(state), meta=str(meta), deadline_ms=int(str(deadline)))
 
     async def server_time(self) -> float:
-        seconds, micros = await self._bounded(self.client.time())
+        seconds, micros = await self._bounded(self.client.time(), self._deadline())
         return float(seconds) + float(micros) / 1e6
 
     async def ping(self) -> bool:
