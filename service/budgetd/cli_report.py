@@ -27,6 +27,7 @@ from budgetd.policy.loader import PolicyError, load_policy_dir
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.reports import anthropic_bill, follower, plan, query
 from budgetd.reports.budgets import budgets, today
+from budgetd.reports.fold import VIEWS
 from budgetd.settings import from_env
 from budgetd.store.connect import redis_store
 from budgetd.store.scripted import ScriptStore
@@ -34,7 +35,7 @@ from budgetd.store.scripted import ScriptStore
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-BY = ("model", "user", "feature", "session", "day", "budgets")
+BY = (*VIEWS, "day", "budgets")
 
 
 def usd(micros: int | None) -> str:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from budgetd import bounds
+from budgetd import attribution, bounds
 from budgetd import contract as c
 from budgetd.clock import Clock
 from budgetd.errors import (
@@ -461,6 +461,8 @@ class Engine:
                 "input_tokens": request.input_tokens,
                 "max_tokens": request.max_tokens,
                 "metadata": request.metadata,
+                # What the ledger entry of its commit is attributed to (attribution.py).
+                **attribution.fields(limits.applicable.teams, key, subject.tags),
             }
         ).decode()
         call = ReserveCall(
@@ -720,6 +722,7 @@ class Engine:
                     ("feature", request.feature or ""),
                     ("cost_source", "reported" if reported else "priced"),
                     ("priced_micros", str(priced)),
+                    *attribution.fields(limits.applicable.teams, key, tuple(request.tags)).items(),
                 ),
             )
         )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from budgetd import attribution
 from budgetd.expiry import CounterExpiry
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
@@ -33,6 +34,9 @@ CSV_COLUMNS = (
     "pricing_version",
     "user",
     "feature",
+    "teams",
+    "key",
+    "tags",
     "usage",
     "charged",
     "at_ms",
@@ -103,22 +107,21 @@ async def entries(
         start = f"{ms}-{int(seq) + 1}"
 
 
-def subject(fields: dict[str, str]) -> tuple[str, str]:
-    """(user, feature) of a ledger entry: a commit carries them in its reservation's JSON, a
-    record in its own fields."""
-    meta = fields.get("reservation")
-    if meta:
-        try:
-            decoded = msgspec.json.decode(meta)
-        except msgspec.DecodeError:
-            decoded = {}
-        return str(decoded.get("user") or ""), str(decoded.get("feature") or "")
-    return fields.get("user", ""), fields.get("feature", "")
-
-
 def _flat(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
-    user, feature = subject(fields)
-    return {"id": entry_id, **fields, "user": user, "feature": feature}
+    who = attribution.of_entry(fields)
+    return {
+        "id": entry_id,
+        **fields,
+        "user": who.user,
+        "feature": who.feature,
+        "teams": list(who.teams),
+        "key": who.key,
+        "tags": list(who.tags),
+    }
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "teams": ",".join(row["teams"]), "tags": ",".join(row["tags"])}
 
 
 async def export(
@@ -136,7 +139,8 @@ async def export(
             yield msgspec.json.encode(row).decode() + "\n"
         else:
             buffer = io.StringIO()
-            csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore").writerow(row)
+            writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            writer.writerow(_csv_row(row))
             yield buffer.getvalue()
 
 

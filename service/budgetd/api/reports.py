@@ -68,7 +68,8 @@ async def _admin(request: Request[Any, Any, Any], org: str) -> Engine:
 
 
 @get(
-    "/v1/admin/reports/usage", summary="Spend, calls and tokens by model, user, feature or session"
+    "/v1/admin/reports/usage",
+    summary="Spend, calls and tokens by model, user, feature, session, team, key or tag",
 )
 async def usage_report(
     request: Request[Any, Any, Any],

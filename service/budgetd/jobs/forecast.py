@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from budgetd import counters
 from budgetd.engine import Engine
-from budgetd.jobs.spend import entity_of
+from budgetd.jobs.spend import entities_of
 from budgetd.jobs.spend import since as spend_since
 from budgetd.money import format_usd
-from budgetd.periods import COUNTER_GRACE, window
-from budgetd.policy.resolve import Subject
+from budgetd.periods import COUNTER_GRACE
+from budgetd.policy.resolve import entity_budget
 from budgetd.store.events import EventQueue
 
 RATE_WINDOW = timedelta(hours=1)
@@ -28,27 +29,18 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
             continue
         recent: dict[str, int] = {}
         for s in spends:
-            entity = entity_of(s, rule.scope, org)
-            if entity:
+            for entity in entities_of(s, rule, policy):
                 recent[entity] = recent.get(entity, 0) + s.cost
-        for entity, cost in recent.items():
-            subject = Subject(
-                org=org,
-                user=entity if rule.scope == "user" else None,
-                feature=entity if rule.scope == "feature" else None,
-            )
-            view = await engine.budgets(org, subject.user, subject.feature, None)
-            scope = next((s for s in view.scopes if s.name == rule.name), None)
-            if scope is None or scope.period_end is None:
+        applied = [a for e in recent if (a := entity_budget(policy, rule, e)) is not None]
+        for c in await counters.read(engine, policy, applied, now):
+            entity, limit, win = c.applied.entity, c.applied.limit, c.window
+            used = c.spent + c.held
+            rate = recent[entity] / RATE_WINDOW.total_seconds()  # micros per second
+            left = (win.end - now).total_seconds()
+            if used >= limit or rate <= 0 or used + rate * left <= limit:
                 continue
-            used = (scope.spent_micros or 0) + (scope.held_micros or 0)
-            rate = cost / RATE_WINDOW.total_seconds()  # micros per second
-            left = (scope.period_end - now).total_seconds()
-            if used >= scope.limit or rate <= 0 or used + rate * left <= scope.limit:
-                continue
-            runs_out = now + timedelta(seconds=(scope.limit - used) / rate)
+            runs_out = now + timedelta(seconds=(limit - used) / rate)
             local = runs_out.astimezone(policy.tz)
-            win = window(rule.period, policy.tz, now)
             fields = {
                 "type": "forecast",
                 "budget": rule.name,
@@ -56,12 +48,12 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
                 "entity": entity,
                 "period": win.charge_id,
                 "used_micros": str(used),
-                "limit_micros": str(scope.limit),
+                "limit_micros": str(limit),
                 "runs_out_at": runs_out.astimezone(UTC).isoformat(timespec="seconds"),
-                "period_end_ms": str(int(scope.period_end.timestamp() * 1000)),
+                "period_end_ms": str(int(win.end.timestamp() * 1000)),
                 "summary": (
                     f"{rule.scope} {entity}: at this rate budget '{rule.name}' "
-                    f"({format_usd(used)} of {format_usd(scope.limit)}) runs out "
+                    f"({format_usd(used)} of {format_usd(limit)}) runs out "
                     f"{local:%A %H:%M} {policy.timezone}"
                 ),
                 "at_ms": str(int(now.timestamp() * 1000)),

@@ -9,7 +9,7 @@ import msgspec
 
 from budgetd.engine import Engine
 from budgetd.jobs import spend
-from budgetd.jobs.spend import entity_of, totals_by
+from budgetd.jobs.spend import entities_of, totals_by
 from budgetd.money import format_usd
 from budgetd.periods import COUNTER_GRACE, calendar_bounds
 from budgetd.policy.model import CalendarUnit
@@ -46,8 +46,13 @@ async def close_periods(
     for rule in policy.budgets:
         if rule.period.calendar != unit:
             continue
-        mine = [s for s in spends if entity_of(s, rule.scope, org)]
-        by_entity = totals_by(mine, "user" if rule.scope == "user" else "feature")
+        by_entity: Counter[str] = Counter()
+        mine = []
+        for s in spends:
+            entities = entities_of(s, rule, policy)
+            if entities:
+                mine.append(s)
+                by_entity.update(dict.fromkeys(entities, s.cost))
         spent = sum(s.cost for s in mine)
         if rule.scope == "org":
             # The counter, not the ledger: a commit settles into its hold's period, which the

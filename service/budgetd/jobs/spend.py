@@ -7,7 +7,9 @@ from collections import Counter, defaultdict
 
 import msgspec
 
-from budgetd import ledger
+from budgetd import attribution, ledger
+from budgetd.policy.model import BudgetRule, OrgPolicy
+from budgetd.policy.resolve import Subject, applied_budgets
 from budgetd.store.scripted import ScriptStore
 
 
@@ -18,17 +20,23 @@ class Spend(msgspec.Struct, frozen=True, kw_only=True):
     feature: str
     model: str
     overrun: bool
+    teams: tuple[str, ...] = ()
+    key: str = ""
+    tags: tuple[str, ...] = ()
 
 
 def parse(entry_id: str, fields: dict[str, str]) -> Spend:
-    user, feature = ledger.subject(fields)
+    who = attribution.of_entry(fields)
     return Spend(
         at_ms=int(entry_id.split("-", maxsplit=1)[0]),
         cost=int(fields.get("cost_micros", "0")),
-        user=user,
-        feature=feature,
+        user=who.user,
+        feature=who.feature,
         model=fields.get("model", ""),
         overrun=fields.get("overrun") == "1",
+        teams=who.teams,
+        key=who.key,
+        tags=who.tags,
     )
 
 
@@ -45,14 +53,20 @@ async def since(
     ]
 
 
-def entity_of(spend: Spend, scope: str, org: str) -> str:
-    """The entity a ledger entry counts for in a budget of ``scope`` ('' when none, and for the
-    scopes a ledger entry does not name yet: team)."""
-    if scope == "org":
-        return org
-    if scope == "user":
-        return spend.user
-    return spend.feature if scope == "feature" else ""
+def entities_of(spend: Spend, rule: BudgetRule, policy: OrgPolicy) -> tuple[str, ...]:
+    """The entities whose counters of ``rule`` a ledger entry counted for: resolved as the
+    reserve resolves them (the rule's feature filter, globs and overrides' teams), from the
+    teams, key and tags the entry recorded. Several for a user in several teams or a call with
+    several matching tags; none when the rule did not apply."""
+    subject = Subject(
+        org=policy.org,
+        user=spend.user or None,
+        feature=spend.feature or None,
+        key=spend.key or None,
+        tags=spend.tags,
+        teams=spend.teams,
+    )
+    return tuple(applied.entity for applied in applied_budgets(policy, rule, subject))
 
 
 def totals_by(spends: list[Spend], attribute: str) -> Counter[str]:
@@ -65,7 +79,7 @@ def totals_by(spends: list[Spend], attribute: str) -> Counter[str]:
 
 
 def hourly(
-    spends: list[Spend], scope: str, org: str, now_ms: int, hours: int
+    spends: list[Spend], rule: BudgetRule, policy: OrgPolicy, now_ms: int, hours: int
 ) -> dict[str, list[int]]:
     """Per entity: spend in each of the last ``hours`` hours, oldest first; the last slot is
     the hour ending now."""
@@ -73,7 +87,6 @@ def hourly(
     for s in spends:
         age = (now_ms - s.at_ms) // 3_600_000
         if 0 <= age < hours:
-            entity = entity_of(s, scope, org)
-            if entity:
+            for entity in entities_of(s, rule, policy):
                 out[entity][hours - 1 - age] += s.cost
     return dict(out)

@@ -31,6 +31,8 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
     """The name of the API key the call came with (the keys file's ``name``); None when
     authentication is off."""
     tags: tuple[str, ...] = ()
+    teams: tuple[str, ...] | None = None
+    """The user's teams as recorded (a ledger entry's, for the jobs); None: from the policy."""
 
 
 class AppliedBudget(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +54,8 @@ class AppliedRate(msgspec.Struct, frozen=True, kw_only=True):
 class Applicable(msgspec.Struct, frozen=True, kw_only=True):
     budgets: tuple[AppliedBudget, ...]
     rates: tuple[AppliedRate, ...]
+    teams: tuple[str, ...] = ()
+    """The user's teams, which a ledger entry records."""
 
 
 @lru_cache(maxsize=65_536)
@@ -76,7 +80,8 @@ def _entities(policy: OrgPolicy, scope: Scope, subject: Subject, match: str) -> 
     if scope == "org":
         return (subject.org,)
     if scope == "team":
-        return tuple(t for t in teams_of(policy, subject.user) if _glob(t, match))
+        teams = teams_of(policy, subject.user) if subject.teams is None else subject.teams
+        return tuple(t for t in teams if _glob(t, match))
     if scope == "tag":
         return tuple(dict.fromkeys(t for t in subject.tags if _glob(t, match)))
     name = {"user": subject.user, "feature": subject.feature, "key": subject.key}[scope]
@@ -150,4 +155,4 @@ def resolve(policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
     priced = policy.pricing.models.get(model)
     models = (model,) if priced is None or priced.id == model else (model, priced.id)
     rates = tuple(r for rule in policy.rate_limits for r in _rates(policy, rule, subject, models))
-    return Applicable(budgets=budgets, rates=rates)
+    return Applicable(budgets=budgets, rates=rates, teams=teams_of(policy, subject.user))

@@ -1,5 +1,7 @@
 """Ledger entries → report increments (pure: no Redis). One entry adds to its model's, user's,
-feature's and session's totals of its day and its month, in the org's time zone."""
+feature's, session's and key's totals, and to each of its teams' and tags', of its day and its
+month, in the org's time zone (so a team or tag report's rows may add up to more than the
+total: a call of a user in two teams counts in both, as it does in their budgets)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-VIEWS = ("model", "user", "feature", "session")
-View = Literal["model", "user", "feature", "session"]
+from budgetd import attribution
+
+VIEWS = ("model", "user", "feature", "session", "team", "key", "tag")
+View = Literal["model", "user", "feature", "session", "team", "key", "tag"]
 METRICS = (
     "cost_micros",
     "calls",
@@ -23,8 +27,6 @@ METRICS = (
 )
 ADJUSTMENT = "(adjustment)"
 """The model an admin adjustment's spend is shown under: it moves money, it is not a call."""
-SESSION_KEYS = ("session_id", "session")
-"""Reservation metadata keys that name a session (the first one present wins)."""
 
 
 class _Usage(msgspec.Struct, kw_only=True):
@@ -59,21 +61,6 @@ def _tokens(raw: str) -> tuple[int, int, int, int, int]:
     return u.input_tokens or 0, five, hour, u.cache_read_input_tokens or 0, u.output_tokens or 0
 
 
-def subjects(fields: dict[str, str]) -> tuple[str, str, str]:
-    """(user, feature, session) of an entry: a commit has them in its reservation's JSON, a
-    record in its own fields."""
-    meta = fields.get("reservation")
-    if meta:
-        try:
-            decoded = msgspec.json.decode(meta)
-        except msgspec.DecodeError:
-            decoded = {}
-        tags = decoded.get("metadata") or {}
-        session = next((str(tags[k]) for k in SESSION_KEYS if tags.get(k)), "")
-        return str(decoded.get("user") or ""), str(decoded.get("feature") or ""), session
-    return fields.get("user", ""), fields.get("feature", ""), fields.get("session", "")
-
-
 def buckets(at_ms: int, tz: ZoneInfo) -> tuple[str, str]:
     local = datetime.fromtimestamp(at_ms / 1000, UTC).astimezone(tz)
     return f"d:{local:%Y-%m-%d}", f"m:{local:%Y-%m}"
@@ -89,12 +76,15 @@ def fold(entries: list[tuple[str, dict[str, str]]], tz: ZoneInfo) -> Increments:
             named: tuple[tuple[View, str], ...] = (("model", ADJUSTMENT),)
         else:
             row = [cost, 1, *_tokens(fields.get("usage", ""))]
-            user, feature, session = subjects(fields)
+            who = attribution.of_entry(fields)
             named = (
                 ("model", fields.get("model", "") or "(unknown)"),
-                ("user", user),
-                ("feature", feature),
-                ("session", session),
+                ("user", who.user),
+                ("feature", who.feature),
+                ("session", who.session),
+                ("key", who.key),
+                *(("team", team) for team in who.teams),
+                *(("tag", tag) for tag in who.tags),
             )
         for bucket in buckets(int(entry_id.split("-")[0]), tz):
             for view, entity in named:
