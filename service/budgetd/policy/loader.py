@@ -288,6 +288,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
                 match=r.match,
                 mode=r.mode or defaults.mode,
                 failure=r.failure or defaults.rate_failure,
+                feature=r.feature,
             )
         )
     return OrgPolicy(

@@ -70,6 +70,8 @@ class RateRule(msgspec.Struct, frozen=True, kw_only=True):
     match: str
     mode: Mode
     failure: Failure
+    feature: str | None = None
+    """Only calls whose feature matches this glob count; None: every call."""
 
 
 class TeamSpec(msgspec.Struct, frozen=True, kw_only=True):

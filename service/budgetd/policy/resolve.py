@@ -104,13 +104,18 @@ def entity_budget(policy: OrgPolicy, rule: BudgetRule, entity: str) -> AppliedBu
     return AppliedBudget(rule=rule, entity=entity, limit=rule.default_limit, source="default")
 
 
+def _counts(rule: BudgetRule | RateRule, subject: Subject) -> bool:
+    """Whether the rule's ``feature:`` filter lets this subject's call count."""
+    return rule.feature is None or (
+        subject.feature is not None and _glob(subject.feature, rule.feature)
+    )
+
+
 def applied_budgets(
     policy: OrgPolicy, rule: BudgetRule, subject: Subject
 ) -> tuple[AppliedBudget, ...]:
     """The counters ``rule`` keeps for this subject (several for a user in several teams)."""
-    if rule.feature is not None and (
-        subject.feature is None or not _glob(subject.feature, rule.feature)
-    ):
+    if not _counts(rule, subject):
         return ()
     return tuple(
         applied
@@ -122,7 +127,7 @@ def applied_budgets(
 def _rates(
     policy: OrgPolicy, rule: RateRule, subject: Subject, models: tuple[str, ...]
 ) -> list[AppliedRate]:
-    if not any(_glob(m, p) for m in models for p in rule.models):
+    if not _counts(rule, subject) or not any(_glob(m, p) for m in models for p in rule.models):
         return []
     applied: list[AppliedRate] = []
     for entity in _entities(policy, rule.scope, subject, rule.match):

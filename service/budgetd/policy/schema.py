@@ -135,6 +135,8 @@ class RateLimit(_Strict, frozen=True):
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Model ids or globs (``claude-opus-*``); each must match a priced model."""
     match: str = "*"
+    feature: str | None = None
+    """Only calls whose feature matches this glob count (``claude-code``), as for budgets."""
     overrides: dict[str, RateOverride] = msgspec.field(default_factory=dict)
     mode: Mode | None = None
     failure: Failure | None = None
