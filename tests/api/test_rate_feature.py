@@ -22,9 +22,7 @@ async def test_a_rate_limit_counts_only_its_features_calls(
         code = {**CALL, "user": "alice", "feature": "claude-code"}
         first = await client.post("/v1/reservations", json=code)
         assert first.status_code == 201, first.text
-        assert [(s["name"], s["entity"]) for s in first.json()["scopes"]] == [
-            ("code-rpm", "alice")
-        ]
+        assert [(s["name"], s["entity"]) for s in first.json()["scopes"]] == [("code-rpm", "alice")]
         denied = await client.post("/v1/reservations", json=code)
         assert denied.status_code == 429
         assert [s["name"] for s in denied.json()["scopes"]] == ["code-rpm"]
