@@ -70,12 +70,13 @@ Metadata = Annotated[
 ]
 MAX_TAGS = 8
 """Tags one call may carry: each is an entity of every tag-scope budget it matches."""
+_TAG = r"[a-z0-9][a-z0-9_.:=/\-]{0,63}"
 Tags = Annotated[
     list[
         Annotated[
             str,
             msgspec.Meta(
-                pattern=r"^[a-z0-9][a-z0-9_.:=/\-]{0,63}$",
+                pattern=rf"^{_TAG}$",
                 description="lowercase letters, digits and _ . : = / -, up to 64, e.g. "
                 "project:search",
             ),
@@ -119,11 +120,22 @@ class OrgQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     org: OrgName | None = None
 
 
+TagList = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=rf"^{_TAG}(,{_TAG}){{0,{MAX_TAGS - 1}}}$",
+        description=f"Up to {MAX_TAGS} tags, comma-separated (project:search,env:staging)",
+    ),
+]
+
+
 class BudgetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     org: OrgName
     user: Identifier | None = None
     feature: Identifier | None = None
     model: ModelId | None = None
+    tags: TagList | None = None
+    """The tag budgets these tags count in, as a call carrying them would."""
 
 
 class CommitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

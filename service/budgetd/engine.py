@@ -768,6 +768,7 @@ class Engine:
         feature: str | None,
         model: str | None,
         key: str | None = None,
+        tags: tuple[str, ...] = (),
     ) -> c.BudgetsResult:
         policy = self.policy(org)
         now = self.clock.now()
@@ -777,7 +778,12 @@ class Engine:
             except UnknownModelError as exc:
                 raise UnknownModel(str(exc)) from None
         limits = self._limits(
-            policy, Subject(org=org, user=user, feature=feature, key=key), model or "", now, 0, 0
+            policy,
+            Subject(org=org, user=user, feature=feature, key=key, tags=tags),
+            model or "",
+            now,
+            0,
+            0,
         )
         status = await self.store.status(limits.budgets, limits.buckets)
         scopes = self._scopes(limits, status.budgets, status.buckets)

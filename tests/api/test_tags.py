@@ -51,3 +51,24 @@ async def test_too_many_or_malformed_tags_are_refused(
         usage = {"org": "acme", "model": "claude-opus-test", "usage": {"input_tokens": 1}}
         refused = await client.post("/v1/usage", json={**usage, "tags": many})
         assert refused.status_code == 422
+
+
+async def test_the_budgets_view_shows_the_tags_asked_about(
+    client_for: ClientFactory, store: Store
+) -> None:
+    async with client_for(POLICY, store=store) as client:
+        tagged = {**BIG, "tags": ["project:search"]}
+        assert (await client.post("/v1/reservations", json=tagged)).status_code == 201
+        view = await client.get(
+            "/v1/budgets", params={"org": "acme", "tags": "project:search,env:staging"}
+        )
+        assert view.status_code == 200, view.text
+        assert [(s["name"], s["entity"]) for s in view.json()["scopes"]] == [
+            ("per-project", "project:search")
+        ]
+        assert view.json()["scopes"][0]["held_micros"] > 10_000_000
+        many = ",".join(f"t{i}" for i in range(MAX_TAGS + 1))
+        for bad in (many, "Project", "a,,b"):
+            refused = await client.get("/v1/budgets", params={"org": "acme", "tags": bad})
+            assert refused.status_code == 422, bad
+            assert refused.json()["field"] == "tags"

@@ -21,6 +21,9 @@ teams:
 budgets:
   - {name: org-month, scope: org, limit_usd: 1000, period: month}
   - {name: team-day, scope: team, limit_usd: 100, period: day}
+  - {name: key-day, scope: key, limit_usd: 50, period: day}
+  - {name: project-day, scope: tag, match: "project:*", limit_usd: 20, period: day}
+  - {name: code-day, scope: user, feature: claude-code, limit_usd: 5, period: day}
 """
 MOVED = POLICY.replace("platform: {users: [alice]", "platform: {users: []")
 CALL = {"org": "acme", "model": "claude-haiku-test", "input_tokens": 100, "max_tokens": 100}
@@ -94,6 +97,21 @@ async def test_reports_group_by_team_key_and_tag_as_charged(tmp_path: Path, redi
             "project:search": alice,
             "env:prod": alice,
             "project:chat": bob,
+        }
+
+        # The budgets report lists the team, key and tag budgets of this month's top spenders
+        # (and a user budget for one feature, which a subject with no feature never sees).
+        got = await client.get("/v1/admin/reports/budgets?org=acme", headers=as_admin)
+        rows = {(r["budget"], r["entity"]): r["spent_micros"] for r in got.json()["rows"]}
+        assert {k: v for k, v in rows.items() if k[0] != "org-month"} == {
+            ("team-day", "search"): alice + bob,
+            ("team-day", "platform"): alice,
+            ("key-day", "search-app"): alice + bob + carol,
+            ("project-day", "project:search"): alice,
+            ("project-day", "project:chat"): bob,
+            ("code-day", "alice"): 0,
+            ("code-day", "carol"): 0,
+            ("code-day", "bob"): 0,
         }
 
         ledger = await client.get("/v1/admin/ledger?org=acme", headers=as_admin)

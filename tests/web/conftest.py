@@ -34,6 +34,8 @@ CHROMIUM_ARGS = [
 POLICY = """
 org: acme
 timezone: UTC
+teams:
+  chatters: {users: [alice, carol]}
 budgets:
   - {name: org-month, scope: org, limit_usd: 50, period: month, thresholds_pct: [50, 80, 100]}
   - {name: feature-day, scope: feature, limit_usd: 20, period: day}
@@ -43,7 +45,12 @@ budgets:
     period: day
     thresholds_pct: [50, 80]
     overrides: {alice: 0.2}
+  - {name: team-day, scope: team, limit_usd: 20, period: day}
+  - {name: key-day, scope: key, limit_usd: 20, period: day}
+  - {name: project-day, scope: tag, match: "project:*", limit_usd: 20, period: day}
 """
+ALICE_TAGS = ["project:web"]
+"""Alice's calls carry a project tag (the app key, named ``web``, makes every call)."""
 
 
 @dataclass
@@ -138,6 +145,7 @@ def traffic(url: str, key: str) -> dict[str, int]:
                     "input_tokens": 2000,
                     "max_tokens": 1000,
                     "reservation_id": f"w{i}",
+                    "tags": ALICE_TAGS if user == "alice" else [],
                 },
             )
             if r.status_code == 429:

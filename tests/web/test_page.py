@@ -52,6 +52,24 @@ def test_org_page_shows_the_right_numbers(browser: Browser, service: Service) ->
     bob = page.locator('.budget[data-budget="user-day"][data-entity="bob"]')
     assert bob.locator("b.spent").inner_text() == usd(service.costs["bob"])
 
+    # Team, key and tag budgets, each with what its members, key or tag spent; and their
+    # views.
+    chatters = service.costs["alice"] + service.costs["carol"]
+    for budget, entity, spent in (
+        ("team-day", "chatters", chatters),
+        ("key-day", "web", total),
+        ("project-day", "project:web", service.costs["alice"]),
+    ):
+        bar = page.locator(f'.budget[data-budget="{budget}"][data-entity="{entity}"]')
+        assert bar.locator("b.spent").inner_text() == usd(spent), budget
+    for view, entity, spent in (
+        ("team", "chatters", chatters),
+        ("key", "web", total),
+        ("tag", "project:web", service.costs["alice"]),
+    ):
+        row = page.locator(f'#by-{view} tr[data-entity="{entity}"] td')
+        assert row.nth(1).inner_text() == usd(spent), view
+
     # The three views: the bar chart and the table name each user with their spend.
     users = page.locator("#by-user")
     for user, cost in service.costs.items():

@@ -15,7 +15,10 @@ async def budgets(request: AnyRequest) -> BudgetsResult:
     principal = caller(request)
     q = convert_query(request.query_params.multi_items(), BudgetsQuery)
     principal.require_org(q.org)
-    return await engine_of(request).budgets(q.org, q.user, q.feature, q.model, key=principal.key)
+    tags = tuple(q.tags.split(",")) if q.tags else ()
+    return await engine_of(request).budgets(
+        q.org, q.user, q.feature, q.model, key=principal.key, tags=tags
+    )
 
 
 @post("/v1/cost", status_code=200, summary="The cost of a usage object, recorded nowhere")

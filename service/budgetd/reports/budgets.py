@@ -1,17 +1,22 @@
 """Budget against actual: each budget's limit, spent, held and projected end-of-period spend.
 
-Org budgets are one entity each; feature and user budgets are reported for the entities that
-spent most this month (from the aggregates), so an org of 100,000 users is not a scan."""
+Org budgets are one entity each; the budgets of other scopes (user, feature, team, key, tag)
+are reported for the entities that spent most this month (from the aggregates), so an org of
+100,000 users is not a scan."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
+from budgetd import contract as c
+from budgetd import counters
 from budgetd.engine import Engine
-from budgetd.reports.fold import View
+from budgetd.policy.model import BudgetRule
+from budgetd.policy.resolve import AppliedBudget, entity_budget
+from budgetd.reports.fold import VIEWS, View
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
 
@@ -58,6 +63,48 @@ async def _top_entities(
     return [str(n) for n in names]
 
 
+def _row(
+    rule: BudgetRule | None,
+    scope: c.ScopeState | counters.Counter,
+    now: datetime,
+) -> BudgetRow:
+    """One row, from a subject's budgets view or from a counter the report named."""
+    start: datetime | None
+    end: datetime | None
+    if isinstance(scope, counters.Counter):
+        a = scope.applied
+        name, kind, entity, mode = a.rule.name, a.rule.scope, a.entity, a.rule.mode
+        text = a.rule.period.text
+        limit, spent, held = a.limit, scope.spent, scope.held
+        start, end = scope.window.start, scope.window.end
+    else:
+        name, kind, entity, mode = scope.name, scope.scope, scope.entity, scope.mode
+        text = scope.period or ""
+        limit, spent, held = scope.limit, scope.spent_micros or 0, scope.held_micros or 0
+        start, end = scope.period_start, scope.period_end
+    projected = (
+        project(spent, held, start, end, now)
+        if rule is not None and rule.period.calendar and start is not None and end is not None
+        else None
+    )
+    return BudgetRow(
+        budget=name,
+        scope=kind,
+        entity=entity,
+        mode=mode,
+        period=text,
+        period_start=start,
+        period_end=end,
+        limit_micros=limit,
+        spent_micros=spent,
+        held_micros=held,
+        remaining_micros=max(0, limit - spent - held),
+        used_pct=round(100 * (spent + held) / limit, 1) if limit else 0.0,
+        projected_micros=projected,
+        thresholds_pct=list(rule.thresholds_pct) if rule is not None else [],
+    )
+
+
 async def rows_for(
     engine: Engine, org: str, user: str | None, feature: str | None, only_scope: str | None = None
 ) -> list[BudgetRow]:
@@ -66,55 +113,33 @@ async def rows_for(
     now = engine.clock.now()
     rules = {rule.name: rule for rule in policy.budgets}
     view = await engine.budgets(org, user, feature, None)
-    rows: list[BudgetRow] = []
-    for s in view.scopes:
-        if s.kind != "budget" or (only_scope is not None and s.scope != only_scope):
-            continue
-        rule = rules.get(s.name)
-        spent, held = s.spent_micros or 0, s.held_micros or 0
-        projected = (
-            project(spent, held, s.period_start, s.period_end, now)
-            if rule is not None and rule.period.calendar and s.period_start and s.period_end
-            else None
-        )
-        rows.append(
-            BudgetRow(
-                budget=s.name,
-                scope=s.scope,
-                entity=s.entity,
-                mode=s.mode,
-                period=s.period or "",
-                period_start=s.period_start,
-                period_end=s.period_end,
-                limit_micros=s.limit,
-                spent_micros=spent,
-                held_micros=held,
-                remaining_micros=s.remaining,
-                used_pct=round(100 * (spent + held) / s.limit, 1) if s.limit else 0.0,
-                projected_micros=projected,
-                thresholds_pct=list(rule.thresholds_pct) if rule is not None else [],
-            )
-        )
-    return rows
+    return [
+        _row(rules.get(s.name), s, now)
+        for s in view.scopes
+        if s.kind == "budget" and (only_scope is None or s.scope == only_scope)
+    ]
 
 
 async def budgets(engine: Engine, store: ScriptStore, org: str, top: int = TOP) -> BudgetsReport:
+    """Every budget's counter for the org, and for each other scope's ``top`` spenders of the
+    month (by the aggregates of that scope's view: users, features, teams, keys, tags)."""
     policy = engine.policy(org)
     now = engine.clock.now()
     month = f"{now.astimezone(policy.tz):%Y-%m}"
-    subjects: list[tuple[str | None, str | None]] = [(None, None)]
-    scopes_in_use = {rule.scope for rule in policy.budgets}
-    if "feature" in scopes_in_use:
-        subjects += [(None, f) for f in await _top_entities(store, org, "feature", month, top)]
-    if "user" in scopes_in_use:
-        subjects += [(u, None) for u in await _top_entities(store, org, "user", month, top)]
-    rows: list[BudgetRow] = []
-    seen: set[tuple[str, str]] = set()
-    for user, feature in subjects:
-        for row in await rows_for(engine, org, user, feature):
-            if (row.budget, row.entity) not in seen:
-                seen.add((row.budget, row.entity))
-                rows.append(row)
+    ranked: dict[str, list[str]] = {}
+    applied: list[AppliedBudget] = []
+    for rule in policy.budgets:
+        if rule.scope == "org":
+            entities = [org]
+        elif rule.scope in VIEWS:
+            if rule.scope not in ranked:
+                view = cast(View, rule.scope)
+                ranked[rule.scope] = await _top_entities(store, org, view, month, top)
+            entities = ranked[rule.scope]
+        else:
+            entities = []
+        applied += [a for e in entities if (a := entity_budget(policy, rule, e)) is not None]
+    rows = [_row(c.applied.rule, c, now) for c in await counters.read(engine, policy, applied, now)]
     return BudgetsReport(org=org, at=now, rows=rows)
 
 

@@ -11,7 +11,7 @@ from budgetd.engine import Engine
 from budgetd.policy.model import OrgPolicy
 from budgetd.reports import query
 from budgetd.reports.budgets import BudgetRow, budgets, project, rows_for
-from budgetd.reports.fold import METRICS
+from budgetd.reports.fold import METRICS, View
 from budgetd.store import keys
 from budgetd.store.events import EventQueue
 from budgetd.store.scripted import ScriptStore
@@ -26,6 +26,7 @@ SHOWN_EVENTS = (
     "spike",
 )
 """Event types the page lists (warnings, blocks, overruns and the jobs' alerts)."""
+SCOPE_VIEWS: tuple[View, ...] = ("team", "key", "tag")
 
 
 class Point(msgspec.Struct, frozen=True):
@@ -68,6 +69,9 @@ class OrgPage(msgspec.Struct, frozen=True, kw_only=True):
     by_model: query.Report
     by_user: query.Report
     by_feature: query.Report
+    by_scope: list[tuple[str, query.Report]]
+    """Team, key and tag views that have spend this month (an org without teams, named keys
+    or tags is not shown three empty tables)."""
     events: list[EventRow]
     policy: OrgPolicy
 
@@ -155,6 +159,10 @@ async def org_page(engine: Engine, queue: EventQueue, org: str, top: int = 10) -
     today = engine.clock.now().astimezone(policy.tz).date()
     since, until = today.replace(day=1), today + timedelta(days=1)
     report = await budgets(engine, store, org, top)
+    by_scope = [
+        (view, await query.usage(store, org, view, since, until, top=top, tomorrow=until))
+        for view in SCOPE_VIEWS
+    ]
     return OrgPage(
         org=org,
         timezone=policy.timezone,
@@ -166,6 +174,7 @@ async def org_page(engine: Engine, queue: EventQueue, org: str, top: int = 10) -
         by_model=await query.usage(store, org, "model", since, until, tomorrow=until),
         by_user=await query.usage(store, org, "user", since, until, top=top, tomorrow=until),
         by_feature=await query.usage(store, org, "feature", since, until, top=top, tomorrow=until),
+        by_scope=[(view, r) for view, r in by_scope if r.rows],
         events=await recent_events(queue, org),
         policy=policy,
     )
