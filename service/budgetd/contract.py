@@ -114,6 +114,18 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     tags: Tags = msgspec.field(default_factory=list)
 
 
+class ReserveQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The query of reserve (answer v2, issue 13)."""
+
+    detail: Annotated[
+        Literal["scopes"] | None,
+        msgspec.Meta(
+            description="`scopes`: the grant lists the state of every applicable limit "
+            "(`scopes`, as every grant did before answer v2); without it `scopes` is empty."
+        ),
+    ] = None
+
+
 class OrgQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``?org=`` of commit and release: the key's org when absent (required without keys)."""
 
@@ -239,10 +251,20 @@ class Warning(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    """A granted reservation, answer v2 (docs/decisions.md, "Reserve answer v2 (issue 13)"):
+    what the caller acts on. The state of every limit it was held on is in `scopes` only
+    when asked (`?detail=scopes`); v1 always listed it."""
+
     reservation_id: str
     held_micros: int
     expires_at: datetime
-    scopes: list[ScopeState]
+    scopes: Annotated[
+        list[ScopeState],
+        msgspec.Meta(
+            description="Every applicable limit after the hold, when the request asked "
+            "`?detail=scopes`; otherwise empty (as on a degraded grant)."
+        ),
+    ]
     warnings: list[Warning]
     replayed: bool = False
     degraded: bool = False

@@ -9,7 +9,7 @@ import logging
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -276,18 +276,19 @@ class Engine:
             )
         return out
 
-    def _observe_org_budgets(
-        self, org: str, scopes: Sequence[c.ScopeState] | Sequence[c.DeniedScope]
-    ) -> None:
-        """Utilisation and remaining of the org-wide budgets (never per user or feature)."""
+    def _observe_org_budgets(self, org: str, budgets: Iterable[tuple[str, str, int, int]]) -> None:
+        """Utilisation and remaining of the org-wide budgets (never per user or feature), from
+        ``(scope, name, limit, used)`` of budgets."""
         self.metrics.observe_budgets(
-            org,
-            (
-                (s.name, s.limit, (s.spent_micros or 0) + (s.held_micros or 0))
-                for s in scopes
-                if s.kind == "budget" and s.scope == "org"
-            ),
+            org, ((name, limit, used) for scope, name, limit, used in budgets if scope == "org")
         )
+
+    @staticmethod
+    def _budget_use(
+        limits: _Limits, budget_values: tuple[tuple[int, int], ...]
+    ) -> Iterator[tuple[str, str, int, int]]:
+        for b, (spent, held) in zip(limits.applicable.budgets, budget_values, strict=True):
+            yield b.rule.scope, b.rule.name, b.limit, spent + held
 
     @staticmethod
     def _warnings(limits: _Limits, outcome: ReserveOutcome, amount: int) -> list[c.Warning]:
@@ -403,8 +404,12 @@ class Engine:
     # -- operations ------------------------------------------------------------------------
 
     async def reserve(
-        self, request: c.ReserveRequest, key: str | None = None
+        self, request: c.ReserveRequest, key: str | None = None, *, with_scopes: bool = True
     ) -> c.Grant | c.Denied:
+        """Hold the request's worst case on every applicable limit, or say which deny it.
+
+        ``with_scopes=False`` leaves the grant's ``scopes`` empty: answer v2's default over
+        HTTP (``?detail=scopes`` asks for them), which saves building and encoding them."""
         policy = self.policy(request.org)
         if request.reservation_id and request.reservation_id.startswith(DEGRADED_PREFIX):
             # Commit and release route ids of this namespace to the degraded path (nothing held,
@@ -486,18 +491,26 @@ class Engine:
             )
         if outcome.status == "denied":
             denied = self._denied(limits, outcome, amount, now)
-            self._observe_org_budgets(request.org, denied.scopes)
+            self._observe_org_budgets(
+                request.org,
+                (
+                    (s.scope, s.name, s.limit, (s.spent_micros or 0) + (s.held_micros or 0))
+                    for s in denied.scopes
+                    if s.kind == "budget"
+                ),
+            )
             return denied
         self._remember_model(request.org, rid, model)
         replayed = outcome.status == "replay"
         self._decided["replay" if replayed else "granted"].inc()
-        scopes = self._scopes(limits, outcome.budgets_after, outcome.buckets_after)
-        self._observe_org_budgets(request.org, scopes)
+        self._observe_org_budgets(request.org, self._budget_use(limits, outcome.budgets_after))
         return c.Grant(
             reservation_id=rid,
             held_micros=amount,
             expires_at=_from_ms(outcome.deadline_ms),
-            scopes=scopes,
+            scopes=self._scopes(limits, outcome.budgets_after, outcome.buckets_after)
+            if with_scopes
+            else [],
             warnings=self._warnings(limits, outcome, amount),
             replayed=replayed,
             durability=self.store.durability,
@@ -786,9 +799,8 @@ class Engine:
             0,
         )
         status = await self.store.status(limits.budgets, limits.buckets)
-        scopes = self._scopes(limits, status.budgets, status.buckets)
-        self._observe_org_budgets(org, scopes)
-        return c.BudgetsResult(org=org, scopes=scopes)
+        self._observe_org_budgets(org, self._budget_use(limits, status.budgets))
+        return c.BudgetsResult(org=org, scopes=self._scopes(limits, status.budgets, status.buckets))
 
     async def expire(self, org: str, limit: int = 1000) -> tuple[int, int]:
         """Reclaim holds of ``org`` whose lease ran out (the sweep calls this per org)."""

@@ -22,7 +22,9 @@ PROBLEM = "application/problem+json"
 
 async def test_grant_carries_remaining_and_crossed_thresholds(acme_client: Client) -> None:
     # bob has $1/day; 100 input + 100,000 output tokens hold 500,100 µ$: crosses 50 %.
-    r = await acme_client.post("/v1/reservations", json={**BODY, "max_tokens": 100_000})
+    r = await acme_client.post(
+        "/v1/reservations?detail=scopes", json={**BODY, "max_tokens": 100_000}
+    )
     assert r.status_code == 201
     body = r.json()
     assert body["held_micros"] == 500_100

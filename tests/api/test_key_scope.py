@@ -29,7 +29,7 @@ async def test_each_key_has_its_own_budget(tmp_path: Path, store: Store) -> None
     as_search = {"Authorization": f"Bearer {search}"}
     as_batch = {"Authorization": f"Bearer {batch}"}
     async with asgi_client(app) as client:
-        first = await client.post("/v1/reservations", json=BIG, headers=as_search)
+        first = await client.post("/v1/reservations?detail=scopes", json=BIG, headers=as_search)
         assert first.status_code == 201, first.text
         per_key = next(s for s in first.json()["scopes"] if s["name"] == "per-key")
         assert (per_key["scope"], per_key["entity"], per_key["limit"]) == (

@@ -21,7 +21,7 @@ BIG = {"org": "acme", "model": "claude-opus-test", "input_tokens": 2_000_000, "m
 async def test_each_matching_tag_is_a_budget(client_for: ClientFactory, store: Store) -> None:
     async with client_for(POLICY, store=store) as client:
         tagged = {**BIG, "tags": ["project:search", "env:staging"]}
-        first = await client.post("/v1/reservations", json=tagged)
+        first = await client.post("/v1/reservations?detail=scopes", json=tagged)
         assert first.status_code == 201, first.text
         assert [(s["scope"], s["entity"]) for s in first.json()["scopes"]] == [
             ("tag", "project:search")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import httpx
+import msgspec
 import pytest
 from budgetd_client import (
     AsyncBudgetdClient,
     BudgetExceeded,
     Conflict,
+    Grant,
     NotFound,
     ServiceUnavailable,
     UnknownModel,
@@ -36,6 +40,47 @@ async def test_reserve_commit_moves_the_budget_by_the_exact_cost(
     assert await user_day(budgetd) == (COST, 0)
     priced = await budgetd.cost(model=HAIKU, usage=USAGE)
     assert priced.cost_micros == COST
+
+
+async def test_a_grant_lists_the_scopes_only_when_asked(budgetd: AsyncBudgetdClient) -> None:
+    short = await budgetd.reserve(
+        org="acme", user="alice", model=HAIKU, input_tokens=10, max_tokens=10
+    )
+    assert short.scopes == [] and short.held_micros > 0
+    full = await budgetd.reserve(
+        org="acme", user="alice", model=HAIKU, input_tokens=10, max_tokens=10, detail=True
+    )
+    user = next(s for s in full.scopes if s.name == "user-day")
+    assert (user.entity, user.held_micros) == ("alice", short.held_micros + full.held_micros)
+    assert user.period_start is not None and user.period_end is not None
+
+
+def test_an_answer_v1_grant_still_decodes() -> None:
+    # A service before answer v2 always listed the scopes: the client reads both shapes.
+    v1 = {
+        "reservation_id": "r1",
+        "held_micros": 5,
+        "expires_at": datetime(2026, 11, 30, tzinfo=UTC).isoformat(),
+        "scopes": [
+            {
+                "kind": "budget",
+                "name": "org-day",
+                "scope": "org",
+                "entity": "acme",
+                "source": "org",
+                "limit": 10,
+                "remaining": 5,
+            }
+        ],
+        "warnings": [],
+        "replayed": False,
+        "degraded": False,
+        "durability": "fast",
+    }
+    grant = msgspec.json.decode(msgspec.json.encode(v1), type=Grant)
+    assert [s.name for s in grant.scopes] == ["org-day"]
+    v2 = {k: v for k, v in v1.items() if k != "scopes"}
+    assert msgspec.json.decode(msgspec.json.encode(v2), type=Grant).scopes == []
 
 
 async def test_denial_carries_scopes_and_retry_after(budgetd: AsyncBudgetdClient) -> None:

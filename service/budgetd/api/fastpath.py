@@ -42,7 +42,6 @@ from budgetd.api.problems import (
 from budgetd.api.validation import (
     MAX_BODY_BYTES,
     MAX_URL_CHARS,
-    NoParameters,
     convert_query,
     decode,
 )
@@ -55,6 +54,7 @@ from budgetd.contract import (
     Grant,
     OrgQuery,
     ReleaseResult,
+    ReserveQuery,
     ReserveRequest,
 )
 from budgetd.engine import Engine
@@ -92,10 +92,13 @@ OPERATIONS = [
         "reserve",
         ok=(201, Grant),
         body=ReserveRequest,
+        query=ReserveQuery,
         problems=(403, 404, 409, 422, 429, 503),
         tags=("reservations",),
         description="A replay (same reservation_id, same body) answers 201 again with "
-        "`replayed: true`; the same id with another body is 409.",
+        "`replayed: true`; the same id with another body is 409. Answer v2: the grant's "
+        "`scopes` is empty unless `?detail=scopes` asks for the state of every applicable "
+        "limit; a denial (429) always names the denying scopes, with `Retry-After`.",
         links={
             action: {
                 "operationId": action,
@@ -188,12 +191,13 @@ class FastPath:
 
         async def reserve() -> Any:
             principal = caller_of(state, _authorizations(scope))
+            with_scopes = False
             if scope["query_string"]:
-                convert_query(_query(scope), NoParameters)
+                with_scopes = convert_query(_query(scope), ReserveQuery).detail == "scopes"
             data = decode(await _body(scope, receive), ReserveRequest)
             principal.require_org(data.org)
             engine: Engine = state.engine
-            return await engine.reserve(data, key=principal.key)
+            return await engine.reserve(data, key=principal.key, with_scopes=with_scopes)
 
         await _answer(scope, send, 201, reserve)
 

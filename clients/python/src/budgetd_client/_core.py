@@ -228,8 +228,12 @@ class Base:
         speed: Speed | None = None,
         web_searches: int = 0,
         metadata: dict[str, str] | None = None,
+        detail: bool = False,
     ) -> Flow[Grant]:
         """Hold the worst-case cost of a call on every applicable limit.
+
+        ``detail=True`` asks for the state of every applicable limit in ``Grant.scopes``
+        (``?detail=scopes``); without it the answer is the short one (answer v2).
 
         Raises:
             BudgetExceeded: a limit denied it (``.scopes``, ``.retry_after``); nothing is held.
@@ -255,7 +259,13 @@ class Base:
             metadata=metadata,
         )
         try:
-            grant: Grant = yield Http("POST", "/v1/reservations", Grant, body=body)
+            grant: Grant = yield Http(
+                "POST",
+                "/v1/reservations",
+                Grant,
+                body=body,
+                params={"detail": "scopes"} if detail else None,
+            )
         except ServiceUnavailable as exc:
             if not exc.unreachable:
                 raise

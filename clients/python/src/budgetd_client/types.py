@@ -43,13 +43,15 @@ class Warning(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
-    """A granted reservation (201 from ``POST /v1/reservations``)."""
+    """A granted reservation (201 from ``POST /v1/reservations``, answer v2)."""
 
     reservation_id: str
     held_micros: int
     expires_at: datetime
-    scopes: list[ScopeState]
     warnings: list[Warning]
+    scopes: list[ScopeState] = msgspec.field(default_factory=list)
+    """Every applicable limit after the hold, when reserved with ``detail=True``; empty
+    otherwise (answer v2), and on a degraded grant."""
     replayed: bool = False
     degraded: bool = False
     """True when nothing is held: the service failed open (Redis down, every limit fail-open),
