@@ -9,12 +9,19 @@ Starts its own redis-server processes on free loopback ports (removed on exit). 
 process builds its own Engine (policy from a temp dir: ``--orgs`` orgs, each with org-month,
 feature-day and user-day budgets and a per-user request/token bucket, 200 users) over its own
 store, and runs ``--concurrency`` loops of reserve then commit.
+
+The figure that does not need idle cores (issue 13): **pairs per Redis-CPU-second**, pairs
+divided by the CPU time (``used_cpu_user + used_cpu_sys``) of every Redis process over the
+same window, with each shard's share, for 1 and 3 shards. On a machine where clients and
+shards share two cores, pairs/s says how busy the machine was; this ratio says what one Redis
+core carries. The machine's load (CPU steal, the load average) is printed with each row.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -29,6 +36,8 @@ sys.path.insert(0, str(ROOT))  # tests.servers: the same server helpers as the t
 
 import redis  # noqa: E402
 from tests.servers import HOST, start_cluster, start_redis  # noqa: E402
+
+from reserve_commit import steal_ticks  # noqa: E402
 
 try:
     import uvloop
@@ -120,13 +129,14 @@ def _worker(url: str, policy_dir: str, orgs: list[str], proc: int, args: Any, ou
     out.put(asyncio.run(_drive(url, Path(policy_dir), orgs, proc, args)))
 
 
-def _redis_cpu(ports: list[int]) -> float:
-    total = 0.0
+def _redis_cpu(ports: list[int]) -> list[float]:
+    """``used_cpu_user + used_cpu_sys`` of each Redis process, in seconds."""
+    out = []
     for port in ports:
         with redis.Redis(host=HOST, port=port) as c:
             info = c.info("cpu")
-            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return total
+            out.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
+    return out
 
 
 def run(url: str, ports: list[int], policy_dir: Path, orgs: list[str], args: Any) -> dict[str, Any]:
@@ -140,19 +150,26 @@ def run(url: str, ports: list[int], policy_dir: Path, orgs: list[str], args: Any
         p.start()
     # Workers count only inside their measured window; Redis CPU is taken around it.
     time.sleep(args.warmup + 1.0)  # process start-up (imports) + warm-up
-    cpu0 = _redis_cpu(ports)
+    cpu0, steal0, load0 = _redis_cpu(ports), steal_ticks(), os.getloadavg()[0]
     time.sleep(args.duration - 1.0)
-    cpu1 = _redis_cpu(ports)
+    cpu1, steal1 = _redis_cpu(ports), steal_ticks()
     results = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
     pairs = sum(n for n, _ in results)
     rate = pairs / args.duration
+    shard_cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+    pairs_in_cpu_window = max(1.0, rate * (args.duration - 1.0))
     return {
         "pairs": pairs,
         "pairs_per_s": rate,
-        "redis_cpu_us_per_pair": (cpu1 - cpu0) / max(1.0, rate * (args.duration - 1.0)) * 1e6,
+        "redis_cpu_us_per_pair": sum(shard_cpu) / pairs_in_cpu_window * 1e6,
+        "pairs_per_redis_cpu_s": pairs_in_cpu_window / max(1e-9, sum(shard_cpu)),
+        "shard_cpu_share": [round(c / max(1e-9, sum(shard_cpu)), 3) for c in shard_cpu],
+        "redis_cpu_util": [round(c / (args.duration - 1.0), 3) for c in shard_cpu],
         "client_cpu_us_per_pair": sum(c for _, c in results) / max(1, pairs) * 1e6,
+        "steal": (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1]),
+        "loadavg_1m": (load0, os.getloadavg()[0]),
     }
 
 
@@ -163,6 +180,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--orgs", type=int, default=48)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
 
     print(
@@ -193,11 +211,20 @@ def main() -> None:
         (f"{shards}-primary cluster, {args.orgs} orgs", many),
         ("cluster, 1 org (1 shard)", hot),
     ]
-    print(f"{'target':32} {'pairs/s':>9} {'Redis CPU µs/pair':>18} {'client CPU µs/pair':>19}")
+    print(
+        f"{'target':32} {'pairs/s':>9} {'pairs/Redis-CPU-s':>18} {'Redis CPU µs/pair':>18} "
+        f"{'client CPU µs/pair':>19}  shards' CPU share; load"
+    )
     for name, r in rows:
         print(
-            f"{name:32} {r['pairs_per_s']:9,.0f} {r['redis_cpu_us_per_pair']:18,.0f} "
-            f"{r['client_cpu_us_per_pair']:19,.0f}"
+            f"{name:32} {r['pairs_per_s']:9,.0f} {r['pairs_per_redis_cpu_s']:18,.0f} "
+            f"{r['redis_cpu_us_per_pair']:18,.0f} {r['client_cpu_us_per_pair']:19,.0f}  "
+            f"{'/'.join(f'{x:.0%}' for x in r['shard_cpu_share'])}; steal {r['steal']:.1%}, "
+            f"load {r['loadavg_1m'][0]:.1f} → {r['loadavg_1m'][1]:.1f}"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({name: r for name, r in rows}, indent=2, default=list) + "\n"
         )
     print(
         f"ratio cluster / single: {many['pairs_per_s'] / one['pairs_per_s']:.2f} "

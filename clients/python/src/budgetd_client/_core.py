@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-import httpx
 import msgspec
 import stamina
 
+from budgetd_client._wire import Reply
 from budgetd_client.errors import BudgetdError, NotFound, ServiceUnavailable, from_problem
 from budgetd_client.types import (
     AdjustmentResult,
@@ -188,7 +188,7 @@ class Base:
         if number > 1:
             self.stats.bump("retries")
 
-    def _answer(self, http: Http, response: httpx.Response) -> Any:
+    def _answer(self, http: Http, response: Reply) -> Any:
         """The decoded answer; raises :class:`Unreachable` for a 5xx worth retrying."""
         if response.status_code >= 500:
             # budgetd's own 503 (store down, fail-closed limit) is an answer, raised as is
@@ -425,14 +425,14 @@ class Base:
         return budgets
 
     @staticmethod
-    def _decode(response: httpx.Response, into: type[T]) -> T:
+    def _decode(response: Reply, into: type[T]) -> T:
         """The answer as ``into``, or the typed error it stands for."""
         if response.status_code < 300:
             return msgspec.json.decode(response.content, type=into, strict=False)
         raise Base._error(response)
 
     @staticmethod
-    def _error(response: httpx.Response) -> BudgetdError:
+    def _error(response: Reply) -> BudgetdError:
         try:
             body = msgspec.json.decode(response.content)
         except msgspec.DecodeError:
@@ -442,7 +442,7 @@ class Base:
         return from_problem(response.status_code, body, response.headers.get("retry-after"))
 
     @staticmethod
-    def _is_answer(response: httpx.Response) -> bool:
+    def _is_answer(response: Reply) -> bool:
         """Whether a 5xx is budgetd's own decision (it reached its store and chose 503 for a
         fail-closed limit) rather than budgetd (or a proxy before it) not working."""
         return (

@@ -2,6 +2,11 @@
 :class:`budgetd_client._core.Base` (each endpoint written once, run with plain calls or with
 ``await``).
 
+Connections: budgetd's calls go over the client's own keep-alive pool (``_wire``: the stdlib's
+``http.client`` for the sync client, ``aiohttp`` for the async one; a fraction of httpx's cost
+per request, which is on the path of every Claude call). Pass ``http_client`` or ``transport``
+to use httpx instead (proxies, mounts, test transports).
+
 Retries: every call is retried on a connection error, a timeout or a 5xx, up to ``retries``
 more times, with exponential backoff and jitter (stamina), all within ``deadline_s`` (3 s by
 default: well under any Claude call's own timeout, so a guard never holds a call up for long).
@@ -28,6 +33,7 @@ from budgetd_client._core import (
     Speed,
     Unreachable,
 )
+from budgetd_client._wire import POOL_SIZE, WireError, async_wire, sync_wire
 
 __all__ = ["AsyncBudgetdClient", "BudgetdClient", "CacheTTL", "Speed"]
 
@@ -71,9 +77,10 @@ class BudgetdClient(Base):
         retries: extra attempts after a connection error, timeout or 5xx.
         backoff_s: first retry delay (plus up to as much jitter); doubled on each further retry.
         deadline_s: the most all attempts of one call may take together.
-        timeout: per-attempt httpx timeout.
+        timeout: per-attempt timeout (seconds, or an ``httpx.Timeout``: its connect and read).
         http_client: your own ``httpx.Client`` (its base URL is ignored); ``transport`` to only
-            swap the transport.
+            swap the transport. Either makes the client use httpx instead of its own pool.
+        pool_size: idle keep-alive connections kept (more open while more calls are in flight).
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class BudgetdClient(Base):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         http_client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         super().__init__(
             base_url,
@@ -99,12 +107,10 @@ class BudgetdClient(Base):
             backoff_s=backoff_s,
             deadline_s=deadline_s,
         )
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout, transport=transport)
+        self._wire = sync_wire(self.base_url, timeout, http_client, transport, pool_size)
 
     def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
+        self._wire.close()
 
     def __enter__(self) -> BudgetdClient:
         return self
@@ -139,14 +145,14 @@ class BudgetdClient(Base):
                 with attempt:
                     self._attempt(attempt.num)
                     try:
-                        response = self._http.request(
+                        response = self._wire.request(
                             http.method,
-                            self.base_url + http.path,
-                            content=http.body,
+                            http.path,
+                            body=http.body,
                             params=http.params,
                             headers=self._headers,
                         )
-                    except httpx.TransportError as exc:
+                    except WireError as exc:
                         raise self._failed(http, exc) from exc
                     return self._answer(http, response)
         except Unreachable as last:
@@ -164,9 +170,12 @@ class BudgetdClient(Base):
     def healthy(self) -> bool:
         """``/readyz`` answered 2xx (store reachable, policy loaded)."""
         try:
-            return self._http.get(self.base_url + "/readyz", headers=self._headers).is_success
-        except httpx.TransportError:
+            response = self._wire.request(
+                "GET", "/readyz", body=None, params=None, headers=self._headers
+            )
+        except WireError:
             return False
+        return 200 <= response.status_code < 300
 
 
 class AsyncBudgetdClient(Base):
@@ -195,12 +204,10 @@ class AsyncBudgetdClient(Base):
             backoff_s=backoff_s,
             deadline_s=deadline_s,
         )
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._wire = async_wire(self.base_url, timeout, http_client, transport)
 
     async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        await self._wire.aclose()
 
     async def __aenter__(self) -> AsyncBudgetdClient:
         return self
@@ -235,14 +242,14 @@ class AsyncBudgetdClient(Base):
                 with attempt:
                     self._attempt(attempt.num)
                     try:
-                        response = await self._http.request(
+                        response = await self._wire.request(
                             http.method,
-                            self.base_url + http.path,
-                            content=http.body,
+                            http.path,
+                            body=http.body,
                             params=http.params,
                             headers=self._headers,
                         )
-                    except httpx.TransportError as exc:
+                    except WireError as exc:
                         raise self._failed(http, exc) from exc
                     return self._answer(http, response)
         except Unreachable as last:
@@ -260,7 +267,9 @@ class AsyncBudgetdClient(Base):
     async def healthy(self) -> bool:
         """See :meth:`BudgetdClient.healthy`."""
         try:
-            response = await self._http.get(self.base_url + "/readyz", headers=self._headers)
-        except httpx.TransportError:
+            response = await self._wire.request(
+                "GET", "/readyz", body=None, params=None, headers=self._headers
+            )
+        except WireError:
             return False
-        return response.is_success
+        return 200 <= response.status_code < 300

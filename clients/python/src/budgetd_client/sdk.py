@@ -27,6 +27,7 @@ from budgetd_client.transport import (
     AsyncClientTransport,
     BudgetTransport,
     ClientTransport,
+    Settle,
 )
 
 GuardedAnthropic = anthropic.Anthropic
@@ -47,6 +48,7 @@ def guard(
     metadata: Mapping[str, str] | None = None,
     count_tokens: bool = False,
     margin: float = 0.0,
+    settle: Settle = "inline",
 ) -> anthropic.Anthropic: ...
 
 
@@ -62,6 +64,7 @@ def guard(
     metadata: Mapping[str, str] | None = None,
     count_tokens: bool = False,
     margin: float = 0.0,
+    settle: Settle = "inline",
 ) -> anthropic.AsyncAnthropic: ...
 
 
@@ -76,6 +79,7 @@ def guard(
     metadata: Mapping[str, str] | None = None,
     count_tokens: bool = False,
     margin: float = 0.0,
+    settle: Settle = "inline",
 ) -> anthropic.Anthropic | anthropic.AsyncAnthropic:
     """A copy of ``anthropic_client`` whose every Messages API call is budgeted.
 
@@ -89,6 +93,9 @@ def guard(
         count_tokens: hold the upstream ``count_tokens`` answer (+5 %) instead of the byte
             bound: one more request per call, a tighter hold.
         margin: hold this fraction more input than the bound.
+        settle: ``"background"`` returns each response before its commit reaches budgetd (the
+            commit follows on background workers; ``close()`` flushes them; a crash loses the
+            queued ones, whose holds then expire on their lease). ``"inline"`` by default.
     """
     options: dict[str, Any] = {
         "org": org,
@@ -98,6 +105,7 @@ def guard(
         "metadata": metadata,
         "count_tokens": count_tokens,
         "margin": margin,
+        "settle": settle,
     }
     own = anthropic_client._client  # the SDK's httpx2 client: kept underneath
     if isinstance(anthropic_client, anthropic.AsyncAnthropic):

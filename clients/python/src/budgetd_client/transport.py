@@ -9,12 +9,28 @@ batches endpoints is budgeted, whatever method the app called (``with_options``,
 
 (The Anthropic SDK is built on ``httpx2``, so these are ``httpx2`` transports.)
 Both classes only run the steps of :mod:`budgetd_client.flows`; the async one awaits them.
+
+``settle="background"`` (opt-in) takes budgetd's commit off the app's critical path: the app
+gets its response as soon as the body is read, and the commit (or release) is sent by a few
+background workers, behind it. What changes is only *when* the spend is recorded: the commit
+is the same call (retried, idempotent by its reservation id), it is still sent when the app
+moves on, and ``close()`` waits for the queue (up to ``FLUSH_TIMEOUT_S``). Until it lands the
+hold (the call's worst case) stays on the budget, so limits stay conservative. What a process
+crash or kill loses is the queued commits: their holds expire after their lease and the usage
+is never recorded (the budget under-counts those calls). The queue is bounded
+(``SETTLE_QUEUE``): when budgetd falls behind, the app waits for room rather than drop one.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, TypeVar, cast
+import asyncio
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, Literal, TypeVar, cast
 
 import anyio
 import httpx2
@@ -24,6 +40,135 @@ from budgetd_client.core import Attribution
 from budgetd_client.flows import Budgetd, Flow, Guard, Read, Send, Step, Tap, Tapper
 
 T = TypeVar("T")
+log = logging.getLogger("budgetd_client")
+
+Settle = Literal["inline", "background"]
+SETTLE_QUEUE = 1_000
+"""Settlements waiting for a background worker, at most (the app waits for room beyond)."""
+SETTLE_WORKERS = 4
+"""Background workers per transport (threads, or tasks on the app's event loop)."""
+FLUSH_TIMEOUT_S = 30.0
+"""How long ``close()`` waits for queued settlements; what is left then is logged and lost."""
+
+
+def _checked(settle: str) -> Settle:
+    if settle not in ("inline", "background"):
+        raise ValueError(f"settle must be 'inline' or 'background', not {settle!r}")
+    return cast(Settle, settle)
+
+
+class _Settler:
+    """Runs settle flows on background threads, so the app's call returns before them."""
+
+    def __init__(self, run: Callable[[Flow[Any]], Any], stats: Any) -> None:
+        self._run = run
+        self._stats = stats
+        self._queue: queue.Queue[Flow[Any] | None] = queue.Queue(SETTLE_QUEUE)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, flow: Flow[Any]) -> None:
+        with self._lock:
+            if self._closed:  # after close(): settle inline, never lose it
+                inline = True
+            else:
+                inline = False
+                if not self._threads:
+                    self._start()
+        if inline:
+            self._run(flow)
+        else:
+            self._queue.put(flow)  # blocks while the queue is full: back-pressure, no drop
+
+    def _start(self) -> None:
+        for n in range(SETTLE_WORKERS):
+            thread = threading.Thread(target=self._work, name=f"budgetd-settle-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        atexit.register(self.close)
+
+    def _work(self) -> None:
+        while (flow := self._queue.get()) is not None:
+            try:
+                self._run(flow)
+            except Exception:  # Guard.settle logs budgetd's errors; this is anything else
+                self._stats.bump("settle_errors")
+                log.exception("budgetd background settlement failed")
+
+    def close(self) -> None:
+        """Flush: wait for the queued settlements (up to ``FLUSH_TIMEOUT_S``), then stop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = self._threads
+        if not threads:
+            return
+        atexit.unregister(self.close)
+        for _ in threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # Each live thread is still sending one flow and has left one stop marker queued.
+        _lost(self._stats, self._queue.qsize() if any(t.is_alive() for t in threads) else 0)
+
+
+class _AsyncSettler:
+    """Runs settle flows on background tasks of the app's event loop (asyncio)."""
+
+    def __init__(self, run: Callable[[Flow[Any]], Awaitable[Any]], stats: Any) -> None:
+        self._run = run
+        self._stats = stats
+        self._queue: asyncio.Queue[Flow[Any]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsettled = 0
+        """Flows submitted and not yet run to their end (queued or being sent)."""
+
+    async def submit(self, flow: Flow[Any]) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue(SETTLE_QUEUE)
+            self._tasks = [asyncio.create_task(self._work()) for _ in range(SETTLE_WORKERS)]
+        self._unsettled += 1
+        await self._queue.put(flow)  # waits while the queue is full: back-pressure, no drop
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            flow = await self._queue.get()
+            try:
+                await self._run(flow)
+            except Exception:  # Guard.settle logs budgetd's errors; this is anything else
+                self._stats.bump("settle_errors")
+                log.exception("budgetd background settlement failed")
+            finally:
+                self._unsettled -= 1
+                self._queue.task_done()
+
+    async def aclose(self) -> None:
+        """Flush: wait for the queued settlements (up to ``FLUSH_TIMEOUT_S``), then stop."""
+        if self._queue is None:
+            return
+        with anyio.move_on_after(FLUSH_TIMEOUT_S):
+            await self._queue.join()
+        left = self._unsettled
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue, self._tasks = None, []
+        _lost(self._stats, left)
+
+
+def _lost(stats: Any, count: int) -> None:
+    if count > 0:
+        stats.bump("settle_errors", count)
+        log.error(
+            "budgetd: %d background settlements not sent within %.0f s of close (their holds "
+            "expire on their lease; the usage is not recorded)",
+            count,
+            FLUSH_TIMEOUT_S,
+        )
 
 
 def _guard(
@@ -54,6 +199,9 @@ class BudgetTransport(httpx2.BaseTransport):
             per call) instead of holding the byte bound.
         margin: hold this fraction more input than the bound (0 by default: it is a bound).
         inner: the transport that reaches Anthropic (a new ``httpx2.HTTPTransport`` if None).
+        settle: ``"inline"`` (default): the call returns once its commit is recorded.
+            ``"background"``: it returns as soon as the response is read; the commit follows
+            (see the module's docstring for what that changes; ``close()`` flushes).
     """
 
     def __init__(
@@ -68,10 +216,14 @@ class BudgetTransport(httpx2.BaseTransport):
         count_tokens: bool = False,
         margin: float = 0.0,
         inner: httpx2.BaseTransport | None = None,
+        settle: Settle = "inline",
     ) -> None:
         self.budgetd = budgetd
         self.guard = _guard(budgetd, org, user, feature, session, metadata, count_tokens, margin)
         self.inner = inner or httpx2.HTTPTransport()
+        self._settler = (
+            _Settler(self.run, budgetd.stats) if _checked(settle) == "background" else None
+        )
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         request.read()
@@ -99,10 +251,21 @@ class BudgetTransport(httpx2.BaseTransport):
             return self.inner.handle_request(step.request)
         if isinstance(step, Read):
             return step.response.read()
-        return _tapped(step, _SyncTapped(step, self.run))
+        return _tapped(step, _SyncTapped(step, self._settle))
+
+    def _settle(self, flow: Flow[Any]) -> None:
+        if self._settler is None:
+            self.run(flow)
+        else:
+            self._settler.submit(flow)
 
     def close(self) -> None:
-        self.inner.close()
+        """Flush the background settlements (if any), then close the upstream transport."""
+        try:
+            if self._settler is not None:
+                self._settler.close()
+        finally:
+            self.inner.close()
 
 
 class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
@@ -120,10 +283,14 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
         count_tokens: bool = False,
         margin: float = 0.0,
         inner: httpx2.AsyncBaseTransport | None = None,
+        settle: Settle = "inline",
     ) -> None:
         self.budgetd = budgetd
         self.guard = _guard(budgetd, org, user, feature, session, metadata, count_tokens, margin)
         self.inner = inner or httpx2.AsyncHTTPTransport()
+        self._settler = (
+            _AsyncSettler(self.run, budgetd.stats) if _checked(settle) == "background" else None
+        )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         await request.aread()
@@ -157,10 +324,21 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
         if isinstance(step, Read):
             return await step.response.aread()
         assert isinstance(step, Tap)  # mypy cannot tell the shielded `with` never swallows
-        return _tapped(step, _AsyncTapped(step, self.run))
+        return _tapped(step, _AsyncTapped(step, self._settle))
+
+    async def _settle(self, flow: Flow[Any]) -> None:
+        if self._settler is None:
+            await self.run(flow)
+        else:
+            await self._settler.submit(flow)
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        """Flush the background settlements (if any), then close the upstream transport."""
+        try:
+            if self._settler is not None:
+                await self._settler.aclose()
+        finally:
+            await self.inner.aclose()
 
 
 def _tapped(tap: Tap, stream: httpx2.SyncByteStream | httpx2.AsyncByteStream) -> httpx2.Response:

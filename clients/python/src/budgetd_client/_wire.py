@@ -1,0 +1,356 @@
+"""The client's own HTTP/1.1 connections to budgetd: kept alive, pooled, one write per request.
+
+budgetd's calls are small JSON requests to one host, on the path of every Claude call, so
+their cost is what the app feels (issue 13). Measured on loopback (docs/performance.md,
+"Client latency"): httpx spends 400–700 µs of client CPU per request and, writing headers and
+body apart, waits on TCP's delayed ACK; the stdlib's ``http.client`` (sync) and ``aiohttp``
+(async, a C parser) spend 100–150 µs, each request in one write with ``TCP_NODELAY``. These
+are the defaults; an ``http_client`` or ``transport`` given to a client keeps httpx.
+
+Both pools keep idle connections for at most ``KEEPALIVE_S`` (below uvicorn's 5 s, so budgetd
+rarely closes one under us) and skip one the server has closed. The sync pool also sends a
+request again, at once, on a fresh connection when a *reused* one turns out dead before any
+answer came (the server closed it as we sent). Every other failure is :class:`WireError`,
+which the client retries with backoff (stamina), whichever wire carried it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+import httpx
+
+KEEPALIVE_S = 4.0
+"""Idle connections older than this are closed rather than reused."""
+POOL_SIZE = 16
+"""Idle connections kept per client (more may be open while more calls are in flight)."""
+
+
+class Reply(Protocol):
+    """What the client reads of an answer (an ``httpx.Response`` is one too)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def text(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status_code: int
+    content: bytes
+    headers: Mapping[str, str]
+    """Header names lower-cased."""
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+class WireError(Exception):
+    """No answer: the connection failed, timed out or was closed mid-answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float | None
+    read_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where budgetd listens, from the client's base URL."""
+
+    https: bool
+    host: str
+    port: int
+    prefix: str
+
+    @classmethod
+    def of(cls, base_url: str) -> Origin:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"budgetd URL must be http(s)://host[:port][/path]: {base_url!r}")
+        https = url.scheme == "https"
+        return cls(https, url.hostname, url.port or (443 if https else 80), url.path.rstrip("/"))
+
+    def target(self, path: str, params: Mapping[str, str] | None) -> str:
+        return self.prefix + path + ("?" + urlencode(params) if params else "")
+
+
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+"""What a request on a connection the server closed while idle fails with, before any answer."""
+
+
+class _Connection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """The peer closed (or wrote unasked to) an idle connection: readable means unusable."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
+class SyncWire:
+    """A thread-safe pool of ``http.client`` connections to one origin (last used first)."""
+
+    def __init__(self, base_url: str, timeouts: Timeouts, pool_size: int = POOL_SIZE) -> None:
+        self.origin = Origin.of(base_url)
+        self.timeouts = timeouts
+        self.pool_size = max(0, pool_size)
+        self._idle: list[tuple[float, http.client.HTTPConnection]] = []
+        self._lock = threading.Lock()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> Answer:
+        target = self.origin.target(path, params)
+        conn, reused = self._checkout()
+        try:
+            return self._exchange(conn, method, target, body, headers)
+        except _STALE as exc:
+            if not reused:
+                raise WireError(repr(exc)) from exc
+        # The server closed the idle connection as we sent: nothing was answered, send again.
+        return self._exchange(self._new(), method, target, body, headers)
+
+    def _exchange(
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+    ) -> Answer:
+        try:
+            # http.client sends a bytes body in the same write as the head.
+            conn.request(method, target, body=body, headers=dict(headers))
+            response = conn.getresponse()
+            content = response.read()
+        except _STALE:
+            conn.close()
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise WireError(repr(exc)) from exc
+        if response.will_close:
+            conn.close()
+        else:
+            self._checkin(conn)
+        return Answer(response.status, content, {k.lower(): v for k, v in response.getheaders()})
+
+    def _checkout(self) -> tuple[http.client.HTTPConnection, bool]:
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                since, conn = self._idle.pop()
+            if now - since < KEEPALIVE_S and not _dropped(conn):
+                return conn, True
+            conn.close()
+        return self._new(), False
+
+    def _checkin(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self.pool_size:
+                self._idle.append((time.monotonic(), conn))
+                return
+        conn.close()
+
+    def _new(self) -> http.client.HTTPConnection:
+        kind = _TLSConnection if self.origin.https else _Connection
+        conn = kind(self.origin.host, self.origin.port, timeout=self.timeouts.connect_s)
+        try:
+            conn.connect()
+        except OSError as exc:
+            conn.close()
+            raise WireError(repr(exc)) from exc
+        if conn.sock is not None:
+            conn.sock.settimeout(self.timeouts.read_s)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.close()
+
+
+class AsyncWire:
+    """An ``aiohttp`` session to one origin, made on first use in the caller's event loop
+    (idle connections kept, none capped: a call never waits for a free one)."""
+
+    def __init__(self, base_url: str, timeouts: Timeouts) -> None:
+        self.origin = Origin.of(base_url)
+        scheme = "https" if self.origin.https else "http"
+        self.base = f"{scheme}://{self.origin.host}:{self.origin.port}"
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeouts.connect_s, sock_read=timeouts.read_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self.timeout,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> Answer:
+        url = self.base + self.origin.target(path, params)
+        session = self._session_now()
+        try:
+            async with session.request(method, url, data=body, headers=headers) as response:
+                content = await response.read()
+                return Answer(
+                    response.status,
+                    content,
+                    {k.lower(): v for k, v in response.headers.items()},
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise WireError(repr(exc)) from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class HttpxWire:
+    """The app's own ``httpx.Client`` (or one over its transport): proxies, mounts, test
+    transports. Owned ones are closed with the client."""
+
+    def __init__(self, base_url: str, client: httpx.Client, owned: bool) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.owned = owned
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> httpx.Response:
+        try:
+            return self.client.request(
+                method, self.base_url + path, content=body, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            raise WireError(repr(exc)) from exc
+
+    def close(self) -> None:
+        if self.owned:
+            self.client.close()
+
+
+class AsyncHttpxWire:
+    """The async :class:`HttpxWire`."""
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient, owned: bool) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.owned = owned
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> httpx.Response:
+        try:
+            return await self.client.request(
+                method, self.base_url + path, content=body, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            raise WireError(repr(exc)) from exc
+
+    async def aclose(self) -> None:
+        if self.owned:
+            await self.client.aclose()
+
+
+def timeouts_of(timeout: float | httpx.Timeout) -> Timeouts:
+    """The connect and read timeouts of the client's ``timeout`` argument."""
+    if isinstance(timeout, httpx.Timeout):
+        return Timeouts(timeout.connect, timeout.read)
+    return Timeouts(timeout, timeout)
+
+
+def sync_wire(
+    base_url: str,
+    timeout: float | httpx.Timeout,
+    http_client: httpx.Client | None,
+    transport: httpx.BaseTransport | None,
+    pool_size: int,
+) -> SyncWire | HttpxWire:
+    if http_client is not None:
+        return HttpxWire(base_url, http_client, owned=False)
+    if transport is not None:
+        return HttpxWire(base_url, httpx.Client(timeout=timeout, transport=transport), owned=True)
+    return SyncWire(base_url, timeouts_of(timeout), pool_size)
+
+
+def async_wire(
+    base_url: str,
+    timeout: float | httpx.Timeout,
+    http_client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> AsyncWire | AsyncHttpxWire:
+    if http_client is not None:
+        return AsyncHttpxWire(base_url, http_client, owned=False)
+    if transport is not None:
+        client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        return AsyncHttpxWire(base_url, client, owned=True)
+    return AsyncWire(base_url, timeouts_of(timeout))

@@ -1,0 +1,165 @@
+"""``settle="background"``: the app gets its Claude response while the commit is still on its
+way to budgetd (issue 13: budgetd's latency off the app's critical path, opt-in).
+
+A gate in front of budgetd holds every commit until the test opens it. With the default
+(``settle="inline"``) a guarded call cannot return while its commit is held; with the opt-in it
+returns at once, the commit is sent behind it, and closing the client waits for it (a flush).
+The gate's own wait is bounded, as a hang guard, not a timing assertion."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from budgetd_client import AsyncBudgetdClient, BudgetdClient, guard
+
+from conftest import COST, HAIKU, FakeMessagesAPI
+
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+HANG_GUARD_S = 20.0
+
+
+class Gate(httpx.BaseTransport):
+    """Holds budgetd commits until opened; counts the ones held right now."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.opened = threading.Event()
+        self.held = 0
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/commit"):
+            with self.lock:
+                self.held += 1
+            try:
+                assert self.opened.wait(HANG_GUARD_S), "the gate was never opened"
+            finally:
+                with self.lock:
+                    self.held -= 1
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncGate(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.opened = asyncio.Event()
+        self.held = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/commit"):
+            self.held += 1
+            try:
+                await asyncio.wait_for(self.opened.wait(), HANG_GUARD_S)
+            finally:
+                self.held -= 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def gated(budgetd_url: str, gate: Gate) -> Iterator[BudgetdClient]:
+    with BudgetdClient(budgetd_url, org="acme", transport=gate) as c:
+        yield c
+
+
+def user_day(client: BudgetdClient) -> tuple[int | None, int | None]:
+    state = client.budgets(user="alice").budget("user-day")
+    return state.spent_micros, state.held_micros
+
+
+def test_background_settle_answers_before_the_commit_and_close_flushes_it(
+    fake_api: FakeMessagesAPI, gated: BudgetdClient, gate: Gate, budgetd_url: str
+) -> None:
+    claude = guard(
+        fake_api.sync_client(), budgetd=gated, org="acme", user="alice", settle="background"
+    )
+    message = claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    assert message.usage.output_tokens == 200
+    with BudgetdClient(budgetd_url, org="acme") as plain:
+        # The answer came back with its commit still held at the gate: only the hold shows.
+        assert gate.held == 1
+        spent, held = user_day(plain)
+        assert (spent, held) == (0, held) and held
+        gate.opened.set()
+        claude.close()  # flushes the background commits
+        assert user_day(plain) == (COST, 0)
+
+
+def test_inline_settle_is_still_the_default(
+    fake_api: FakeMessagesAPI, gated: BudgetdClient, gate: Gate, budgetd_url: str
+) -> None:
+    claude = guard(fake_api.sync_client(), budgetd=gated, org="acme", user="alice")
+    gate.opened.set()
+    claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    with BudgetdClient(budgetd_url, org="acme") as plain:
+        assert user_day(plain) == (COST, 0)  # committed before the call returned
+
+
+class Unreachable(httpx.BaseTransport):
+    """budgetd answers everything but commits, which never get through."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/commit"):
+            raise httpx.ConnectError("connection refused", request=request)
+        return self.inner.handle_request(request)
+
+
+def test_a_background_commit_that_fails_is_counted_and_logged(
+    fake_api: FakeMessagesAPI, budgetd_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    budgetd = BudgetdClient(budgetd_url, org="acme", transport=Unreachable(), retries=0)
+    claude = guard(
+        fake_api.sync_client(), budgetd=budgetd, org="acme", user="alice", settle="background"
+    )
+    claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    claude.close()
+    assert budgetd.stats.settle_errors == 1
+    assert "the hold expires on its lease" in caplog.text
+    budgetd.close()
+
+
+def test_background_settle_needs_a_valid_mode(fake_api: FakeMessagesAPI, budgetd_url: str) -> None:
+    with (
+        BudgetdClient(budgetd_url, org="acme") as budgetd,
+        pytest.raises(ValueError, match="settle"),
+    ):
+        guard(fake_api.sync_client(), budgetd=budgetd, org="acme", settle="later")  # type: ignore[call-overload]
+
+
+async def test_async_background_settle_answers_before_the_commit_and_aclose_flushes_it(
+    fake_api: FakeMessagesAPI, budgetd_url: str
+) -> None:
+    gate = AsyncGate()
+    budgetd = AsyncBudgetdClient(budgetd_url, org="acme", transport=gate)
+    claude = guard(
+        fake_api.async_client(), budgetd=budgetd, org="acme", user="alice", settle="background"
+    )
+    await claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    await asyncio.sleep(0)  # let the settler pick the commit up
+    assert gate.held == 1
+    plain = AsyncBudgetdClient(budgetd_url, org="acme")
+    state = (await plain.budgets(user="alice")).budget("user-day")
+    assert state.spent_micros == 0 and state.held_micros
+    gate.opened.set()
+    await claude.close()  # flushes the background commits
+    state = (await plain.budgets(user="alice")).budget("user-day")
+    assert (state.spent_micros, state.held_micros) == (COST, 0)
+    await plain.aclose()
+    await budgetd.aclose()
