@@ -63,7 +63,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PRICING = ROOT / "policies" / "pricing.yaml"
 HOST = "127.0.0.1"
 ORG = "bench"
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-5-5"  # sonnet-4-5 retired 2026-11-30 (pricing.yaml)
 ECHOES = {"raw_echo": "raw_echo:app", "litestar_echo": "echo_app:app"}
 """The baselines: name (its ``--echo`` choice before ``_echo``) → uvicorn app in ``bench/``."""
 
