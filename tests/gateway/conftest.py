@@ -29,7 +29,7 @@ from budgetd.usage import Usage
 from tests.gateway.procs import ROOT, UPSTREAM_KEY, Server, start_fake_upstream, start_gateway
 
 MODEL = "claude-haiku-4-5"
-ORGS_WITH_UPSTREAM = ("gw-test", "gw-poor", "gw-poor-node", "gw-spent-cc")
+ORGS_WITH_UPSTREAM = ("gw-test", "gw-poor", "gw-poor-node", "gw-spent-cc", "gw-keyed")
 GW_TEST = """
 org: gw-test
 timezone: UTC
@@ -38,6 +38,15 @@ budgets:
   - {name: org-month, scope: org, limit_usd: 1000, period: month}
   - {name: user-day, scope: user, limit_usd: 100, period: day}
   - {name: feature-day, scope: feature, limit_usd: 100, period: day}
+"""
+GW_KEYED = """
+org: gw-keyed
+timezone: UTC
+defaults: {hold_ttl_s: 600}
+budgets:
+  - {name: org-month, scope: org, limit_usd: 1000, period: month}
+  - {name: per-key, scope: key, limit_usd: 0.05, period: month}
+  - {name: per-project, scope: tag, match: "project:*", limit_usd: 100, period: month}
 """
 GW_POOR = """
 org: {org}
@@ -62,6 +71,10 @@ class Keys:
     """gw-spent-cc: $5 a month, room for one Claude Code call's worst case, until it is spent."""
     no_upstream: str
     """gw-no-upstream: an org the operator gave no Anthropic key."""
+    keyed: str
+    """gw-keyed, key name ``keyed-a``: a $0.05 key budget."""
+    keyed_other: str
+    """gw-keyed, key name ``keyed-b``: the same budget, its own counter."""
 
 
 def _entry(key: str, org: str, **extra: Any) -> str:
@@ -88,6 +101,7 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
     policies.mkdir()
     (policies / "pricing.yaml").write_text((ROOT / "policies" / "pricing.yaml").read_text())
     (policies / "gw-test.yaml").write_text(GW_TEST)
+    (policies / "gw-keyed.yaml").write_text(GW_KEYED)
     for org in ("gw-poor", "gw-poor-node"):
         (policies / f"{org}.yaml").write_text(GW_POOR.format(org=org))
     (policies / "gw-spent-cc.yaml").write_text(
@@ -100,6 +114,8 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
         poor_node=new_key(),
         spent_cc=new_key(),
         no_upstream=new_key(),
+        keyed=new_key(),
+        keyed_other=new_key(),
     )
     (policies / "gw-no-upstream.yaml").write_text(GW_POOR.format(org="gw-no-upstream"))
     (work / "keys.yaml").write_text(
@@ -118,6 +134,8 @@ def gateway_setup(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
                 _entry(keys.poor_node, "gw-poor-node", name="poor-node"),
                 _entry(keys.spent_cc, "gw-spent-cc", name="spent-cc"),
                 _entry(keys.no_upstream, "gw-no-upstream", name="no-upstream"),
+                _entry(keys.keyed, "gw-keyed", name="keyed-a"),
+                _entry(keys.keyed_other, "gw-keyed", name="keyed-b"),
             ]
         )
         + "\n"

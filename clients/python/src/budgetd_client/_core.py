@@ -112,6 +112,7 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     feature: str | None
     metadata: dict[str, str] | None
     batch: bool
+    tags: list[str] | None = None
 
 
 class Unreachable(Exception):
@@ -229,6 +230,7 @@ class Base:
         web_searches: int = 0,
         metadata: dict[str, str] | None = None,
         detail: bool = False,
+        tags: list[str] | None = None,
     ) -> Flow[Grant]:
         """Hold the worst-case cost of a call on every applicable limit.
 
@@ -257,6 +259,7 @@ class Base:
             speed=speed,
             web_searches=web_searches or None,
             metadata=metadata,
+            tags=tags or None,
         )
         try:
             grant: Grant = yield Http(
@@ -272,7 +275,13 @@ class Base:
             if self.fail_mode == "closed":
                 raise self._refuse(rid, org, exc) from None
             pending = Pending(
-                org=org, model=model, user=user, feature=feature, metadata=metadata, batch=batch
+                org=org,
+                model=model,
+                user=user,
+                feature=feature,
+                metadata=metadata,
+                batch=batch,
+                tags=tags or None,
             )
             return self._grant_locally(rid, pending, exc)
         return grant
@@ -319,6 +328,7 @@ class Base:
                     record_id=reservation_id,
                     batch=batch or pending.batch,
                     metadata=pending.metadata,
+                    tags=pending.tags,
                 )
                 result = self._as_commit(reservation_id, record)
         except ServiceUnavailable as exc:
@@ -356,6 +366,7 @@ class Base:
         batch: bool = False,
         metadata: dict[str, str] | None = None,
         cost_micros: int | None = None,
+        tags: list[str] | None = None,
     ) -> Flow[RecordResult]:
         """Record a call made without a reservation (batch results, agent runs). The same
         ``record_id`` records once; one is generated when None, so retries are safe.
@@ -370,6 +381,7 @@ class Base:
             batch=batch or None,
             metadata=metadata,
             cost_micros=cost_micros,
+            tags=tags or None,
         )
         recorded: RecordResult = yield Http("POST", "/v1/usage", RecordResult, body=body)
         return recorded

@@ -289,7 +289,12 @@ class Guard:
         if isinstance(settlement, Commit):
             reserve = held.reserve if held else None
             who = (
-                Attribution(user=reserve.user, feature=reserve.feature, metadata=reserve.metadata)
+                Attribution(
+                    user=reserve.user,
+                    feature=reserve.feature,
+                    metadata=reserve.metadata,
+                    tags=reserve.tags,
+                )
                 if reserve
                 else self.defaults
             )
@@ -304,6 +309,7 @@ class Guard:
                         "user": who.user,
                         "feature": who.feature,
                         "metadata": who.reserve_metadata(),
+                        "tags": list(who.tags),
                         "record_id": f"batch.{batch_id}.{outcome.custom_id}",
                         "batch": True,
                     },

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from budgetd_client._core import Flow
@@ -50,13 +50,14 @@ def scope(
     feature: str | None = None,
     session: str | None = None,
     metadata: dict[str, str] | None = None,
+    tags: Sequence[str] = (),
 ) -> Iterator[Scope]:
     """Charge every guarded call (and ``reservation``) inside the block to this user, feature
-    or session. A ``contextvars`` variable: it follows threads' and tasks' own contexts, and
-    nests."""
-    inner = Scope(user=user, feature=feature, session=session, metadata=metadata).over(
-        current_scope()
-    )
+    or session, with these tags (added to the enclosing blocks'). A ``contextvars`` variable:
+    it follows threads' and tasks' own contexts, and nests."""
+    inner = Scope(
+        user=user, feature=feature, session=session, metadata=metadata, tags=tuple(tags)
+    ).over(current_scope())
     token = _SCOPE.set(inner)
     try:
         yield inner
@@ -199,6 +200,7 @@ class _BudgetBase:
             user=who.user,
             feature=who.feature,
             metadata=who.reserve_metadata(),
+            tags=list(who.tags),
             **fields,
         )
 

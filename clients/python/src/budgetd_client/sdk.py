@@ -13,7 +13,7 @@ it: reserve before, settle after, release on failure. A denial is
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -49,6 +49,7 @@ def guard(
     count_tokens: bool = False,
     margin: float = 0.0,
     settle: Settle = "inline",
+    tags: Sequence[str] = (),
 ) -> anthropic.Anthropic: ...
 
 
@@ -65,6 +66,7 @@ def guard(
     count_tokens: bool = False,
     margin: float = 0.0,
     settle: Settle = "inline",
+    tags: Sequence[str] = (),
 ) -> anthropic.AsyncAnthropic: ...
 
 
@@ -80,6 +82,7 @@ def guard(
     count_tokens: bool = False,
     margin: float = 0.0,
     settle: Settle = "inline",
+    tags: Sequence[str] = (),
 ) -> anthropic.Anthropic | anthropic.AsyncAnthropic:
     """A copy of ``anthropic_client`` whose every Messages API call is budgeted.
 
@@ -90,6 +93,9 @@ def guard(
             call with ``extra_headers={"x-budgetd-user": ...}`` (also ``-feature``,
             ``-session``) or ``metadata={"user_id": ...}``; per block with
             ``budgetd_client.scope(user=...)``.
+        tags: tags of every call (``["project:search"]``, at most 8 in all); per call with
+            ``extra_headers={"x-budgetd-tags": "a,b"}`` or per block with ``scope(tags=...)``,
+            which add to these.
         count_tokens: hold the upstream ``count_tokens`` answer (+5 %) instead of the byte
             bound: one more request per call, a tighter hold.
         margin: hold this fraction more input than the bound.
@@ -106,6 +112,7 @@ def guard(
         "count_tokens": count_tokens,
         "margin": margin,
         "settle": settle,
+        "tags": tuple(tags),
     }
     own = anthropic_client._client  # the SDK's httpx2 client: kept underneath
     if isinstance(anthropic_client, anthropic.AsyncAnthropic):

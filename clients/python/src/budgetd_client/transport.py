@@ -29,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 import anyio
@@ -180,8 +180,11 @@ def _guard(
     metadata: Mapping[str, str] | None,
     count_tokens: bool,
     margin: float,
+    tags: Sequence[str] = (),
 ) -> Guard:
-    defaults = Attribution(user=user, feature=feature, session=session, metadata=metadata)
+    defaults = Attribution(
+        user=user, feature=feature, session=session, metadata=metadata, tags=tuple(tags)
+    )
     return Guard(
         org=org, defaults=defaults, stats=budgetd.stats, count_tokens=count_tokens, margin=margin
     )
@@ -195,6 +198,8 @@ class BudgetTransport(httpx2.BaseTransport):
         org, user, feature, session, metadata: who calls are charged to by default (per call:
             ``x-budgetd-user`` / ``-feature`` / ``-session`` headers, ``metadata.user_id``,
             or a ``budgetd_client.scope()`` block).
+        tags: tags of every call (at most 8 in all); a call's ``x-budgetd-tags`` header (comma-
+            separated) and ``scope(tags=...)`` blocks add theirs.
         count_tokens: ask upstream ``count_tokens`` for the input figure (one more request
             per call) instead of holding the byte bound.
         margin: hold this fraction more input than the bound (0 by default: it is a bound).
@@ -217,9 +222,12 @@ class BudgetTransport(httpx2.BaseTransport):
         margin: float = 0.0,
         inner: httpx2.BaseTransport | None = None,
         settle: Settle = "inline",
+        tags: Sequence[str] = (),
     ) -> None:
         self.budgetd = budgetd
-        self.guard = _guard(budgetd, org, user, feature, session, metadata, count_tokens, margin)
+        self.guard = _guard(
+            budgetd, org, user, feature, session, metadata, count_tokens, margin, tags
+        )
         self.inner = inner or httpx2.HTTPTransport()
         self._settler = (
             _Settler(self.run, budgetd.stats) if _checked(settle) == "background" else None
@@ -284,9 +292,12 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
         margin: float = 0.0,
         inner: httpx2.AsyncBaseTransport | None = None,
         settle: Settle = "inline",
+        tags: Sequence[str] = (),
     ) -> None:
         self.budgetd = budgetd
-        self.guard = _guard(budgetd, org, user, feature, session, metadata, count_tokens, margin)
+        self.guard = _guard(
+            budgetd, org, user, feature, session, metadata, count_tokens, margin, tags
+        )
         self.inner = inner or httpx2.AsyncHTTPTransport()
         self._settler = (
             _AsyncSettler(self.run, budgetd.stats) if _checked(settle) == "background" else None

@@ -23,6 +23,8 @@ HEADER_PREFIX = "x-budgetd-"
 USER_HEADER = "x-budgetd-user"
 FEATURE_HEADER = "x-budgetd-feature"
 SESSION_HEADER = "x-budgetd-session"
+TAGS_HEADER = "x-budgetd-tags"
+"""Tags of a call, comma-separated (``project:search, env:staging``)."""
 SESSION_KEY = "session"
 """Where the session id goes in the reservation's ``metadata``."""
 DEFAULT_WEB_SEARCHES = 10
@@ -71,6 +73,8 @@ class Attribution:
     feature: str | None = None
     session: str | None = None
     metadata: Mapping[str, str] | None = None
+    tags: tuple[str, ...] = ()
+    """Added to the outer attribution's tags, not instead of them (once each)."""
 
     def over(self, base: Attribution) -> Attribution:
         meta = {**(base.metadata or {}), **(self.metadata or {})}
@@ -79,6 +83,7 @@ class Attribution:
             feature=self.feature or base.feature,
             session=self.session or base.session,
             metadata=meta or None,
+            tags=tuple(dict.fromkeys((*base.tags, *self.tags))),
         )
 
     def reserve_metadata(self) -> dict[str, str] | None:
@@ -100,6 +105,7 @@ class Reserve:
     user: str | None = None
     feature: str | None = None
     metadata: dict[str, str] | None = None
+    tags: tuple[str, ...] = ()
     cache_ttl: CacheTTL | None = None
     batch: bool = False
     inference_geo: str | None = None
@@ -118,6 +124,7 @@ class Reserve:
             "user": self.user,
             "feature": self.feature,
             "metadata": self.metadata,
+            "tags": list(self.tags),
             "cache_ttl": self.cache_ttl,
             "batch": self.batch,
             "inference_geo": self.inference_geo,
@@ -153,6 +160,12 @@ class Call:
         return count_body(self.request) if self.request is not None else None
 
 
+def tags_of(header: str) -> tuple[str, ...]:
+    """The tags of an ``x-budgetd-tags`` header (comma-separated; blanks ignored). Their number
+    and spelling are budgetd's to check: a call with a bad tag is refused there, not here."""
+    return tuple(dict.fromkeys(t.strip() for t in header.split(",") if t.strip()))
+
+
 def route_of(method: str, target: str) -> tuple[Route, str | None]:
     """The route of ``method target`` (a path, a path with a query, or a full URL) and the
     batch id it names."""
@@ -180,7 +193,8 @@ def plan_call(
 
     Attribution, weakest first: ``defaults`` (the guard's arguments, or the gateway key's),
     the request's ``metadata.user_id`` (a message's, or each batch request's), then the
-    ``x-budgetd-user`` / ``x-budgetd-feature`` / ``x-budgetd-session`` headers.
+    ``x-budgetd-user`` / ``x-budgetd-feature`` / ``x-budgetd-session`` headers. Tags add up:
+    the defaults' and the ``x-budgetd-tags`` header's.
 
     Raises:
         RequestRefused: a budgeted route whose body is not a readable request.
@@ -202,6 +216,7 @@ def plan_call(
         user=sent.get(USER_HEADER) or None,
         feature=sent.get(FEATURE_HEADER) or None,
         session=sent.get(SESSION_HEADER) or None,
+        tags=tags_of(sent.get(TAGS_HEADER, "")),
     )
     if route is Route.MESSAGE:
         who = by_header.over(_metadata_user(request).over(defaults))
@@ -251,6 +266,7 @@ def plan_message(
         user=who.user,
         feature=who.feature,
         metadata=who.reserve_metadata(),
+        tags=who.tags,
         cache_ttl=cache_ttl_of(request, body),
         batch=batch,
         inference_geo=geo if isinstance(geo, str) else None,
