@@ -110,7 +110,13 @@ def test_a_path_prefix_and_the_query_reach_budgetd(stub: Stub) -> None:
         client.cost(model=HAIKU, usage=USAGE)
         with pytest.raises(msgspec.ValidationError):  # the stub answers cost to everything
             client.budgets(user="a b")
-    assert stub.targets == ["/budgetd/v1/cost", "/budgetd/v1/budgets?org=acme&user=a+b"]
+        with pytest.raises(msgspec.ValidationError):
+            client.release("a b\r\nx: y")  # quoted: it cannot break the request line
+    assert stub.targets == [
+        "/budgetd/v1/cost",
+        "/budgetd/v1/budgets?org=acme&user=a+b",
+        "/budgetd/v1/reservations/a%20b%0D%0Ax:%20y/release?org=acme",
+    ]
 
 
 async def test_async_calls_reuse_one_connection(stub: Stub) -> None:

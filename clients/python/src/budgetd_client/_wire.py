@@ -2,10 +2,11 @@
 
 budgetd's calls are small JSON requests to one host, on the path of every Claude call, so
 their cost is what the app feels (issue 13). Measured on loopback (docs/performance.md,
-"Client latency"): httpx spends 400–700 µs of client CPU per request and, writing headers and
-body apart, waits on TCP's delayed ACK; the stdlib's ``http.client`` (sync) and ``aiohttp``
-(async, a C parser) spend 100–150 µs, each request in one write with ``TCP_NODELAY``. These
-are the defaults; an ``http_client`` or ``transport`` given to a client keeps httpx.
+"Client latency"): httpx spends 400–700 µs of client CPU per request; the standard library's
+``http.client`` (sync) and ``aiohttp`` (async, a C parser) spend 100–150 µs. The sync pool
+writes each request in one ``sendall`` (head and body: one wake-up of the server, not two),
+with ``TCP_NODELAY``.
+These are the defaults; an ``http_client`` or ``transport`` given to a client keeps httpx.
 
 Both pools keep idle connections for at most ``KEEPALIVE_S`` (below uvicorn's 5 s, so budgetd
 rarely closes one under us) and skip one the server has closed. The sync pool also sends a
@@ -19,12 +20,13 @@ from __future__ import annotations
 import http.client
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import httpx
@@ -93,37 +95,36 @@ class Origin:
 
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 """What a request on a connection the server closed while idle fails with, before any answer."""
+_SAFE_PATH = "/-._~!$&'()*+,;=:@%"
+"""Left as they are in a request path; anything else (spaces, control characters) is %-quoted,
+as httpx does, so no caller-chosen id can break the request line."""
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-class _Connection(http.client.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _TLSConnection(http.client.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _dropped(conn: http.client.HTTPConnection) -> bool:
+def _dropped(sock: socket.socket) -> bool:
     """The peer closed (or wrote unasked to) an idle connection: readable means unusable."""
-    sock = conn.sock
-    if sock is None:
-        return True
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+    poll = getattr(select, "poll", None)
+    if poll is None:  # Windows: select() takes any socket there
+        return bool(select.select([sock], [], [], 0)[0])
+    poller = poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class SyncWire:
-    """A thread-safe pool of ``http.client`` connections to one origin (last used first)."""
+    """A thread-safe pool of keep-alive sockets to one origin (last used first). A request is
+    written by hand, head and body in one ``sendall``; the answer is read by the standard
+    library's ``http.client.HTTPResponse`` (status, headers, Content-Length or chunked)."""
 
     def __init__(self, base_url: str, timeouts: Timeouts, pool_size: int = POOL_SIZE) -> None:
         self.origin = Origin.of(base_url)
         self.timeouts = timeouts
         self.pool_size = max(0, pool_size)
-        self._idle: list[tuple[float, http.client.HTTPConnection]] = []
+        default_port = 443 if self.origin.https else 80
+        port = "" if self.origin.port == default_port else f":{self.origin.port}"
+        self._host = f"Host: {self.origin.host}{port}\r\n"
+        self._tls = ssl.create_default_context() if self.origin.https else None
+        self._idle: list[tuple[float, socket.socket]] = []
         self._lock = threading.Lock()
 
     def request(
@@ -135,77 +136,85 @@ class SyncWire:
         params: Mapping[str, str] | None,
         headers: Mapping[str, str],
     ) -> Answer:
-        target = self.origin.target(path, params)
-        conn, reused = self._checkout()
+        target = quote(self.origin.prefix + path, safe=_SAFE_PATH)
+        if params:
+            target += "?" + urlencode(params)
+        lines = [f"{method} {target} HTTP/1.1\r\n", self._host]
+        lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        if body is not None or method in _BODY_METHODS:
+            lines.append(f"content-length: {len(body or b'')}\r\n")
+        data = "".join(lines).encode("latin-1") + b"\r\n" + (body or b"")
+        sock, reused = self._checkout()
         try:
-            return self._exchange(conn, method, target, body, headers)
+            return self._exchange(sock, method, data)
         except _STALE as exc:
             if not reused:
                 raise WireError(repr(exc)) from exc
         # The server closed the idle connection as we sent: nothing was answered, send again.
-        return self._exchange(self._new(), method, target, body, headers)
+        return self._exchange(self._new(), method, data)
 
-    def _exchange(
-        self,
-        conn: http.client.HTTPConnection,
-        method: str,
-        target: str,
-        body: bytes | None,
-        headers: Mapping[str, str],
-    ) -> Answer:
+    def _exchange(self, sock: socket.socket, method: str, data: bytes) -> Answer:
         try:
-            # http.client sends a bytes body in the same write as the head.
-            conn.request(method, target, body=body, headers=dict(headers))
-            response = conn.getresponse()
-            content = response.read()
+            sock.sendall(data)
+            response = http.client.HTTPResponse(sock, method=method)
+            try:
+                response.begin()
+                content = response.read()
+            finally:
+                response.close()  # its file only; the socket stays ours
         except _STALE:
-            conn.close()
+            sock.close()
             raise
         except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+            sock.close()
             raise WireError(repr(exc)) from exc
         if response.will_close:
-            conn.close()
+            sock.close()
         else:
-            self._checkin(conn)
+            self._checkin(sock)
         return Answer(response.status, content, {k.lower(): v for k, v in response.getheaders()})
 
-    def _checkout(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _checkout(self) -> tuple[socket.socket, bool]:
         now = time.monotonic()
         while True:
             with self._lock:
                 if not self._idle:
                     break
-                since, conn = self._idle.pop()
-            if now - since < KEEPALIVE_S and not _dropped(conn):
-                return conn, True
-            conn.close()
+                since, sock = self._idle.pop()
+            if now - since < KEEPALIVE_S and not _dropped(sock):
+                return sock, True
+            sock.close()
         return self._new(), False
 
-    def _checkin(self, conn: http.client.HTTPConnection) -> None:
+    def _checkin(self, sock: socket.socket) -> None:
         with self._lock:
             if len(self._idle) < self.pool_size:
-                self._idle.append((time.monotonic(), conn))
+                self._idle.append((time.monotonic(), sock))
                 return
-        conn.close()
+        sock.close()
 
-    def _new(self) -> http.client.HTTPConnection:
-        kind = _TLSConnection if self.origin.https else _Connection
-        conn = kind(self.origin.host, self.origin.port, timeout=self.timeouts.connect_s)
+    def _new(self) -> socket.socket:
         try:
-            conn.connect()
+            sock = socket.create_connection(
+                (self.origin.host, self.origin.port), timeout=self.timeouts.connect_s
+            )
         except OSError as exc:
-            conn.close()
             raise WireError(repr(exc)) from exc
-        if conn.sock is not None:
-            conn.sock.settimeout(self.timeouts.read_s)
-        return conn
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self.origin.host)
+            sock.settimeout(self.timeouts.read_s)
+        except OSError as exc:
+            sock.close()
+            raise WireError(repr(exc)) from exc
+        return sock
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for _, conn in idle:
-            conn.close()
+        for _, sock in idle:
+            sock.close()
 
 
 class AsyncWire:
