@@ -68,11 +68,14 @@ class _Limits(msgspec.Struct, frozen=True, kw_only=True):
     buckets: tuple[BucketSlot, ...]
 
 
-class _DegradedSubject(msgspec.Struct, frozen=True, kw_only=True):
+class _DegradedSubject(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     org: str
     user: str | None
     feature: str | None
     model: str
+    tags: tuple[str, ...] = ()
+    """Not the key: the commit is charged to the committing caller's key (a degraded id is
+    the client's to send back, and must not name a key to charge)."""
 
 
 def _mode(applied: AppliedBudget) -> Literal["block", "warn", "shadow"]:
@@ -548,6 +551,7 @@ class Engine:
                         user=subject.user,
                         feature=subject.feature,
                         model=model,
+                        tags=subject.tags,
                     )
                 )
             )
@@ -586,11 +590,15 @@ class Engine:
         lines = msgspec.json.encode({ln.kind: ln.picos for ln in priced.lines}).decode()
         return priced.model, priced.cost_micros, lines
 
-    async def commit(self, org: str, rid: str, request: c.CommitRequest) -> c.CommitResult:
+    async def commit(
+        self, org: str, rid: str, request: c.CommitRequest, key: str | None = None
+    ) -> c.CommitResult:
+        """``key``: the caller's key name, which a fail-open grant's spend is charged to (a
+        held reservation's counters, key ones included, were fixed at its reserve)."""
         policy = self.policy(org)
         now = self.clock.now()
         if rid.startswith(DEGRADED_PREFIX):
-            return await self._commit_degraded(org, rid, request)
+            return await self._commit_degraded(org, rid, request, key)
         model = request.model or await self._reserved_model(org, rid)
         priced_model, amount, lines = self._price(policy, model, request.usage, request.batch, now)
         usage = request.usage
@@ -639,7 +647,7 @@ class Engine:
         )
 
     async def _commit_degraded(
-        self, org: str, rid: str, request: c.CommitRequest
+        self, org: str, rid: str, request: c.CommitRequest, key: str | None
     ) -> c.CommitResult:
         token = rid[len(DEGRADED_PREFIX) :].rsplit(".", 1)[0]
         try:
@@ -659,7 +667,9 @@ class Engine:
                 feature=subject.feature,
                 record_id=rid,
                 batch=request.batch,
-            )
+                tags=list(subject.tags),
+            ),
+            key=key,
         )
         return c.CommitResult(
             reservation_id=rid,

@@ -58,3 +58,25 @@ async def test_a_key_budget_denies_at_its_limit_and_tags_are_charged(
     finally:
         await keyed.close()
         await other.close()
+
+
+async def test_batch_results_are_charged_to_the_submits_tags(
+    gateway_setup: Setup, ledger: Ledger
+) -> None:
+    async with anthropic.AsyncAnthropic(
+        base_url=gateway_setup.gateway.url,
+        api_key=gateway_setup.keys.keyed_other,
+        max_retries=0,
+        default_headers={"x-budgetd-tags": "project:batch"},
+    ) as client:
+        batch = await client.messages.batches.create(
+            requests=[{"custom_id": "one", "params": ask("first", max_tokens=256)}]  # type: ignore[list-item]
+        )
+        results = [r async for r in await client.messages.batches.results(batch.id)]
+    assert [r.result.type for r in results] == ["succeeded"]
+    view = await ledger.engine.budgets(
+        ORG, None, None, None, key="keyed-b", tags=("project:batch",)
+    )
+    spent = {(s.name, s.entity): s.spent_micros for s in view.scopes if s.kind == "budget"}
+    assert spent[("per-project", "project:batch")] > 0
+    assert spent[("per-project", "project:batch")] <= spent[("per-key", "keyed-b")]

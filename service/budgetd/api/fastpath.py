@@ -210,7 +210,9 @@ class FastPath:
             org = _org(scope)
             data = decode(await _body(scope, receive), CommitRequest)
             engine: Engine = state.engine
-            return await engine.commit(org_of(principal, org), reservation_id, data)
+            return await engine.commit(
+                org_of(principal, org), reservation_id, data, key=principal.key
+            )
 
         await _answer(scope, send, 200, commit)
 

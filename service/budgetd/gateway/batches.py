@@ -170,6 +170,7 @@ class Batches:
                         feature=who.feature if who else x.feature,
                         record_id=f"{batch_id}:{outcome.custom_id}",
                         batch=True,
+                        tags=list(who.tags) if who else [],
                     ),
                     key=x.key,
                 )

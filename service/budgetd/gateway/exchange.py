@@ -135,10 +135,12 @@ class Exchange:
             usage = msgspec.convert(worst_case_usage(reserve), Usage)
         request = CommitRequest(usage=usage, model=commit.model, batch=commit.batch)
         try:
-            await self.engine.commit(self.org, rid, request)
+            await self.engine.commit(self.org, rid, request, key=self.key)
         except UnknownModel:
             # The answer named a model the price table does not know: price it as reserved.
-            await self.engine.commit(self.org, rid, msgspec.structs.replace(request, model=None))
+            await self.engine.commit(
+                self.org, rid, msgspec.structs.replace(request, model=None), key=self.key
+            )
 
     async def passthrough(
         self, call: Call, method: str, target: str, body: bytes, send: Send
