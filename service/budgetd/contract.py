@@ -112,6 +112,9 @@ class ReserveRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Most web searches the call may run."""
     metadata: Metadata | None = None
     tags: Tags = msgspec.field(default_factory=list)
+    session: Identifier | None = None
+    """The session (an agent run, a conversation) the call belongs to: the entity of
+    session-scope budgets and rate limits, and the session of reports."""
 
 
 class ReserveQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -148,6 +151,7 @@ class BudgetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     model: ModelId | None = None
     tags: TagList | None = None
     """The tag budgets these tags count in, as a call carrying them would."""
+    session: Identifier | None = None
 
 
 class CommitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -168,6 +172,8 @@ class UsageRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     batch: bool = False
     metadata: Metadata | None = None
     tags: Tags = msgspec.field(default_factory=list)
+    session: Identifier | None = None
+    """The session the call belonged to (counts on its session-scope budgets)."""
     cost_micros: Annotated[int, msgspec.Meta(ge=0, le=bounds.MAX_CALL_MICROS)] | None = None
     """Charge this reported cost instead of pricing ``usage`` (e.g. the Agent SDK's
     ``total_cost_usd`` when the caller prefers it). The ledger keeps both, marked

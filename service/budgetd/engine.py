@@ -76,6 +76,8 @@ class _DegradedSubject(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     tags: tuple[str, ...] = ()
     """Not the key: the commit is charged to the committing caller's key (a degraded id is
     the client's to send back, and must not name a key to charge)."""
+    session: str | None = None
+    """Left out of the id when None (ids made before sessions decode the same)."""
 
 
 def _mode(applied: AppliedBudget) -> Literal["block", "warn", "shadow"]:
@@ -160,7 +162,15 @@ class Engine:
     def _applicable(self, policy: OrgPolicy, subject: Subject, model: str) -> Applicable:
         """``resolve``, remembered per subject and model (per loaded policy set)."""
         self._caches_current()
-        key = (policy.org, subject.user, subject.feature, subject.key, model, *subject.tags)
+        key = (
+            policy.org,
+            subject.user,
+            subject.feature,
+            subject.key,
+            subject.session,
+            model,
+            *subject.tags,
+        )
         found = self._resolved.get(key)
         if found is None:
             found = resolve(policy, subject, model)
@@ -456,6 +466,7 @@ class Engine:
             feature=request.feature,
             key=key,
             tags=tuple(request.tags),
+            session=request.session,
         )
         limits = self._limits(policy, subject, model, now, request.input_tokens, request.max_tokens)
         rid = request.reservation_id or uuid.uuid4().hex
@@ -465,6 +476,7 @@ class Engine:
                 "org": request.org,
                 "user": request.user,
                 "feature": request.feature,
+                "session": request.session,
                 "model": model,
                 "input_tokens": request.input_tokens,
                 "max_tokens": request.max_tokens,
@@ -552,6 +564,7 @@ class Engine:
                         feature=subject.feature,
                         model=model,
                         tags=subject.tags,
+                        session=subject.session,
                     )
                 )
             )
@@ -665,6 +678,7 @@ class Engine:
                 usage=request.usage,
                 user=subject.user,
                 feature=subject.feature,
+                session=subject.session,
                 record_id=rid,
                 batch=request.batch,
                 tags=list(subject.tags),
@@ -720,6 +734,7 @@ class Engine:
                 feature=request.feature,
                 key=key,
                 tags=tuple(request.tags),
+                session=request.session,
             ),
             model,
             now,
@@ -743,6 +758,7 @@ class Engine:
                     ("lines_picos", lines),
                     ("user", request.user or ""),
                     ("feature", request.feature or ""),
+                    ("session", request.session or ""),
                     ("cost_source", "reported" if reported else "priced"),
                     ("priced_micros", str(priced)),
                     *attribution.fields(limits.applicable.teams, key, tuple(request.tags)).items(),
@@ -792,6 +808,7 @@ class Engine:
         model: str | None,
         key: str | None = None,
         tags: tuple[str, ...] = (),
+        session: str | None = None,
     ) -> c.BudgetsResult:
         policy = self.policy(org)
         now = self.clock.now()
@@ -802,7 +819,7 @@ class Engine:
                 raise UnknownModel(str(exc)) from None
         limits = self._limits(
             policy,
-            Subject(org=org, user=user, feature=feature, key=key, tags=tags),
+            Subject(org=org, user=user, feature=feature, key=key, tags=tags, session=session),
             model or "",
             now,
             0,

@@ -67,8 +67,9 @@ class Call(NamedTuple):
 
 
 async def traffic(engine: Engine, calls: int = 24) -> list[Call]:
-    """Commits (with sessions in metadata) and records across users, features and models;
-    returns what each call was and cost, as the engine answered it."""
+    """Commits (with a session: the request's field, or in metadata as before it existed) and
+    records (with a session) across users, features and models; returns what each call was
+    and cost, as the engine answered it."""
     made: list[Call] = []
     for i in range(calls):
         user, feature = ["alice", "bob", "carol"][i % 3], ["chat", "search"][i % 2]
@@ -82,9 +83,10 @@ async def traffic(engine: Engine, calls: int = 24) -> list[Call]:
                     user=user,
                     feature=feature,
                     record_id=f"rec{i}",
+                    session=f"s{i % 4}",
                 )
             )
-            made.append(Call(user, feature, model, "", recorded.cost_micros, usage(i)))
+            made.append(Call(user, feature, model, f"s{i % 4}", recorded.cost_micros, usage(i)))
             continue
         grant = await engine.reserve(
             ReserveRequest(
@@ -96,7 +98,8 @@ async def traffic(engine: Engine, calls: int = 24) -> list[Call]:
                 feature=feature,
                 reservation_id=f"r{i}",
                 cache_ttl="1h",
-                metadata={"session_id": f"s{i % 4}"},
+                session=f"s{i % 4}" if i % 2 else None,
+                metadata=None if i % 2 else {"session_id": f"s{i % 4}"},
             )
         )
         assert isinstance(grant, Grant), grant

@@ -8,7 +8,7 @@ from typing import Any
 from budgetd_client import AsyncBudgetdClient, arecord_agent_result
 from budgetd_client.agent import shares
 
-from conftest import HAIKU
+from conftest import HAIKU, Recorder
 
 SONNET = "claude-sonnet-test"
 
@@ -81,6 +81,24 @@ async def test_sdk_cost_and_model_usage_fallback(budgetd: AsyncBudgetdClient) ->
     # The SDK's figure is charged; budgetd's own price of the same tokens is kept beside it.
     assert result.charged_micros == result.cost_micros == result.sdk_cost_micros == 10_000
     assert [r.priced_micros for r in result.records] == [2000]
+
+
+async def test_every_record_carries_the_runs_session(
+    budgetd: AsyncBudgetdClient, recorder: Recorder
+) -> None:
+    await arecord_agent_result(budgetd, run(), org="acme")
+    assert [b["session"] for b in recorder.bodies("/v1/usage")] == ["sess-1", "sess-1"]
+    assert all("metadata" not in b for b in recorder.bodies("/v1/usage"))
+    # The caller's session wins; one that is not a budgetd id is hashed, the same way each time.
+    own = [AssistantMessage([], HAIKU, "msg_8", {"input_tokens": 1}, "sess-8")]
+    await arecord_agent_result(budgetd, own, org="acme", session="run-7")
+    odd = [AssistantMessage([], HAIKU, "msg_9", {"input_tokens": 1}, "a session id with spaces")]
+    await arecord_agent_result(budgetd, odd, org="acme")
+    replay = await arecord_agent_result(budgetd, odd, org="acme")
+    assert replay.records[0].replayed
+    sessions = [b["session"] for b in recorder.bodies("/v1/usage")][2:]
+    assert sessions[0] == "run-7"
+    assert sessions[1] == sessions[2] and sessions[1].startswith("h") and len(sessions[1]) == 41
 
 
 def test_sdk_total_is_split_in_proportion_to_the_prices_exactly() -> None:

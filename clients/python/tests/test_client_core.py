@@ -75,7 +75,8 @@ def test_attribution_defaults_then_metadata_then_headers_and_headers_are_strippe
         ("accept-encoding", "gzip, br, zstd"),
     ]
     call, r = one(headers=headers, messages=[], metadata={"user_id": "meta-user"})
-    assert (r.user, r.feature, r.metadata) == ("hdr-user", "search", {"session": "run-7"})
+    assert (r.user, r.feature, r.session, r.metadata) == ("hdr-user", "search", "run-7", None)
+    assert r.fields()["session"] == "run-7"
     assert call.headers == [("x-api-key", "sk"), ("accept-encoding", "gzip")]
     raw = plan_call("POST", "/v1/messages", [(b"x-budgetd-user", b"u")], body(messages=[]))
     assert raw.headers == [] and raw.reserves[0].user == "u"

@@ -160,11 +160,8 @@ async def test_per_call_and_scoped_overrides(
     with scope(user="carol", feature="search"):
         await claude.messages.create(model=HAIKU, max_tokens=10, messages=MESSAGES)  # type: ignore[attr-defined]
     first, second = recorder.bodies("/v1/reservations")
-    assert (first["user"], first["feature"], first["metadata"]) == (
-        "bob",
-        "chat",
-        {"session": "s1"},
-    )
+    assert (first["user"], first["feature"], first["session"]) == ("bob", "chat", "s1")
+    assert "metadata" not in first
     assert not any(k.startswith("x-budgetd") for k in fake_api.headers[0])
     assert (second["user"], second["feature"]) == ("carol", "search")
     assert await spent(budgetd, "bob") == (COST, 0)

@@ -17,7 +17,7 @@ async def budgets(request: AnyRequest) -> BudgetsResult:
     principal.require_org(q.org)
     tags = tuple(q.tags.split(",")) if q.tags else ()
     return await engine_of(request).budgets(
-        q.org, q.user, q.feature, q.model, key=principal.key, tags=tags
+        q.org, q.user, q.feature, q.model, key=principal.key, tags=tags, session=q.session
     )
 
 

@@ -168,6 +168,7 @@ class Batches:
                         usage=msgspec.convert(settlement.usage, Usage, strict=False),
                         user=who.user if who else x.user,
                         feature=who.feature if who else x.feature,
+                        session=who.session if who else None,
                         record_id=f"{batch_id}:{outcome.custom_id}",
                         batch=True,
                         tags=list(who.tags) if who else [],

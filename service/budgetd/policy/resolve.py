@@ -33,12 +33,14 @@ class Subject(msgspec.Struct, frozen=True, kw_only=True):
     tags: tuple[str, ...] = ()
     teams: tuple[str, ...] | None = None
     """The user's teams as recorded (a ledger entry's, for the jobs); None: from the policy."""
+    session: str | None = None
+    """The session (an agent run, a conversation) the call belongs to."""
 
 
 class AppliedBudget(msgspec.Struct, frozen=True, kw_only=True):
     rule: BudgetRule
     entity: str
-    """The org, user, team or feature this counter belongs to."""
+    """The org, user, team, feature, key, tag or session this counter belongs to."""
     limit: Micros
     source: Source
 
@@ -75,8 +77,8 @@ def teams_of(policy: OrgPolicy, user: str | None) -> tuple[str, ...]:
 
 
 def _entities(policy: OrgPolicy, scope: Scope, subject: Subject, match: str) -> tuple[str, ...]:
-    """The entities a rule of ``scope`` counts for this subject: one for org, user and feature
-    (or none), one per team of the user for team."""
+    """The entities a rule of ``scope`` counts for this subject: one for org, user, feature,
+    key and session (or none), one per team of the user for team, one per matching tag."""
     if scope == "org":
         return (subject.org,)
     if scope == "team":
@@ -84,7 +86,12 @@ def _entities(policy: OrgPolicy, scope: Scope, subject: Subject, match: str) -> 
         return tuple(t for t in teams if _glob(t, match))
     if scope == "tag":
         return tuple(dict.fromkeys(t for t in subject.tags if _glob(t, match)))
-    name = {"user": subject.user, "feature": subject.feature, "key": subject.key}[scope]
+    name = {
+        "user": subject.user,
+        "feature": subject.feature,
+        "key": subject.key,
+        "session": subject.session,
+    }[scope]
     if name is None or not _glob(name, match):
         return ()
     return (name,)

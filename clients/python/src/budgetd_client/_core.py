@@ -113,6 +113,7 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, str] | None
     batch: bool
     tags: list[str] | None = None
+    session: str | None = None
 
 
 class Unreachable(Exception):
@@ -231,8 +232,10 @@ class Base:
         metadata: dict[str, str] | None = None,
         detail: bool = False,
         tags: list[str] | None = None,
+        session: str | None = None,
     ) -> Flow[Grant]:
-        """Hold the worst-case cost of a call on every applicable limit.
+        """Hold the worst-case cost of a call on every applicable limit. ``session`` names
+        the session (an agent run, a conversation) the call belongs to.
 
         ``detail=True`` asks for the state of every applicable limit in ``Grant.scopes``
         (``?detail=scopes``); without it the answer is the short one (answer v2).
@@ -260,6 +263,7 @@ class Base:
             web_searches=web_searches or None,
             metadata=metadata,
             tags=tags or None,
+            session=session,
         )
         try:
             grant: Grant = yield Http(
@@ -282,6 +286,7 @@ class Base:
                 metadata=metadata,
                 batch=batch,
                 tags=tags or None,
+                session=session,
             )
             return self._grant_locally(rid, pending, exc)
         return grant
@@ -329,6 +334,7 @@ class Base:
                     batch=batch or pending.batch,
                     metadata=pending.metadata,
                     tags=pending.tags,
+                    session=pending.session,
                 )
                 result = self._as_commit(reservation_id, record)
         except ServiceUnavailable as exc:
@@ -367,6 +373,7 @@ class Base:
         metadata: dict[str, str] | None = None,
         cost_micros: int | None = None,
         tags: list[str] | None = None,
+        session: str | None = None,
     ) -> Flow[RecordResult]:
         """Record a call made without a reservation (batch results, agent runs). The same
         ``record_id`` records once; one is generated when None, so retries are safe.
@@ -382,6 +389,7 @@ class Base:
             metadata=metadata,
             cost_micros=cost_micros,
             tags=tags or None,
+            session=session,
         )
         recorded: RecordResult = yield Http("POST", "/v1/usage", RecordResult, body=body)
         return recorded
@@ -427,12 +435,12 @@ class Base:
         user: str | None = None,
         feature: str | None = None,
         model: str | None = None,
+        session: str | None = None,
     ) -> Flow[BudgetsResult]:
         """Each limit that applies to the scope: limit, spent, held, remaining, period."""
         params = {"org": self._org(org)}
-        params.update(
-            {k: v for k, v in (("user", user), ("feature", feature), ("model", model)) if v}
-        )
+        named = (("user", user), ("feature", feature), ("model", model), ("session", session))
+        params.update({k: v for k, v in named if v})
         budgets: BudgetsResult = yield Http("GET", "/v1/budgets", BudgetsResult, params=params)
         return budgets
 

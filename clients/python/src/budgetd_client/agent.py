@@ -11,6 +11,10 @@ pricing one call at a time keeps long-context bands and the once-per-call roundi
 record idempotent, so ingesting the same messages twice (or a resumed session's overlapping
 messages) never double-charges.
 
+Every record carries the run's session id (the SDK's ``session_id``, or the ``session`` given),
+so the run counts on its session-scope budgets and reports group by it; a resumed session keeps
+its id, and so its budget, until the policy's idle time has passed without calls.
+
 When no assistant message carries usage (older SDKs), the result message's per-model
 ``model_usage`` (``modelUsage`` in stream-json) is recorded instead, one record per model.
 
@@ -176,6 +180,22 @@ def agent_calls(messages: Iterable[Any]) -> tuple[list[AgentCall], Any, Source]:
     return [], result, "none"
 
 
+def run_session(messages: Iterable[Any], result: Any) -> str | None:
+    """The run's session id: the result message's ``session_id``, else the first assistant
+    message's; hashed into budgetd's id form when it is not one already (the same session
+    always hashes alike)."""
+    found = _get(result, "session_id") if result is not None else None
+    for message in messages:
+        if found:
+            break
+        if _kind(message) == "assistant":
+            found = _get(message, "session_id")
+    if not found:
+        return None
+    text = str(found)
+    return text if _ID.match(text) else "h" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
 def _sdk_micros(result: Any) -> int | None:
     cost = _get(result, "total_cost_usd") if result is not None else None
     if cost is None:
@@ -227,9 +247,6 @@ def _metadata(
     base: Mapping[str, str] | None, result: Any, prefer_sdk_cost: bool
 ) -> dict[str, str] | None:
     meta = dict(base or {})
-    session = _get(result, "session_id") if result is not None else None
-    if session:
-        meta["agent_session_id"] = str(session)
     cost = _get(result, "total_cost_usd") if result is not None else None
     if prefer_sdk_cost and cost is not None:
         meta["sdk_total_cost_usd"] = str(cost)
@@ -245,10 +262,14 @@ def record_agent_result(
     feature: str | None = None,
     metadata: Mapping[str, str] | None = None,
     prefer_sdk_cost: bool = False,
+    session: str | None = None,
 ) -> AgentRecord:
     """Record an Agent SDK run: pass every message ``query()`` yielded (assistant messages and
-    the result message; others are ignored). SDK objects and stream-json dicts both work."""
-    calls, result, source = agent_calls(list(messages))
+    the result message; others are ignored). SDK objects and stream-json dicts both work.
+    ``session`` overrides the run's own session id."""
+    seen = list(messages)
+    calls, result, source = agent_calls(seen)
+    session = session or run_session(seen, result)
     meta = _metadata(metadata, result, prefer_sdk_cost)
     sdk = _sdk_micros(result)
     reported: list[int | None] = [None] * len(calls)
@@ -265,6 +286,7 @@ def record_agent_result(
             record_id=call.record_id,
             metadata=meta,
             cost_micros=share,
+            session=session,
         )
         for call, share in zip(calls, reported, strict=True)
     ]
@@ -280,9 +302,12 @@ async def arecord_agent_result(
     feature: str | None = None,
     metadata: Mapping[str, str] | None = None,
     prefer_sdk_cost: bool = False,
+    session: str | None = None,
 ) -> AgentRecord:
     """The asyncio twin of :func:`record_agent_result`."""
-    calls, result, source = agent_calls(list(messages))
+    seen = list(messages)
+    calls, result, source = agent_calls(seen)
+    session = session or run_session(seen, result)
     meta = _metadata(metadata, result, prefer_sdk_cost)
     sdk = _sdk_micros(result)
     reported: list[int | None] = [None] * len(calls)
@@ -301,6 +326,7 @@ async def arecord_agent_result(
             record_id=call.record_id,
             metadata=meta,
             cost_micros=share,
+            session=session,
         )
         for call, share in zip(calls, reported, strict=True)
     ]

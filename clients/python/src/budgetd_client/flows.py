@@ -292,6 +292,7 @@ class Guard:
                 Attribution(
                     user=reserve.user,
                     feature=reserve.feature,
+                    session=reserve.session,
                     metadata=reserve.metadata,
                     tags=reserve.tags,
                 )
@@ -308,6 +309,7 @@ class Guard:
                         "usage": settlement.usage,
                         "user": who.user,
                         "feature": who.feature,
+                        "session": who.session,
                         "metadata": who.reserve_metadata(),
                         "tags": list(who.tags),
                         "record_id": f"batch.{batch_id}.{outcome.custom_id}",

@@ -177,9 +177,10 @@ class _BudgetBase:
         user: str | None,
         feature: str | None,
         metadata: dict[str, str] | None,
+        session: str | None = None,
     ) -> None:
         self.org = org
-        self.defaults = Scope(user=user, feature=feature, metadata=metadata)
+        self.defaults = Scope(user=user, feature=feature, session=session, metadata=metadata)
 
     def current(self, override: Scope | None = None) -> Scope:
         """Defaults < the enclosing ``scope()`` blocks < a per-call override."""
@@ -199,6 +200,7 @@ class _BudgetBase:
             org=self.org,
             user=who.user,
             feature=who.feature,
+            session=who.session,
             metadata=who.reserve_metadata(),
             tags=list(who.tags),
             **fields,
@@ -206,7 +208,7 @@ class _BudgetBase:
 
 
 class Budget(_BudgetBase):
-    """A budgetd client bound to an org (and default user / feature)."""
+    """A budgetd client bound to an org (and default user / feature / session)."""
 
     def __init__(
         self,
@@ -216,8 +218,9 @@ class Budget(_BudgetBase):
         user: str | None = None,
         feature: str | None = None,
         metadata: dict[str, str] | None = None,
+        session: str | None = None,
     ) -> None:
-        super().__init__(org=org, user=user, feature=feature, metadata=metadata)
+        super().__init__(org=org, user=user, feature=feature, metadata=metadata, session=session)
         self.client = client
 
     def reserve(
@@ -261,6 +264,7 @@ class Budget(_BudgetBase):
         user: str | None = None,
         feature: str | None = None,
         metadata: dict[str, str] | None = None,
+        session: str | None = None,
         **options: Any,
     ) -> Iterator[Reservation]:
         """Reserve; release on an exception or when left without a commit."""
@@ -268,7 +272,7 @@ class Budget(_BudgetBase):
             model=model,
             input_tokens=input_tokens,
             max_tokens=max_tokens,
-            override=Scope(user=user, feature=feature, metadata=metadata),
+            override=Scope(user=user, feature=feature, session=session, metadata=metadata),
             **options,
         )
         try:
@@ -315,8 +319,9 @@ class AsyncBudget(_BudgetBase):
         user: str | None = None,
         feature: str | None = None,
         metadata: dict[str, str] | None = None,
+        session: str | None = None,
     ) -> None:
-        super().__init__(org=org, user=user, feature=feature, metadata=metadata)
+        super().__init__(org=org, user=user, feature=feature, metadata=metadata, session=session)
         self.client = client
 
     async def reserve(
@@ -359,13 +364,14 @@ class AsyncBudget(_BudgetBase):
         user: str | None = None,
         feature: str | None = None,
         metadata: dict[str, str] | None = None,
+        session: str | None = None,
         **options: Any,
     ) -> AsyncIterator[AsyncReservation]:
         r = await self.reserve(
             model=model,
             input_tokens=input_tokens,
             max_tokens=max_tokens,
-            override=Scope(user=user, feature=feature, metadata=metadata),
+            override=Scope(user=user, feature=feature, session=session, metadata=metadata),
             **options,
         )
         try:

@@ -25,7 +25,7 @@ Request side::
 cannot be read; such a request must not be sent. Attribution, weakest first: ``defaults``, the
 request's ``metadata.user_id`` (when it is a valid budgetd id), then the ``x-budgetd-user``,
 ``x-budgetd-feature`` and ``x-budgetd-session`` headers. A session goes in the reservation's
-``metadata`` under ``"session"``.
+``session`` field (the entity of session-scope budgets).
 
 Response side::
 

@@ -25,8 +25,6 @@ FEATURE_HEADER = "x-budgetd-feature"
 SESSION_HEADER = "x-budgetd-session"
 TAGS_HEADER = "x-budgetd-tags"
 """Tags of a call, comma-separated (``project:search, env:staging``)."""
-SESSION_KEY = "session"
-"""Where the session id goes in the reservation's ``metadata``."""
 DEFAULT_WEB_SEARCHES = 10
 """Worst case assumed for a web-search tool without ``max_uses``."""
 DECODABLE = ("gzip", "deflate", "identity")
@@ -87,10 +85,8 @@ class Attribution:
         )
 
     def reserve_metadata(self) -> dict[str, str] | None:
-        meta = dict(self.metadata or {})
-        if self.session:
-            meta[SESSION_KEY] = self.session
-        return meta or None
+        """A copy of the metadata to send (None when empty)."""
+        return dict(self.metadata) if self.metadata else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +100,7 @@ class Reserve:
     bound: Bound
     user: str | None = None
     feature: str | None = None
+    session: str | None = None
     metadata: dict[str, str] | None = None
     tags: tuple[str, ...] = ()
     cache_ttl: CacheTTL | None = None
@@ -123,6 +120,7 @@ class Reserve:
             "max_tokens": self.max_tokens,
             "user": self.user,
             "feature": self.feature,
+            "session": self.session,
             "metadata": self.metadata,
             "tags": list(self.tags),
             "cache_ttl": self.cache_ttl,
@@ -265,6 +263,7 @@ def plan_message(
         bound=bound,
         user=who.user,
         feature=who.feature,
+        session=who.session,
         metadata=who.reserve_metadata(),
         tags=who.tags,
         cache_ttl=cache_ttl_of(request, body),
