@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
+import stamina
 from budgetd_client import AsyncBudgetdClient, BudgetdClient, ServiceUnavailable
 
 from conftest import HAIKU, USAGE, free_port
@@ -40,6 +41,9 @@ class Stub(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.connections = 0
         self.close_after_answer = False
+        self.framing = "length"
+        """How answers are framed: ``length``, ``chunked``, ``close`` (Connection: close) or
+        ``eof`` (no length: the body ends with the connection)."""
         self.targets: list[str] = []
         self.lock = threading.Lock()
 
@@ -67,12 +71,24 @@ class Handler(socketserver.StreamRequestHandler):
             self.rfile.read(length)
             self.server.targets.append(target)
             body = json.dumps(COST).encode()
-            self.wfile.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                + f"content-length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            framing = self.server.framing
+            if framing == "chunked":
+                half = len(body) // 2
+                chunks = [body[:half], body[half:]]
+                head += b"transfer-encoding: chunked\r\n\r\n"
+                body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks)
+                body += b"0\r\nx-trailer: 1\r\n\r\n"
+            elif framing == "eof":
+                head += b"\r\n"
+            else:
+                if framing == "close":
+                    head += b"connection: close\r\n"
+                head += f"content-length: {len(body)}\r\n\r\n".encode()
+            self.wfile.write(head + body)
             self.wfile.flush()
+            if framing in ("close", "eof"):
+                return
             if self.server.close_after_answer:
                 # An idle keep-alive closed by the server, without a "Connection: close".
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -94,6 +110,16 @@ def test_sequential_calls_reuse_one_connection(stub: Stub) -> None:
         for _ in range(5):
             assert client.cost(model=HAIKU, usage=USAGE).cost_micros == 6500
     assert stub.connections == 1
+
+
+@pytest.mark.parametrize(("framing", "connections"), [("chunked", 1), ("close", 3), ("eof", 3)])
+def test_every_framing_of_an_answer_is_read(stub: Stub, framing: str, connections: int) -> None:
+    stub.framing = framing
+    with BudgetdClient(stub.url) as client:
+        for _ in range(3):
+            assert client.cost(model=HAIKU, usage=USAGE).cost_micros == 6500
+        assert client.stats.retries == 0
+    assert stub.connections == connections
 
 
 def test_a_connection_closed_while_idle_costs_no_retry(stub: Stub) -> None:
@@ -147,3 +173,14 @@ async def test_an_unreachable_budgetd_is_service_unavailable_after_the_retries_a
 def test_a_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         BudgetdClient("budgetd:8080")
+
+
+def test_stamina_deactivated_means_one_attempt() -> None:
+    stamina.set_active(False)
+    try:
+        with BudgetdClient(f"http://127.0.0.1:{free_port()}", retries=2) as client:
+            with pytest.raises(ServiceUnavailable):
+                client.cost(model=HAIKU, usage=USAGE)
+            assert client.stats.requests == 1
+    finally:
+        stamina.set_active(True)

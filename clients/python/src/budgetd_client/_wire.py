@@ -17,6 +17,7 @@ which the client retries with backoff (stamina), whichever wire carried it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
 import socket
@@ -111,10 +112,89 @@ def _dropped(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
+MAX_ANSWER = 16 << 20
+"""Bytes of one answer, head and body, at most (budgetd's are a few KiB)."""
+
+
+def _more(sock: socket.socket, buf: bytearray) -> None:
+    chunk = sock.recv(65536)
+    if not chunk:
+        if not buf:  # closed before answering: an idle close (see _STALE)
+            raise http.client.RemoteDisconnected("closed without an answer")
+        raise WireError("connection closed mid-answer")
+    buf += chunk
+    if len(buf) > MAX_ANSWER:
+        raise WireError(f"answer over {MAX_ANSWER} bytes")
+
+
+def _line(sock: socket.socket, buf: bytearray) -> bytes:
+    while (eol := buf.find(b"\r\n")) < 0:
+        _more(sock, buf)
+    line = bytes(buf[:eol])
+    del buf[: eol + 2]
+    return line
+
+
+def _chunked(sock: socket.socket, buf: bytearray) -> bytes:
+    body = bytearray()
+    while size := int(_line(sock, buf).split(b";", 1)[0], 16):
+        while len(buf) < size + 2:
+            _more(sock, buf)
+        body += buf[:size]
+        del buf[: size + 2]
+        if len(body) > MAX_ANSWER:
+            raise WireError(f"answer over {MAX_ANSWER} bytes")
+    while _line(sock, buf):  # trailers, up to the empty line
+        pass
+    return bytes(body)
+
+
+def read_answer(sock: socket.socket) -> tuple[Answer, bool]:
+    """One HTTP/1.x answer from ``sock`` (to a request that is not HEAD), and whether the
+    connection may carry another. Content-Length, chunked, or (neither) up to the close."""
+    buf = bytearray()
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        _more(sock, buf)
+    status_line, *lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    del buf[: end + 4]
+    version, _, rest = status_line.partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise WireError(f"not an HTTP/1 answer: {status_line[:80]!r}")
+    status = int(rest[:3])
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise WireError(f"malformed header line: {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    reusable = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+    if status < 200 or status in (204, 304):
+        body = b""
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _chunked(sock, buf)
+    elif "content-length" in headers:
+        length = int(headers["content-length"])
+        if length > MAX_ANSWER:
+            raise WireError(f"answer over {MAX_ANSWER} bytes")
+        while len(buf) < length:
+            _more(sock, buf)
+        body = bytes(buf[:length])
+        del buf[:length]
+    else:
+        with contextlib.suppress(WireError, http.client.RemoteDisconnected):
+            while True:
+                _more(sock, buf)
+        body, reusable = bytes(buf), False
+        buf.clear()
+    # Bytes after the answer were never asked for: do not reuse such a connection.
+    return Answer(status, body, headers), reusable and not buf
+
+
 class SyncWire:
     """A thread-safe pool of keep-alive sockets to one origin (last used first). A request is
-    written by hand, head and body in one ``sendall``; the answer is read by the standard
-    library's ``http.client.HTTPResponse`` (status, headers, Content-Length or chunked)."""
+    written by hand, head and body in one ``sendall``; the answer is read by
+    :func:`read_answer` (the standard library's parser goes through ``email``: half of the
+    client's CPU per request)."""
 
     def __init__(self, base_url: str, timeouts: Timeouts, pool_size: int = POOL_SIZE) -> None:
         self.origin = Origin.of(base_url)
@@ -146,33 +226,31 @@ class SyncWire:
         data = "".join(lines).encode("latin-1") + b"\r\n" + (body or b"")
         sock, reused = self._checkout()
         try:
-            return self._exchange(sock, method, data)
+            return self._exchange(sock, data)
         except _STALE as exc:
             if not reused:
                 raise WireError(repr(exc)) from exc
         # The server closed the idle connection as we sent: nothing was answered, send again.
-        return self._exchange(self._new(), method, data)
+        return self._exchange(self._new(), data)
 
-    def _exchange(self, sock: socket.socket, method: str, data: bytes) -> Answer:
+    def _exchange(self, sock: socket.socket, data: bytes) -> Answer:
         try:
             sock.sendall(data)
-            response = http.client.HTTPResponse(sock, method=method)
-            try:
-                response.begin()
-                content = response.read()
-            finally:
-                response.close()  # its file only; the socket stays ours
+            answer, reusable = read_answer(sock)
         except _STALE:
             sock.close()
             raise
-        except (OSError, http.client.HTTPException) as exc:
+        except WireError:
+            sock.close()
+            raise
+        except (OSError, ValueError) as exc:  # ValueError: a malformed length
             sock.close()
             raise WireError(repr(exc)) from exc
-        if response.will_close:
-            sock.close()
-        else:
+        if reusable:
             self._checkin(sock)
-        return Answer(response.status, content, {k.lower(): v for k, v in response.getheaders()})
+        else:
+            sock.close()
+        return answer
 
     def _checkout(self) -> tuple[socket.socket, bool]:
         now = time.monotonic()

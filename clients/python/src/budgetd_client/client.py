@@ -18,10 +18,12 @@ a replay, never as a second hold or charge.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
 import httpx
 
 from budgetd_client._core import (
@@ -140,24 +142,31 @@ class BudgetdClient(Base):
                 error = exc
 
     def _call(self, http: Http) -> Any:
+        started = time.monotonic()
         try:
-            for attempt in self._retrying():
+            return self._once(http, 1)
+        except Unreachable as first:
+            wait = self._first_retry_in(started)
+            if wait is None:
+                raise self._gave_up(http, first) from None
+        time.sleep(wait)
+        try:
+            for attempt in self._retrying(started):
                 with attempt:
-                    self._attempt(attempt.num)
-                    try:
-                        response = self._wire.request(
-                            http.method,
-                            http.path,
-                            body=http.body,
-                            params=http.params,
-                            headers=self._headers,
-                        )
-                    except WireError as exc:
-                        raise self._failed(http, exc) from exc
-                    return self._answer(http, response)
+                    return self._once(http, attempt.num + 1)
         except Unreachable as last:
             raise self._gave_up(http, last) from None
         raise AssertionError("stamina made no attempt")  # pragma: no cover
+
+    def _once(self, http: Http, number: int) -> Any:
+        self._attempt(number)
+        try:
+            response = self._wire.request(
+                http.method, http.path, body=http.body, params=http.params, headers=self._headers
+            )
+        except WireError as exc:
+            raise self._failed(http, exc) from exc
+        return self._answer(http, response)
 
     reserve = _sync(Base.reserve_flow)
     commit = _sync(Base.commit_flow)
@@ -237,24 +246,31 @@ class AsyncBudgetdClient(Base):
                 error = exc
 
     async def _call(self, http: Http) -> Any:
+        started = time.monotonic()
         try:
-            async for attempt in self._retrying():
+            return await self._once(http, 1)
+        except Unreachable as first:
+            wait = self._first_retry_in(started)
+            if wait is None:
+                raise self._gave_up(http, first) from None
+        await anyio.sleep(wait)
+        try:
+            async for attempt in self._retrying(started):
                 with attempt:
-                    self._attempt(attempt.num)
-                    try:
-                        response = await self._wire.request(
-                            http.method,
-                            http.path,
-                            body=http.body,
-                            params=http.params,
-                            headers=self._headers,
-                        )
-                    except WireError as exc:
-                        raise self._failed(http, exc) from exc
-                    return self._answer(http, response)
+                    return await self._once(http, attempt.num + 1)
         except Unreachable as last:
             raise self._gave_up(http, last) from None
         raise AssertionError("stamina made no attempt")  # pragma: no cover
+
+    async def _once(self, http: Http, number: int) -> Any:
+        self._attempt(number)
+        try:
+            response = await self._wire.request(
+                http.method, http.path, body=http.body, params=http.params, headers=self._headers
+            )
+        except WireError as exc:
+            raise self._failed(http, exc) from exc
+        return self._answer(http, response)
 
     reserve = _async(Base.reserve_flow)
     commit = _async(Base.commit_flow)
