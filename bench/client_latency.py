@@ -14,7 +14,9 @@ calls in flight, in four ways for each of the sync client (threads) and the asyn
 
 "Added" is the guarded call's latency minus the direct call's, at p50 and at p99 (goal: ≤ 1 ms
 and ≤ 3 ms). Per call, the bench also times the SDK's request to the upstream (at the
-transport), so "outside upstream" is what a call spent anywhere else: SDK, guard, budgetd.
+transport), so "outside upstream" is what a call spent anywhere else (SDK, guard, budgetd), and
+its guarded-minus-direct difference is a second estimate of the same thing, per call; the
+goal is reported met only when both estimates meet it.
 Reserve and commit are timed around the budgetd client's own calls.
 
 What it starts (loopback, free ports, removed on exit): a ``redis-server`` (real Redis, no
@@ -562,16 +564,26 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
             if mode == "direct" or base is None:
                 continue
             g = results[f"{kind}/{mode}"]
-            added: dict[str, float] = {
-                q: round(g["call"][q] - base["call"][q], 3) for q in ("p50_ms", "p99_ms")
+            added = {
+                f"{what}_{q}": round(g[what][q] - base[what][q], 3)
+                for what in ("call", "outside_upstream")
+                for q in ("p50_ms", "p99_ms")
             }
             added["app_cpu_us_per_call"] = g["app_cpu_us_per_call"] - base["app_cpu_us_per_call"]
             g["added"] = added
-            ok = added["p50_ms"] <= GOAL_P50_MS and added["p99_ms"] <= GOAL_P99_MS
+            # Two estimates of the same thing: whole calls compared across phases (the issue's
+            # definition; at these call counts a p99 is the 4th-worst call of the phase), and
+            # each call's own time outside the upstream request. The goal holds if both do.
+            ok = all(
+                added[f"{what}_p50_ms"] <= GOAL_P50_MS and added[f"{what}_p99_ms"] <= GOAL_P99_MS
+                for what in ("call", "outside_upstream")
+            )
             print(
-                f"  {kind} {LABELS[mode]}: added p50 {added['p50_ms']:+.2f} ms, p99 "
-                f"{added['p99_ms']:+.2f} ms (goal ≤ {GOAL_P50_MS:g} / ≤ {GOAL_P99_MS:g}: "
-                f"{'met' if ok else 'MISSED'}); app CPU "
+                f"  {kind} {LABELS[mode]}: added p50 / p99 {added['call_p50_ms']:+.2f} / "
+                f"{added['call_p99_ms']:+.2f} ms (whole calls), "
+                f"{added['outside_upstream_p50_ms']:+.2f} / "
+                f"{added['outside_upstream_p99_ms']:+.2f} ms (outside upstream); goal ≤ "
+                f"{GOAL_P50_MS:g} / ≤ {GOAL_P99_MS:g}: {'met' if ok else 'MISSED'}; app CPU "
                 f"{added['app_cpu_us_per_call']:+} µs per call"
             )
     if args.json:
