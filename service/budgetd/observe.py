@@ -5,8 +5,8 @@ access log line, and a server span when tracing is on (``budgetd.tracing``)."""
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -80,7 +80,8 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable():
                 return given
             break
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex, at a quarter of its CPU (issue 13).
+    return os.urandom(16).hex()
 
 
 class Observed:

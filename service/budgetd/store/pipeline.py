@@ -209,7 +209,9 @@ class ScriptPipeline:
         self, sha: str, source: str, keys: list[str], args: list[str | int], *, deadline: float
     ) -> Any:
         """Run a script; ``Overdue`` when no reply came by ``deadline`` (the loop's clock)."""
-        protocol = await self._connection(deadline)
+        protocol = self._protocol
+        if protocol is None or protocol.closed:  # no coroutine for the common case
+            protocol = await self._connection(deadline)
         reply = await protocol.send(_pack("EVALSHA", sha, len(keys), *keys, *args), deadline)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # The server lost its script cache (restart, failover, SCRIPT FLUSH): EVAL sends the

@@ -182,34 +182,42 @@ class ScriptStore:
 
     async def run_script(self, name: str, keys_: Sequence[str], args: Sequence[str | int]) -> Any:
         deadline = self._deadline()
-        if self.observe is None:
-            return await self._call_until_settled(name, keys_, args, deadline)
-        started = time.perf_counter()
+        observe = self.observe
+        started = time.perf_counter() if observe is not None else 0.0
         ok = False
         try:
-            result = await self._call_until_settled(name, keys_, args, deadline)
+            # One coroutine layer on the way to the pipeline: the retry loop of a moving slot
+            # is entered only when the first try met one.
+            try:
+                result = await self._call(name, keys_, args, deadline)
+            except redis.exceptions.ResponseError as exc:
+                if _MOVED_AWAY not in str(exc):
+                    raise
+                result = await self._call_once_settled(name, keys_, args, deadline)
             ok = True
             return result
         finally:
-            self.observe(name, time.perf_counter() - started, ok)
+            if observe is not None:
+                observe(name, time.perf_counter() - started, ok)
 
-    async def _call_until_settled(
+    async def _call_once_settled(
         self, name: str, keys_: Sequence[str], args: Sequence[str | int], deadline: float
     ) -> Any:
+        """The slot is moving (a try wrote nothing): try again, backing off, until it settles."""
         delay = 0.01
         loop = asyncio.get_running_loop()
         while True:
+            if loop.time() + delay >= deadline:
+                # The next try could not be answered in time: not sending it is the one
+                # outcome that is known not to have run.
+                raise StoreUnavailable("redis unreachable: the slot kept moving past the timeout")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
             try:
                 return await self._call(name, keys_, args, deadline)
             except redis.exceptions.ResponseError as exc:
                 if _MOVED_AWAY not in str(exc):
                     raise
-            if loop.time() + delay >= deadline:
-                # The next try could not be answered in time: not sending it is the one
-                # outcome that is known not to have run.
-                raise StoreUnavailable("redis unreachable: the slot kept moving past the timeout")
-            await asyncio.sleep(delay)  # the slot is moving: retry until it settles
-            delay = min(delay * 2, 0.1)
 
     async def _call(
         self, name: str, keys_: Sequence[str], args: Sequence[str | int], deadline: float

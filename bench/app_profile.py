@@ -1,0 +1,241 @@
+"""Profile: the service's own CPU per reserve→commit pair, in process, without an HTTP server.
+
+    .venv/bin/python bench/app_profile.py [--pairs 4000] [--concurrency 8] [--rounds 3]
+                                          [--profile] [--top 40]
+
+It starts its own ``redis-server`` (loopback, free port, no persistence; removed on exit),
+builds the app as ``budgetd.asgi`` does (``create_app(from_env())``) with the policy, price
+table and API key of ``bench/reserve_commit.py``, and drives its ASGI callable directly with the
+same request bodies: no socket, no HTTP parsing, no uvicorn. What it measures is what budgetd's
+code (instrumentation, fast path, engine, store client) costs per request, with much less noise
+than the HTTP bench, whose figure also holds uvicorn's and the event loop's share.
+
+Each round runs ``--pairs`` pairs at ``--concurrency`` in flight and reports this process's CPU
+per request (``time.process_time``); Redis runs in its own process and is not counted.
+``--profile`` runs one more round under cProfile and prints the ``--top`` functions by their
+own time, then by their cumulative time (cProfile's overhead inflates every call; read it for
+shares, not for µs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import itertools
+import os
+import pstats
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from budgetd.app import create_app
+from budgetd.auth import key_line, new_key
+from budgetd.settings import from_env
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reserve_commit import MODEL, ORG, POLICY, PRICING
+
+HOST = "127.0.0.1"
+COMMIT_BODY = (
+    b'{"model":"%s","usage":{"input_tokens":1180,"cache_creation_input_tokens":0,'
+    b'"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":0,'
+    b'"ephemeral_1h_input_tokens":0},"output_tokens":412,"service_tier":"standard"}}'
+) % MODEL.encode()
+USERS, FEATURES = 100, 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def steal_and_total() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7], sum(fields)
+
+
+def reserve_body(rid: str, n: int) -> bytes:
+    return (
+        b'{"org":"%s","user":"user-%d","feature":"feature-%d","model":"%s",'
+        b'"input_tokens":1200,"max_tokens":1024,"reservation_id":"%s"}'
+        % (ORG.encode(), n % USERS, n % FEATURES, MODEL.encode(), rid.encode())
+    )
+
+
+async def request(app: Any, key: str, path: str, query: bytes, body: bytes) -> int:
+    """One POST through the ASGI app; its status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [
+            (b"host", b"bench"),
+            (b"content-type", b"application/json"),
+            (b"authorization", b"Bearer " + key.encode()),
+            (b"content-length", b"%d" % len(body)),
+        ],
+        "client": (HOST, 1),
+        "server": (HOST, 80),
+        "state": {},
+    }
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def pairs(app: Any, key: str, n: int, concurrency: int, tag: str) -> None:
+    counter = itertools.count()
+
+    async def slot() -> None:
+        while (i := next(counter)) < n:
+            rid = f"{tag}-{i}"
+            reserved = await request(app, key, "/v1/reservations", b"", reserve_body(rid, i))
+            committed = await request(
+                app,
+                key,
+                f"/v1/reservations/{rid}/commit",
+                b"org=" + ORG.encode(),
+                COMMIT_BODY,
+            )
+            assert (reserved, committed) == (201, 200), (reserved, committed)
+
+    await asyncio.gather(*(slot() for _ in range(concurrency)))
+
+
+async def run(args: argparse.Namespace, key: str) -> tuple[list[float], pstats.Stats | None]:
+    app = create_app(from_env())
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)
+    )
+    await inbox.put({"type": "lifespan.startup"})
+    started = await outbox.get()
+    assert started["type"] == "lifespan.startup.complete", started
+    try:
+        await pairs(app, key, 1000, args.concurrency, "warm")
+        figures = []
+        for r in range(args.rounds):
+            cpu0 = time.process_time()
+            await pairs(app, key, args.pairs, args.concurrency, f"r{r}")
+            figures.append((time.process_time() - cpu0) / (2 * args.pairs) * 1e6)
+        stats = None
+        if args.profile:
+            profiler = cProfile.Profile(time.process_time)  # CPU, not the idle loop
+            profiler.enable()
+            await pairs(app, key, args.pairs, args.concurrency, "prof")
+            profiler.disable()
+            stats = pstats.Stats(profiler)
+        return figures, stats
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await lifespan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    redis_server = shutil.which("redis-server") or shutil.which("valkey-server")
+    if redis_server is None:
+        raise SystemExit("redis-server is not installed")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = Path(tmp) / "policies"
+        policies.mkdir()
+        (policies / f"{ORG}.yaml").write_text(POLICY)
+        shutil.copy(PRICING, policies / "pricing.yaml")
+        key = new_key()
+        (Path(tmp) / "keys.yaml").write_text("keys:\n" + key_line(key, ORG, "app", "bench") + "\n")
+        for name in [k for k in os.environ if k.startswith("BUDGETD_")]:
+            del os.environ[name]
+        os.environ.update(
+            BUDGETD_REDIS_URL=f"redis://{HOST}:{port}/0",
+            BUDGETD_POLICY_DIR=str(policies),
+            BUDGETD_KEYS_FILE=str(Path(tmp) / "keys.yaml"),
+            BUDGETD_POLICY_POLL_S="0",
+            BUDGETD_SWEEP_INTERVAL_S="0",
+        )
+        server = subprocess.Popen(
+            [
+                redis_server,
+                "--port",
+                str(port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection((HOST, port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            print(f"load average {load_average()} at start; {os.cpu_count()} CPUs", flush=True)
+            steal0, total0 = steal_and_total()
+            figures, stats = uvloop.run(run(args, key))
+            steal1, total1 = steal_and_total()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    steal_pct = 100 * (steal1 - steal0) / max(1, total1 - total0)
+    print(
+        f"app CPU per request, {args.pairs} pairs x {args.rounds} rounds at "
+        f"{args.concurrency} in flight: median {statistics.median(figures):.1f} µs "
+        f"[{', '.join(f'{f:.1f}' for f in figures)}]"
+    )
+    print(f"load average {load_average()} at end; CPU steal during the run {steal_pct:.1f} %")
+    if stats is not None:
+        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
