@@ -46,6 +46,7 @@ from budgetd.store.base import (
     Store,
     StoreUnavailable,
 )
+from budgetd.store.plan import budget_tokens
 from budgetd.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,13 @@ DEGRADED_PREFIX = "deg."
 CACHE_BOUND = 20_000
 """Entries per engine cache (resolutions, budget slots): a few kB each at most; past the bound
 the cache starts over, which costs a rebuild per entry, not correctness."""
-_BUCKET_KIND = {"requests": "requests", "input_tokens": "input", "output_tokens": "output"}
+_BUCKET_KIND = {
+    "requests": "requests",
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cost_micros": "cost",
+}
+"""Policy rate kind → the store's bucket kind (a ``cost`` bucket takes the hold's micros)."""
 
 
 class _Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,27 +195,43 @@ class Engine:
         if slot is not None:
             return slot
         name, entity = b.rule.name, b.entity
-        counters = tuple(keys.period_counter(policy.org, name, entity, p) for p in win.spent_ids)
-        held = (
-            counters[-1] if b.rule.period.calendar else keys.rolling_held(policy.org, name, entity)
+        spec = b.rule.period
+        label = BudgetLabel(
+            name=name,
+            scope=b.rule.scope,
+            entity=entity,
+            period=win.charge_id,
+            period_end_ms=_ms(win.end),
         )
-        slot = BudgetSlot(
-            held_key=held,
-            charge_key=counters[-1],
-            spent_keys=counters,
-            limit=b.limit,
-            mode=_mode(b),
-            thresholds_pct=b.rule.thresholds_pct,
-            label=BudgetLabel(
-                name=name,
-                scope=b.rule.scope,
-                entity=entity,
-                period=win.charge_id,
-                period_end_ms=_ms(win.end),
-            ),
-            expire_at_ms=_ms(win.expire_at),
-            sub_bucket_ms=0 if b.rule.period.calendar else b.rule.period.bucket_s * 1000,
-        )
+        field = keys.budget_field(name, entity)
+        mode = _mode(b)
+        if spec.calendar:
+            key = keys.counters(policy.org, win.charge_id)
+            slot = BudgetSlot(
+                field=field,
+                counter_key=key,
+                held_key=key,
+                limit=b.limit,
+                mode=mode,
+                thresholds_pct=b.rule.thresholds_pct,
+                label=label,
+                expire_at_ms=_ms(win.expire_at),
+            )
+        else:
+            slot = BudgetSlot(
+                field=field,
+                counter_key=keys.rolling_prefix(policy.org, spec.bucket_s),
+                held_key=keys.rolling_held(policy.org),
+                limit=b.limit,
+                mode=mode,
+                thresholds_pct=b.rule.thresholds_pct,
+                label=label,
+                expire_at_ms=_ms(win.expire_at),
+                sub_bucket_ms=spec.bucket_s * 1000,
+                sub_bucket=int(win.charge_id[1:]),
+                expire_after_ms=_ms(win.expire_at) - _ms(win.end),
+            )
+        slot = msgspec.structs.replace(slot, packed=budget_tokens(slot))
         if len(self._slots) >= CACHE_BOUND:
             self._slots.clear()  # a crude bound: rebuilding is cheap, memory is not
         self._slots[cache_key] = slot
@@ -222,6 +245,7 @@ class Engine:
         now: datetime,
         input_tokens: int,
         output_tokens: int,
+        cost_micros: int = 0,
     ) -> _Limits:
         applicable = self._applicable(policy, subject, model)
         windows: list[PeriodWindow] = []
@@ -230,10 +254,15 @@ class Engine:
             win = window(b.rule.period, policy.tz, now)
             windows.append(win)
             budgets.append(self.budget_slot(policy, b, win))
-        amounts = {"requests": 1, "input_tokens": input_tokens, "output_tokens": output_tokens}
+        amounts = {
+            "requests": 1,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_micros": cost_micros,
+        }
         buckets = tuple(
             BucketSlot(
-                key=keys.bucket(policy.org, r.rule.name, r.entity, r.kind),
+                key=keys.bucket(policy.org, r.rule.name, r.entity),
                 per_minute=r.per_minute,
                 capacity=r.per_minute,
                 amount=amounts[r.kind],
@@ -468,7 +497,9 @@ class Engine:
             tags=tuple(request.tags),
             session=request.session,
         )
-        limits = self._limits(policy, subject, model, now, request.input_tokens, request.max_tokens)
+        limits = self._limits(
+            policy, subject, model, now, request.input_tokens, request.max_tokens, amount
+        )
         rid = request.reservation_id or uuid.uuid4().hex
         lease_s = request.ttl_s or policy.hold_ttl_s
         meta = msgspec.json.encode(
@@ -495,6 +526,8 @@ class Engine:
             budgets=limits.budgets,
             buckets=limits.buckets,
             meta=meta,
+            input_tokens=request.input_tokens,
+            output_tokens=request.max_tokens,
         )
         try:
             outcome = await self.store.reserve(call)
@@ -740,6 +773,7 @@ class Engine:
             now,
             usage.uncached_input + five + hour,
             usage.output,
+            amount,
         )
         record_id = request.record_id or uuid.uuid4().hex
         outcome = await self.store.record(
@@ -751,6 +785,8 @@ class Engine:
                 keep_ms=KEEP_RESOLVED_MS,
                 budgets=limits.budgets,
                 buckets=limits.buckets,
+                input_tokens=usage.uncached_input + five + hour,
+                output_tokens=usage.output,
                 ledger_fields=(
                     ("model", model),
                     ("pricing_version", policy.pricing.version),

@@ -25,9 +25,14 @@ def _top(totals: Counter[str]) -> str:
 
 
 async def _counter(engine: Engine, org: str, budget: str, period_id: str) -> int:
-    key = keys.period_counter(org, budget, org, period_id)
+    key = keys.counters(org, period_id)
     slot = BudgetSlot(
-        held_key=key, charge_key=key, spent_keys=(key,), limit=0, mode="block", expire_at_ms=0
+        field=keys.budget_field(budget, org),
+        counter_key=key,
+        held_key=key,
+        limit=0,
+        mode="block",
+        expire_at_ms=0,
     )
     status = await engine.store.status((slot,), ())
     return status.budgets[0][0]

@@ -25,22 +25,38 @@ class BudgetLabel(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BudgetSlot(msgspec.Struct, frozen=True, kw_only=True):
-    """One cost budget as the store sees it."""
+    """One cost budget as the store sees it (store/keys.py says the layout).
 
+    A calendar budget: ``counter_key`` is its period's counter hash, which holds both its spent
+    and its held field. A sliding one (``slide_ms``, e.g. a session's): the same, with an expiry
+    that moves to now + ``slide_ms`` on every write. A rolling one (``sub_bucket_ms``):
+    ``counter_key`` is the prefix of its sub-bucket hashes (``keys.rolling_prefix``), its held
+    amount lives in ``held_key`` (``keys.rolling_held``)."""
+
+    field: str
+    """``<budget>|<entity>`` (keys.budget_field): the counter fields are ``<field>|s``/``|h``."""
+    counter_key: str
     held_key: str
-    charge_key: str
-    """Where spend lands: the period counter (calendar) or the current sub-bucket (rolling)."""
-    spent_keys: tuple[str, ...]
-    """Counters summed for the check: the one period, or every sub-bucket of the window."""
     limit: int
     mode: Literal["block", "warn", "shadow"]
     """block: deny past the limit; warn and shadow: allow, and say so in an event."""
     expire_at_ms: int
+    """When the counter hash may expire (calendar: period end + grace); for a rolling budget,
+    the held hash (this window's end + window + grace). Unused when ``slide_ms`` is set."""
     thresholds_pct: tuple[int, ...] = ()
     label: BudgetLabel | None = None
     sub_bucket_ms: int = 0
     """Rolling windows: the width of a sub-bucket (a commit charges the one of its own time);
     0 for a calendar period (a commit settles in the hold's period)."""
+    sub_bucket: int = 0
+    """Rolling windows: the index of the current sub-bucket (time // width)."""
+    expire_after_ms: int = 0
+    """Rolling windows: how long after a sub-bucket hash's last sub-bucket ends it is kept."""
+    slide_ms: int = 0
+    """> 0: ``counter_key`` (spent and held) expires ``slide_ms`` after its last write."""
+    packed: tuple[str, ...] = ()
+    """The slot's plan tokens (store/plan.py, budget_tokens), packed once by whoever caches the
+    slot; empty: packed on each call."""
 
     @property
     def enforce(self) -> bool:
@@ -51,11 +67,14 @@ class BucketSlot(msgspec.Struct, frozen=True, kw_only=True):
     """One token bucket as the store sees it."""
 
     key: str
+    """The rule's hash for the entity (keys.bucket); each kind is a field pair in it."""
     per_minute: int
     capacity: int
     amount: int
     enforce: bool
-    kind: Literal["requests", "input", "output"]
+    kind: Literal["requests", "input", "output", "cost"]
+    """A ``cost`` bucket counts micros per minute: a reserve takes the hold's amount, a commit
+    gives back (or takes) the difference to the actual cost, as for tokens."""
 
 
 class ReserveCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +88,9 @@ class ReserveCall(msgspec.Struct, frozen=True, kw_only=True):
     budgets: tuple[BudgetSlot, ...]
     buckets: tuple[BucketSlot, ...]
     meta: str
+    input_tokens: int = 0
+    """What the ``input`` buckets take (the estimate); ``output``: ``output_tokens``."""
+    output_tokens: int = 0
     """JSON describing the request, copied into the ledger entry at commit."""
 
 
@@ -132,8 +154,10 @@ class RecordCall(msgspec.Struct, frozen=True, kw_only=True):
     keep_ms: int
     budgets: tuple[BudgetSlot, ...]
     buckets: tuple[BucketSlot, ...]
-    """``amount`` of each is the tokens actually used."""
     ledger_fields: tuple[tuple[str, str], ...]
+    input_tokens: int = 0
+    """The tokens actually used, which the ``input`` and ``output`` buckets take."""
+    output_tokens: int = 0
 
 
 class RecordOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,18 +13,73 @@ def tag(org: str) -> str:
     return f"{PREFIX}:{{o:{org}}}"
 
 
-def period_counter(org: str, budget: str, entity: str, period_id: str) -> str:
-    """Hash {spent, held} of one budget, one entity, one calendar period or rolling sub-bucket."""
+ROLLING_CHUNK = 25
+"""Sub-buckets per rolling counter hash: a window (24 sub-buckets and the current one) spans at
+most two hashes, so its check is two reads, not twenty-five."""
+
+
+def counters(org: str, period_key: str) -> str:
+    """Hash of every budget counter of one org in one period: fields ``<budget>|<entity>|s``
+    (spent) and ``|h`` (held), and ``_x`` (the expiry last set on the hash). ``period_key``: a
+    calendar period id (``2026-11``, ``2026-11-29``, ``2026-W48``, ``2026-11-29T23+0000``),
+    ``r<width s>:<chunk>`` for rolling sub-buckets (fields ``<budget>|<entity>|<index>|s``),
+    ``held`` for the held amounts of rolling budgets, ``s:<session id>`` for sessions."""
+    return f"{tag(org)}:c:{period_key}"
+
+
+def rolling_chunk(org: str, width_s: int, index: int) -> str:
+    """Counter hash of the rolling sub-buckets ``index`` belongs to (width ``width_s``)."""
+    return f"{rolling_prefix(org, width_s)}{index // ROLLING_CHUNK}"
+
+
+def rolling_field(field: str, index: int) -> str:
+    """A rolling budget's spent field for sub-bucket ``index`` in its chunk hash."""
+    return f"{field}|{index}|s"
+
+
+def rolling_prefix(org: str, width_s: int) -> str:
+    """Prefix of the sub-bucket hashes of rolling budgets of width ``width_s`` (the chunk
+    number follows)."""
+    return counters(org, f"r{width_s}:")
+
+
+def rolling_held(org: str) -> str:
+    """Hash of the held amounts of every rolling budget of the org (expiry slides)."""
+    return counters(org, "held")
+
+
+def session_counters(org: str, session: str) -> str:
+    """Hash of the counters of one session (expiry slides with each write)."""
+    return counters(org, f"s:{session}")
+
+
+def budget_field(budget: str, entity: str) -> str:
+    """A budget's field prefix in a counter hash (names and ids never contain ``|``)."""
+    return f"{budget}|{entity}"
+
+
+def charged(key: str, field: str) -> str:
+    """A counter as a ledger entry's ``charged`` field names it: hash and field."""
+    return f"{key}#{field}"
+
+
+def bucket(org: str, rule: str, entity: str) -> str:
+    """Hash of one rate-limit rule's buckets for one entity: ``<kind>.t`` (level × 60000),
+    ``<kind>.ms`` (time of that level) per kind, and ``x`` (the expiry last set)."""
+    return f"{tag(org)}:tb:{rule}:{entity}"
+
+
+def legacy_period_counter(org: str, budget: str, entity: str, period_id: str) -> str:
+    """Before issue 13's layout: one hash {spent, held} per budget, entity and period (read by
+    ``budgetd store migrate`` and by reconcile for old ledger entries)."""
     return f"{tag(org)}:b:{budget}:{entity}:{period_id}"
 
 
-def rolling_held(org: str, budget: str, entity: str) -> str:
-    """Hash {held} of a rolling-window budget (its spend lives in sub-bucket counters)."""
+def legacy_rolling_held(org: str, budget: str, entity: str) -> str:
     return f"{tag(org)}:h:{budget}:{entity}"
 
 
-def bucket(org: str, rule: str, entity: str, kind: str) -> str:
-    """Hash {t, ms, x}: a token bucket (x: the expiry its scripts last set)."""
+def legacy_bucket(org: str, rule: str, entity: str, kind: str) -> str:
     return f"{tag(org)}:tb:{rule}:{entity}:{kind}"
 
 

@@ -8,7 +8,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import msgspec
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -19,7 +18,6 @@ from budgetd.store.base import (
     AdjustCall,
     AdjustOutcome,
     BucketSlot,
-    BudgetLabel,
     BudgetSlot,
     CommitCall,
     CommitOutcome,
@@ -37,6 +35,7 @@ from budgetd.store.base import (
 )
 from budgetd.store.node_pipelines import NodePipelines
 from budgetd.store.pipeline import NotSent, Overdue, ScriptError, ScriptPipeline
+from budgetd.store.plan import plan_tokens
 from budgetd.store.scripts import SCRIPT_NAMES, source
 
 Client = Redis | RedisCluster
@@ -85,45 +84,6 @@ def _denials(rows: Sequence[Sequence[Any]]) -> tuple[Denial, ...]:
                 )
             )
     return tuple(out)
-
-
-def _plan_budget(b: BudgetSlot) -> dict[str, object]:
-    """A budget as the scripts read it (lib.lua: the plan). A rolling budget also carries the
-    period ids of its window's earlier sub-buckets, so commit, release, record and adjust see
-    the whole window's spend when they decide which thresholds a change crosses."""
-    label = b.label or BudgetLabel(name="", scope="", entity="", period="")
-    entry = {
-        "h": b.held_key,
-        "c": b.charge_key,
-        "x": b.expire_at_ms,
-        "l": b.limit,
-        "m": b.mode,
-        "th": list(b.thresholds_pct),
-        "n": label.name,
-        "s": label.scope,
-        "en": label.entity,
-        "p": label.period,
-        "pe": label.period_end_ms,
-    }
-    if len(b.spent_keys) > 1:
-        base = len(b.charge_key) - len(label.period)
-        entry["ps"] = [key[base:] for key in b.spent_keys[:-1]]
-    if b.sub_bucket_ms:
-        entry["w"] = b.sub_bucket_ms
-        entry["xo"] = b.expire_at_ms - label.period_end_ms
-    return entry
-
-
-def _plan(call: ReserveCall) -> str:
-    plan = {
-        "a": call.amount,
-        "b": [_plan_budget(b) for b in call.budgets],
-        "t": [
-            {"k": t.key, "r": t.per_minute, "c": t.capacity, "n": t.amount, "q": t.kind}
-            for t in call.buckets
-        ],
-    }
-    return msgspec.json.encode(plan).decode()
 
 
 READ_ONLY = frozenset({"status"})
@@ -345,22 +305,14 @@ class ScriptStore:
         args: list[str | int] = [
             call.reservation_id,
             call.fingerprint,
-            call.amount,
             call.lease_ms,
             call.keep_ms,
-            _plan(call),
             call.meta,
             keys.org_prefix(call.org),
-            len(call.budgets),
-            len(call.buckets),
+            *plan_tokens(
+                call.amount, call.input_tokens, call.output_tokens, call.budgets, call.buckets
+            ),
         ]
-        for b in call.budgets:
-            key_list += [b.held_key, b.charge_key, *b.spent_keys]
-            thresholds = ",".join(str(t) for t in b.thresholds_pct)
-            args += [len(b.spent_keys), b.limit, int(b.enforce), b.expire_at_ms, thresholds]
-        for t in call.buckets:
-            key_list.append(t.key)
-            args += [t.per_minute, t.capacity, t.amount, int(t.enforce)]
         status, now, deadline, result, extra, shadow = await self.run_script(
             "reserve", key_list, args
         )
@@ -454,18 +406,15 @@ class ScriptStore:
         args: list[str | int] = [
             call.record_id,
             call.fingerprint,
-            call.cost,
             call.keep_ms,
-            msgspec.json.encode([_plan_budget(b) for b in call.budgets]).decode(),
             keys.org_prefix(call.org),
-            len(call.buckets),
             len(call.ledger_fields),
         ]
-        for t in call.buckets:
-            key_list.append(t.key)
-            args += [t.per_minute, t.capacity, t.amount]
         for field, value in call.ledger_fields:
             args += [field, value]
+        args += plan_tokens(
+            call.cost, call.input_tokens, call.output_tokens, call.budgets, call.buckets
+        )
         status, ledger_id = await self.run_script("record", key_list, args)
         if status == "bound":
             raise OutOfBounds(str(ledger_id), field="usage")
@@ -475,14 +424,13 @@ class ScriptStore:
         args: list[str | int] = [
             call.adjustment_id,
             call.fingerprint,
-            call.amount,
             call.keep_ms,
-            msgspec.json.encode(_plan_budget(call.budget)).decode(),
             keys.org_prefix(call.org),
             len(call.ledger_fields),
         ]
         for field, value in call.ledger_fields:
             args += [field, value]
+        args += plan_tokens(call.amount, 0, 0, (call.budget,), ())
         status, ledger_id, spent, period = await self.run_script(
             "adjust",
             [
@@ -493,7 +441,7 @@ class ScriptStore:
             args,
         )
         if status == "bound":
-            raise OutOfBounds(call.budget.charge_key, field="amount_micros")
+            raise OutOfBounds(call.budget.counter_key, field="amount_micros")
         return AdjustOutcome(
             status=status, ledger_id=str(ledger_id), spent=int(spent), period=str(period)
         )
@@ -501,15 +449,9 @@ class ScriptStore:
     async def status(
         self, budgets: tuple[BudgetSlot, ...], buckets: tuple[BucketSlot, ...]
     ) -> StatusOutcome:
-        key_list: list[str] = []
-        args: list[str | int] = [len(budgets), len(buckets)]
-        for b in budgets:
-            key_list += [b.held_key, *b.spent_keys]
-            args.append(len(b.spent_keys))
-        for t in buckets:
-            key_list.append(t.key)
-            args += [t.per_minute, t.capacity]
-        out = await self.run_script("status", key_list, args)
+        # No key is read through KEYS: the first hash routes the call (one slot per org).
+        route = [budgets[0].counter_key] if budgets else [buckets[0].key] if buckets else []
+        out = await self.run_script("status", route, plan_tokens(0, 0, 0, budgets, buckets))
         values = [int(v) for v in out[1:]]
         pairs = tuple((values[2 * i], values[2 * i + 1]) for i in range(len(budgets)))
         return StatusOutcome(

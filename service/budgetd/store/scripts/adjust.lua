@@ -2,9 +2,9 @@
 -- outside budgetd), in the same script as its ledger entry, exactly once per adjustment id.
 --
 -- KEYS[1] idempotency record   KEYS[2] org's ledger stream   KEYS[3] org's event stream
--- ARGV[1] adjustment id   ARGV[2] fingerprint   ARGV[3] amount (micros; negative = credit)
--- ARGV[4] record ttl ms   ARGV[5] budget entry JSON (lib.lua: one of the plan's `b`)
--- ARGV[6] org key prefix  ARGV[7] ledger field count F; then F ledger field/value pairs
+-- ARGV[1] adjustment id   ARGV[2] fingerprint   ARGV[3] record ttl ms   ARGV[4] org key prefix
+-- ARGV[5] ledger field count F; then F ledger field/value pairs; then a plan (lib.lua) of one
+-- budget, whose amount is the adjustment (micros; negative = credit)
 --
 -- Returns {status, ledger_id, spent, period}
 --   status: 'adjusted' | 'replay' | 'conflict' | 'negative' | 'bound' (the counter would leave
@@ -16,10 +16,11 @@
 -- Thresholds it crosses are emitted, as a commit's are.
 
 local idem, ledger, events = KEYS[1], KEYS[2], KEYS[3]
-local aid, fp, amount = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local b = cjson.decode(ARGV[5])
-local tag_prefix = ARGV[6]
-local nf = tonumber(ARGV[7])
+local aid, fp = ARGV[1], ARGV[2]
+local tag_prefix = ARGV[4]
+local nf = tonumber(ARGV[5])
+local plan = read_plan(ARGV, 6 + 2 * nf)
+local amount, b = plan.a, plan.b[1]
 local now = now_ms()
 
 local prior = redis.call('HMGET', idem, 'fp', 'res', 'spent', 'p')
@@ -30,26 +31,31 @@ if prior[1] then
   return {'replay', prior[2], tonumber(prior[3]), prior[4]}
 end
 
-local spent = counter(b.c, 'spent')
+want_budget(b)
+load()
+local key, field = charge_slot(b)
+local spent = val(key, field)
+local _, _, period = label(b)
 if spent + amount < 0 then
-  return {'negative', '', spent, b.p}
-end
-if out_of_bounds(charge_adds({}, {b}, amount)) then
-  return {'bound', '', spent, b.p}
+  return {'negative', '', spent, period}
 end
 local candidates = usage_events({b}, amount, now, aid)
+local charged = charge({b}, amount)
+if out_of_bounds() then
+  return {'bound', '', spent, period}
+end
 touch_markers(tag_prefix, candidates)
 expect(ledger, 'stream')
 expect(events, 'stream')
 
-local charged = charge({b}, amount)
+flush()
 emit_all(events, tag_prefix, candidates)
 local fields = {'kind', 'adjustment', 'reservation_id', aid, 'cost_micros', int(amount),
   'at_ms', int(now), 'charged', charged}
-for i = 8, 7 + 2 * nf do
+for i = 6, 5 + 2 * nf do
   table.insert(fields, ARGV[i])
 end
 local id = redis.call('XADD', ledger, '*', unpack(fields))
-redis.call('HSET', idem, 'fp', fp, 'res', id, 'spent', int(spent + amount), 'p', b.p)
-redis.call('PEXPIRE', idem, int(tonumber(ARGV[4])))
-return {'adjusted', id, spent + amount, b.p}
+redis.call('HSET', idem, 'fp', fp, 'res', id, 'spent', int(spent + amount), 'p', period)
+redis.call('PEXPIRE', idem, int(tonumber(ARGV[3])))
+return {'adjusted', id, spent + amount, period}

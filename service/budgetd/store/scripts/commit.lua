@@ -2,7 +2,7 @@
 --
 -- KEYS[1] reservation hash   KEYS[2] org's hold index   KEYS[3] org's ledger stream
 -- KEYS[4] org's event stream
--- (budget and bucket keys come from the reservation's plan; same hash tag, same slot)
+-- (counter and bucket hashes come from the reservation's plan; same hash tag, same slot)
 -- ARGV[1] reservation id  ARGV[2] cost (micros)  ARGV[3] commit fingerprint
 -- ARGV[4] record ttl ms   ARGV[5] actual input tokens  ARGV[6] actual output tokens
 -- ARGV[7] org key prefix "bd:{o:<org>}:"   ARGV[8] the service's period clock (ms)
@@ -39,10 +39,12 @@ if state == 'released' then
 end
 
 -- Everything this commit will do is decided before its first write.
-local plan = cjson.decode(r[2])
+local plan = read_plan(split_plan(r[2]), 1)
+local clock = tonumber(ARGV[8])
 local budgets = {}
 for i, b in ipairs(plan.b) do
-  budgets[i] = entry_now(b, tonumber(ARGV[8]))
+  budgets[i] = entry_now(b, clock)
+  want_budget(budgets[i])
 end
 local holding = state == 'held'
 local late = 0
@@ -50,38 +52,47 @@ if not holding or now > tonumber(r[3]) then
   -- Expired (swept, or the lease ran out before the sweep reached it): settle late.
   late = 1
 end
+local refunding = holding and late == 0
+if refunding then
+  want_buckets(plan.t)
+end
+load()
 local overrun = 0
 if cost > plan.a or late == 1 then overrun = 1 end
 local released = 0
-if holding and late == 0 then
+if refunding then
   released = math.max(0, plan.a - cost)
 end
 local freed = 0
-local adds = charge_adds({}, budgets, cost)
+local candidates = {}
 if holding then
   freed = plan.a
-  hold_adds(adds, plan)
 end
-local bad = out_of_bounds(adds)
+candidates = usage_events(budgets, cost - freed, now, rid)
+if holding then
+  void_hold(plan)
+end
+local charged = charge(budgets, cost)
+if refunding then
+  -- Token buckets: give back what the estimate over-charged (never above capacity), and
+  -- take what it under-charged.
+  local actual = {input = tonumber(ARGV[5]), output = tonumber(ARGV[6]), cost = cost}
+  buckets_give(plan.t, function(q)
+    if q.q == 'requests' then return 0 end
+    return kind_amount(plan, q) - actual[q.q]
+  end, now)
+end
+local bad = out_of_bounds()
 if bad then
   return {'bound', 0, 0, 0, 0, '', '', bad}
 end
-local refunds = {}
-if holding and late == 0 then
-  -- Token buckets: give back what the estimate over-charged (never above capacity), and
-  -- take what it under-charged.
-  local actual = {input = tonumber(ARGV[5]), output = tonumber(ARGV[6])}
-  refunds = bucket_changes(plan.t, function(t)
-    if t.q == 'requests' then return 0 end
-    return t.n - actual[t.q]
-  end, now)
-end
-local candidates = usage_events(budgets, cost - freed, now, rid)
 if overrun == 1 then
   local b = budgets[1]
+  local name, entity, period = '', '', ''
+  if b then name, entity, period = label(b) end
   table.insert(candidates, {id = 'overrun|' .. rid, keep = now + keep, fields = {
-    'type', 'overrun', 'budget', b and b.n or '', 'scope', b and b.s or '',
-    'entity', b and b.en or '', 'period', b and b.p or '', 'threshold', '0',
+    'type', 'overrun', 'budget', name, 'scope', b and b.s or '',
+    'entity', entity, 'period', period, 'threshold', '0',
     'used_micros', int(cost), 'limit_micros', int(plan.a), 'late', int(late),
     'at_ms', int(now), 'reservation_id', rid}})
 end
@@ -91,11 +102,7 @@ expect(ledger, 'stream')
 expect(events, 'stream')
 
 -- Writes.
-if holding then
-  void_hold(plan)
-end
-buckets_write(refunds)
-local charged = charge(budgets, cost)
+flush()
 emit_all(events, ARGV[7], candidates)
 redis.call('ZREM', holds, rid)
 

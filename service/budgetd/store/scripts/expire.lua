@@ -7,9 +7,11 @@
 
 local holds = KEYS[1]
 local now = now_ms()
-local freed = {}
-local due = due_holds(holds, ARGV[1], now, tonumber(ARGV[2]), freed)
-assert_in_bounds(freed)
+local due = due_holds(holds, ARGV[1], now, tonumber(ARGV[2]))
+load()
+expiry_decisions(due)
+assert_in_bounds()
+flush()
 expire_holds(holds, due, now)
 local remaining = redis.call('ZCOUNT', holds, '-inf', int(now))
 return {#due, remaining}

@@ -1,42 +1,53 @@
 -- lib.lua: helpers prepended to every script when it is loaded (see store/scripts.py).
 --
 -- Conventions shared by all scripts:
---   * Time is Redis TIME in milliseconds; it is never taken from the caller.
---   * Numbers handed to redis.call go through int(): Lua's tostring turns 1e12 into "1e+12",
---     which HINCRBY would reject.
---   * A token bucket is a hash {t = level * 60000, ms = time of that level, x = the expiry last
---     set on it (bucket_write)}; it refills at
+--   * Time is Redis TIME in milliseconds, asked once per script; never taken from the caller.
+--   * Numbers handed to redis.call go through int(): Lua's tostring turns 1e12 into "1e+12".
+--   * Counters live in one hash per org and period (store/keys.py, `counters`): fields
+--     `<budget>|<entity>|s` (spent) and `<budget>|<entity>|h` (held); a rolling budget's
+--     spend in hashes of 25 sub-buckets (`<budget>|<entity>|<index>|s`), its held amount in
+--     the org's `held` hash. `_x` is the expiry last set on a counter hash.
+--   * A rate-limit rule's buckets for one entity share one hash: `<kind>.t` = level * 60000,
+--     `<kind>.ms` = time of that level, `x` = the expiry last set. A bucket refills at
 --     `per_minute` scaled units per millisecond, so integer arithmetic stays exact in doubles.
---   * A reservation's plan (JSON written by the service at reserve time) lists every key its
---     hold touched: {a = amount, b = {{h = held key, c = charge key, x = expire-at ms}},
---     t = {{k = key, r = per minute, c = capacity, n = amount, q = kind}}}. All of those keys
---     carry the org's hash tag, so they share the slot of the reservation key itself.
---     A rolling budget's entry also names its window's earlier sub-buckets: `ps`, their period
---     ids; each counter key is the charge key with its period id (`p`) swapped for one of them.
---     record.lua and adjust.lua take budget entries of the same shape. A rolling budget's
---     entry also carries `w`, its sub-bucket width (ms), and `xo`, how long after a sub-bucket
---     ends its counter is kept (ms): a commit charges the sub-bucket of its own time.
+--   * Each hash is read with one HMGET (`want` then `load`) and written with one HSET
+--     (`add`/`put` then `flush`) of absolute values computed here (the script is atomic).
+--   * A plan (the engine packs it: store/scripted.py, `plan_tokens`) is a flat list of tokens:
+--       amount, input tokens, output tokens, B, T,
+--       B budgets: field, scope, limit, mode (b|w|s), thresholds ("50,80" or "-"), period end
+--         ms, then  C <hash> <expire-at ms>   (a calendar period: spent and held in one hash)
+--               or  S <hash> <slide ms>       (a sliding hash, e.g. a session: its expiry
+--                                              moves to now + slide on every write)
+--               or  R <hash prefix> <width ms> <expiry after the sub-bucket's end, ms>
+--                     <sub-bucket index> <held hash> <held hash expire-at ms>   (rolling)
+--       T bucket hashes: key, K, then K kinds: kind, per minute, capacity, enforce (1/0).
+--     A kind takes `requests`: 1, `input`/`output`: the tokens, `cost`: the amount (micros).
+--     Reserve gets it as ARGV and stores it tab-joined in the reservation; the other scripts
+--     split it back. All keys carry the org's hash tag: one slot.
 --
 -- THE RULE: a script decides everything before its first write. Every read, every check, and
 -- every operation that could fail (a key of the wrong type, a counter that is not an integer or
 -- would leave the exact range, a malformed plan) comes first; then the writes, none of which can
 -- fail. Redis keeps the writes a failing script made before its error, so this is what makes a
 -- failed call a call that changed nothing, which its retry (or the sweep) can repeat safely.
--- Helpers that read and check are named for what they decide (counter, out_of_bounds,
--- due_holds, bucket_changes, expect); helpers that write say so (expire_holds, void_hold,
--- buckets_write, charge, emit_all). tests/engine/test_decide_before_write.py checks the rule
--- on every script, on each store, by corrupting each key in turn.
+-- Reads and checks: want, load, val, cur, out_of_bounds, due_holds, bucket_level, expect;
+-- writes happen only in flush, expire_holds, emit_all (and the scripts' own last lines).
+-- tests/engine/test_decide_before_write.py checks the rule on every script, on each store, by
+-- corrupting each key in turn.
 
 local SCALE = 60000
 
 -- The largest amount a script keeps or formats (bounds.py, MAX_COUNTER_MICROS): integers up to
--- it are exact in Lua's doubles, and far from HINCRBY's 64-bit overflow. Scripts check the
--- amounts they will write before their first write; int() refusing one is a bug caught loudly,
--- never a number formatted as INT64_MIN (what '%d' makes of 2^63 and beyond).
+-- it are exact in Lua's doubles. Scripts check the amounts they will write before their first
+-- write; int() refusing one is a bug caught loudly, never a number formatted as INT64_MIN.
 local MAX_AMOUNT = 9007199254740991
 
+local function fits(n)
+  return n >= -MAX_AMOUNT and n <= MAX_AMOUNT -- NaN fails both comparisons
+end
+
 local function int(n)
-  if not (n >= -MAX_AMOUNT and n <= MAX_AMOUNT) then -- NaN fails both comparisons
+  if not fits(n) then
     error('budgetd: ' .. tostring(n) .. ' is out of bounds')
   end
   return string.format('%d', n)
@@ -53,51 +64,392 @@ local function now_ms()
   return NOW_MS
 end
 
-local function fits(n)
-  return n >= -MAX_AMOUNT and n <= MAX_AMOUNT
+-- Expiry instants come from the service's period clock; a key must never expire less than a
+-- day from now by Redis's own clock (a skewed or frozen service clock must not be able to make
+-- a live counter or an event marker vanish at once).
+local MIN_KEEP_MS = 86400000
+
+local function keep_until(at)
+  return math.max(at, now_ms() + MIN_KEEP_MS)
 end
 
--- Counter fields this script has read: value, or false for a field that did not exist. Reads
--- all come before the first write (THE RULE), so a field is read from Redis once per script and
--- what is remembered is its state before the call.
-local READ = {}
+-- Reads. `want(key, field)` names a field to read; `load()` reads every named field of each
+-- hash with one HMGET (with its expiry sentinel) and checks it: a counter or bucket value that
+-- is not an integer in the exact range fails here, before any write. A sentinel (`_x`, `x`)
+-- that is missing or bad reads as 0: the expiry is set again, nothing worse.
+local WANT, ORDER, VAL = {}, {}, {}
 
--- A counter field, read and checked: HGET fails on a key of another type, and a value that is
--- not an integer in the exact range (HINCRBY would fail or overflow on it) fails here; both
--- before any write.
-local function counter(key, field)
-  local id = key .. '\n' .. field
-  local known = READ[id]
-  if known ~= nil then
-    return known or 0
+local function want(key, field, sentinel)
+  local w = WANT[key]
+  if not w then
+    w = {sentinel or '_x'}
+    w.has = {[w[1]] = true}
+    WANT[key] = w
+    ORDER[#ORDER + 1] = key
   end
-  local v = redis.call('HGET', key, field)
-  if not v then
-    READ[id] = false
-    return 0
+  if not w.has[field] then
+    w.has[field] = true
+    w[#w + 1] = field
   end
-  local n = string.match(v, '^%-?%d+$') and tonumber(v)
-  if not n or not fits(n) then
-    error('budgetd: ' .. key .. ' ' .. field .. ' is not a counter: ' .. v)
-  end
-  READ[id] = n
-  return n
 end
 
--- Whether a counter field this script read did not exist before the call: the write that adds
--- it may be creating its key, and sets the key's expiry (TTLs are set when a key is created,
--- not on every call: see docs/decisions.md, "Redis work per call"). Asking about a field the
--- script did not read is a bug, refused loudly rather than read after a write.
-local function absent(key, field)
-  local known = READ[key .. '\n' .. field]
-  if known == nil then
+local function load()
+  for _, key in ipairs(ORDER) do
+    if not VAL[key] then
+      local w = WANT[key]
+      local v = redis.call('HMGET', key, unpack(w))
+      local out = {}
+      local x = tonumber(v[1])
+      out[w[1]] = (x and fits(x)) and x or 0
+      for i = 2, #w do
+        local raw = v[i]
+        if raw then
+          local n = string.match(raw, '^%-?%d+$') and tonumber(raw)
+          if not n or not fits(n) then
+            error('budgetd: ' .. key .. ' ' .. w[i] .. ' is not a counter: ' .. raw)
+          end
+          out[w[i]] = n
+        else
+          out[w[i]] = false
+        end
+      end
+      VAL[key] = out
+    end
+  end
+end
+
+-- A field's value before this call (0 when absent). Asking about a field that was not loaded
+-- is a bug, refused loudly rather than read after a write.
+local function val(key, field)
+  local h = VAL[key]
+  local v = h and h[field]
+  if v == nil then
     error('budgetd: ' .. key .. ' ' .. field .. ' was not read before the writes')
   end
-  return known == false
+  return v or 0
+end
+
+local function present(key, field)
+  val(key, field)
+  return VAL[key][field] ~= false
+end
+
+-- Writes, decided first: the new absolute value of each field, per hash, in order.
+local PEND, PORDER = {}, {}
+-- Expiry rule of each counter hash written: {'a', at} (live until at least `at`: set when the
+-- hash's `_x` falls short, i.e. when the hash is created, not on every call), {'s', ms}
+-- (slides to now + ms on every write), {'b', ttl} (a bucket hash: see bucket_set).
+local RULE = {}
+
+local function pending(key)
+  local p = PEND[key]
+  if not p then
+    p = {order = {}}
+    PEND[key] = p
+    PORDER[#PORDER + 1] = key
+  end
+  return p
+end
+
+-- The value a field will have after the writes decided so far.
+local function cur(key, field)
+  local p = PEND[key]
+  if p and p[field] ~= nil then
+    return p[field]
+  end
+  return val(key, field)
+end
+
+local function put(key, field, value)
+  local p = pending(key)
+  if p[field] == nil then
+    p.order[#p.order + 1] = field
+  end
+  p[field] = value
+end
+
+local function add(key, field, delta)
+  put(key, field, cur(key, field) + delta)
+end
+
+local function expire_rule(key, kind, n)
+  local r = RULE[key]
+  if not r then
+    RULE[key] = {kind, n}
+  elseif n > r[2] then
+    r[2] = n
+  end
+end
+
+-- The first hash whose decided value would leave the exact range (the caller refuses the
+-- call), or nil.
+local function out_of_bounds()
+  for _, key in ipairs(PORDER) do
+    if not VAL[key] then
+      error('budgetd: ' .. key .. ' was not read before the writes')
+    end
+    local p = PEND[key]
+    for _, f in ipairs(p.order) do
+      if not fits(p[f]) then
+        return key .. ' ' .. f
+      end
+    end
+  end
+  return nil
+end
+
+local function assert_in_bounds()
+  local bad = out_of_bounds()
+  if bad then
+    error('budgetd: ' .. bad .. ' would leave the exact range')
+  end
+end
+
+-- Writes every decided value: one HSET per hash (its expiry sentinel with it when the expiry
+-- moves), then the expiry. None of these can fail: every hash was read (its type checked) and
+-- every value bounded before.
+local function flush()
+  for _, key in ipairs(PORDER) do
+    local p = PEND[key]
+    local args = {}
+    for _, f in ipairs(p.order) do
+      args[#args + 1] = f
+      args[#args + 1] = int(p[f])
+    end
+    local rule = RULE[key]
+    local at = nil
+    if rule and rule[1] == 'a' then
+      local need = keep_until(rule[2])
+      if VAL[key]['_x'] < need then
+        at = need
+        args[#args + 1] = '_x'
+        args[#args + 1] = int(at)
+      end
+    elseif rule and rule[1] == 'b' then
+      -- A bucket hash must live until its emptiest bucket has refilled (plus a minute). Its
+      -- expiry is moved only when the one it has falls short, and then that far again (at
+      -- most an hour) ahead: set about once per refill time, not on every call.
+      local ttl = rule[2]
+      if VAL[key]['x'] < now_ms() + ttl then
+        at = now_ms() + ttl + math.min(ttl, 3600000)
+        args[#args + 1] = 'x'
+        args[#args + 1] = int(at)
+      end
+    end
+    redis.call('HSET', key, unpack(args))
+    if at then
+      redis.call('PEXPIREAT', key, int(at))
+    elseif rule and rule[1] == 's' then
+      redis.call('PEXPIRE', key, int(rule[2]))
+    end
+  end
+  PEND, PORDER = {}, {}
+end
+
+-- The plan: tokens from index i of T (ARGV, or a stored plan split by split_plan).
+local function read_plan(T, i)
+  local plan = {a = tonumber(T[i]), inp = tonumber(T[i + 1]), out = tonumber(T[i + 2]),
+    b = {}, t = {}}
+  local nb, nt = tonumber(T[i + 3]), tonumber(T[i + 4])
+  if not (plan.a and plan.inp and plan.out and nb and nt) then
+    error('budgetd: malformed plan')
+  end
+  i = i + 5
+  for j = 1, nb do
+    local b = {f = T[i], s = T[i + 1], l = tonumber(T[i + 2]), m = T[i + 3], th = T[i + 4],
+      pe = tonumber(T[i + 5]), k = T[i + 6]}
+    if b.k == 'R' then
+      b.base, b.w, b.xo, b.idx = T[i + 7], tonumber(T[i + 8]), tonumber(T[i + 9]),
+        tonumber(T[i + 10])
+      b.h, b.hx = T[i + 11], tonumber(T[i + 12])
+      i = i + 13
+    elseif b.k == 'C' or b.k == 'S' then
+      b.c, b.x = T[i + 7], tonumber(T[i + 8])
+      b.h = b.c
+      i = i + 9
+    else
+      error('budgetd: malformed plan')
+    end
+    plan.b[j] = b
+  end
+  for j = 1, nt do
+    local t = {k = T[i], kinds = {}}
+    local nk = tonumber(T[i + 1])
+    i = i + 2
+    for q = 1, nk do
+      t.kinds[q] = {q = T[i], r = tonumber(T[i + 1]), c = tonumber(T[i + 2]), e = T[i + 3] == '1'}
+      i = i + 4
+    end
+    plan.t[j] = t
+  end
+  return plan, i
+end
+
+local function split_plan(text)
+  local out, n = {}, 0
+  for tok in string.gmatch(text, '[^\t]+') do
+    n = n + 1
+    out[n] = tok
+  end
+  return out
+end
+
+-- A rolling budget's counters: the hash and field of sub-bucket `i`.
+local ROLLING_CHUNK = 25
+
+local function sub_bucket(b, i)
+  return b.base .. string.format('%d', math.floor(i / ROLLING_CHUNK)),
+    b.f .. '|' .. string.format('%d', i) .. '|s'
+end
+
+-- Where a budget entry's spend lands (its current sub-bucket, for a rolling one), and the
+-- expiry that hash gets.
+local function charge_slot(b)
+  if b.k == 'R' then
+    local key, field = sub_bucket(b, b.idx)
+    local chunk_end = (math.floor(b.idx / ROLLING_CHUNK) + 1) * ROLLING_CHUNK * b.w
+    return key, field, chunk_end + b.xo
+  end
+  return b.c, b.f .. '|s', b.x
+end
+
+-- A rolling budget entry as of `clock_ms` (the service's period clock): charged to the
+-- sub-bucket of that moment. A calendar entry as it is (a hold settles in its own period).
+local function entry_now(b, clock_ms)
+  if b.k ~= 'R' then
+    return b
+  end
+  local out = {}
+  for k, v in pairs(b) do
+    out[k] = v
+  end
+  out.idx = math.floor(clock_ms / b.w)
+  out.pe = (out.idx + 1) * b.w
+  return out
+end
+
+-- Names the fields a budget entry's checks read: its window's spend, and its held amount.
+local function want_budget(b)
+  if b.k == 'R' then
+    for i = b.idx - 24, b.idx do
+      local key, field = sub_bucket(b, i)
+      want(key, field)
+    end
+  else
+    want(b.c, b.f .. '|s')
+  end
+  want(b.h, b.f .. '|h')
+end
+
+-- What a budget entry has spent in its whole window, before this call.
+local function budget_spent(b)
+  if b.k ~= 'R' then
+    return val(b.c, b.f .. '|s')
+  end
+  local spent = 0
+  for i = b.idx - 24, b.idx do
+    local key, field = sub_bucket(b, i)
+    spent = spent + val(key, field)
+  end
+  return spent
+end
+
+-- Decides: add `delta` to an entry's held amount.
+local function hold(b, delta)
+  add(b.h, b.f .. '|h', delta)
+  if b.k == 'R' then
+    expire_rule(b.h, 'a', b.hx)
+  elseif b.k == 'S' then
+    expire_rule(b.h, 's', b.x)
+  else
+    expire_rule(b.h, 'a', b.x)
+  end
+end
+
+-- Decides: add `amount` to each entry's spend. Returns the counters as the ledger entry's
+-- `charged` field names them ("<hash>#<field>", space-separated), which reconcile and trim read.
+local function charge(budgets, amount)
+  local charged = {}
+  for i, b in ipairs(budgets) do
+    local key, field, at = charge_slot(b)
+    add(key, field, amount)
+    if b.k == 'S' then
+      expire_rule(key, 's', b.x)
+    else
+      expire_rule(key, 'a', at)
+    end
+    charged[i] = key .. '#' .. field
+  end
+  return table.concat(charged, ' ')
+end
+
+-- Token buckets. Names the fields of every kind of every bucket hash of the plan.
+local function want_buckets(buckets)
+  for _, t in ipairs(buckets) do
+    for _, q in ipairs(t.kinds) do
+      want(t.k, q.q .. '.t', 'x')
+      want(t.k, q.q .. '.ms', 'x')
+    end
+  end
+end
+
+-- Level of a bucket kind at `now`, after refill, and the time that level belongs to (as the
+-- writes decided so far leave it). A clock that ran backwards refills nothing.
+local function bucket_level(key, q, now)
+  local cap = q.c * SCALE
+  local level, last = cur(key, q.q .. '.t'), cur(key, q.q .. '.ms')
+  if not present(key, q.q .. '.t') and not (PEND[key] and PEND[key][q.q .. '.t']) then
+    return cap, now
+  end
+  if now > last then
+    level = level + (now - last) * q.r
+    last = now
+  end
+  if level > cap then
+    level = cap
+  end
+  return level, last
+end
+
+-- Decides a bucket kind's new level. Its debt is at most one capacity: an under-estimate is
+-- taken, but one huge call cannot lock its scope out for longer than a minute's refill.
+local function bucket_set(key, q, level, at)
+  if level < -q.c * SCALE then
+    level = -q.c * SCALE
+  end
+  put(key, q.q .. '.t', level)
+  put(key, q.q .. '.ms', at)
+  local ttl = 86400000
+  if q.r > 0 then
+    ttl = math.ceil((q.c * SCALE - level) / q.r) + 60000
+  end
+  expire_rule(key, 'b', ttl)
+  return level
+end
+
+-- What a kind takes from its bucket for a plan (requests: 1; tokens; cost: micros).
+local function kind_amount(plan, q)
+  if q.q == 'requests' then return 1 end
+  if q.q == 'input' then return plan.inp end
+  if q.q == 'output' then return plan.out end
+  return plan.a
+end
+
+-- Decides: give back `back(q)` (negative: take) to each bucket kind, never above capacity.
+local function buckets_give(buckets, back, now)
+  for _, t in ipairs(buckets) do
+    for _, q in ipairs(t.kinds) do
+      local n = back(q)
+      if n ~= 0 then
+        local level, at = bucket_level(t.k, q, now)
+        bucket_set(t.k, q, math.min(level + n * SCALE, q.c * SCALE), at)
+      end
+    end
+  end
 end
 
 -- Fails (before any write) when `key` exists with another type than `kind`: the commands a
--- script writes it with (XADD, ZADD, ZREM, HSET, HINCRBY) would fail after earlier writes.
+-- script writes it with (XADD, ZADD, ZREM) would fail after earlier writes.
 local function expect(key, kind)
   local t = redis.call('TYPE', key)
   if type(t) == 'table' then
@@ -108,209 +460,9 @@ local function expect(key, kind)
   end
 end
 
--- Counter changes {key, field, delta} a script is about to make: reads every counter (so a bad
--- one fails now) and returns the first whose total change would take it out of the exact range
--- (the caller refuses the call), or nil.
-local function out_of_bounds(adds)
-  local totals = {}
-  for _, a in ipairs(adds) do
-    local id = a[1] .. '\n' .. a[2]
-    if totals[id] == nil then
-      totals[id] = counter(a[1], a[2])
-    end
-    totals[id] = totals[id] + a[3]
-  end
-  for _, a in ipairs(adds) do
-    if not fits(totals[a[1] .. '\n' .. a[2]]) then
-      return a[1]
-    end
-  end
-  return nil
-end
-
--- As out_of_bounds, for changes that cannot leave the range unless a counter was corrupted.
-local function assert_in_bounds(adds)
-  local bad = out_of_bounds(adds)
-  if bad then
-    error('budgetd: ' .. bad .. ' would leave the exact range')
-  end
-end
-
--- Expiry instants come from the service's period clock; a key must never expire less than a
--- day from now by Redis's own clock (a skewed or frozen service clock must not be able to make
--- a live counter or an event marker vanish at once). In normal operation the instants are
--- always later than that: a period's counters live 8 days past its end.
-local MIN_KEEP_MS = 86400000
-
-local function keep_until(at)
-  return int(math.max(at, now_ms() + MIN_KEEP_MS))
-end
-
--- Level of a bucket at `now`, after refill, and the time that level belongs to. A clock that
--- ran backwards (failover to a replica whose clock is behind) refills nothing, never negative.
--- A bucket also keeps `x`: the expiry instant (Redis ms) its last PEXPIREAT set. bucket_read
--- remembers it per key for bucket_write (nothing else reads it; a missing or bad one is 0).
-local BUCKET_EXPIRY = {}
-
-local function bucket_read(key, per_minute, capacity, now)
-  local v = redis.call('HMGET', key, 't', 'ms', 'x')
-  local x = tonumber(v[3])
-  BUCKET_EXPIRY[key] = (x and fits(x)) and x or 0
-  local cap = capacity * SCALE
-  if not v[1] then
-    return cap, now
-  end
-  local level, last = tonumber(v[1]), tonumber(v[2])
-  if not level or not last or not fits(level) or not fits(last) then
-    error('budgetd: ' .. key .. ' is not a token bucket')
-  end
-  if now > last then
-    level = level + (now - last) * per_minute
-    last = now
-  end
-  if level > cap then
-    level = cap
-  end
-  return level, last
-end
-
--- A bucket's debt is at most one capacity: an under-estimate is taken, but one huge call cannot
--- lock its scope out for longer than a minute's refill (plus the next call's own need).
--- The key must live until the level has refilled (plus a minute). Its expiry is moved only when
--- the one it has (`x`, as bucket_read found it) falls short of that, and then moved that far
--- again (at most an hour) ahead, so a busy bucket's expiry is set about once per refill time
--- rather than on every call (docs/decisions.md, "Redis work per call").
-local function bucket_write(key, level, at, per_minute, capacity)
-  if level < -capacity * SCALE then
-    level = -capacity * SCALE
-  end
-  local missing = capacity * SCALE - level
-  local ttl = 86400000
-  if per_minute > 0 then
-    ttl = math.ceil(missing / per_minute) + 60000
-  end
-  if (BUCKET_EXPIRY[key] or 0) >= now_ms() + ttl then
-    redis.call('HSET', key, 't', int(level), 'ms', int(at))
-    return
-  end
-  local x = now_ms() + ttl + math.min(ttl, 3600000)
-  redis.call('HSET', key, 't', int(level), 'ms', int(at), 'x', int(x))
-  redis.call('PEXPIREAT', key, int(x))
-  BUCKET_EXPIRY[key] = x
-end
-
--- The new state of each plan bucket `t` given back `tokens(t)` (negative: taking more), never
--- above its capacity; read and computed now, written by buckets_write.
-local function bucket_changes(buckets, tokens, now)
-  local out = {}
-  for _, t in ipairs(buckets) do
-    local n = tokens(t)
-    if n ~= 0 then
-      local level, at = bucket_read(t.k, t.r, t.c, now)
-      level = math.min(level + n * SCALE, t.c * SCALE)
-      table.insert(out, {t = t, level = level, at = at})
-    end
-  end
-  return out
-end
-
-local function buckets_write(changes)
-  for _, ch in ipairs(changes) do
-    bucket_write(ch.t.k, ch.level, ch.at, ch.t.r, ch.t.c)
-  end
-end
-
--- Counter keys of a budget entry's earlier sub-buckets (none for a calendar period).
-local function window_keys(b)
-  local out = {}
-  if b.ps then
-    local base = string.sub(b.c, 1, #b.c - #b.p)
-    for _, p in ipairs(b.ps) do
-      table.insert(out, base .. p)
-    end
-  end
-  return out
-end
-
--- A rolling budget entry as of `clock_ms` (the service's period clock): charged to the
--- sub-bucket of that moment, its window the sub-buckets before it. A calendar entry as it is
--- (a hold settles in the period it was reserved in).
-local function entry_now(b, clock_ms)
-  if not b.w then
-    return b
-  end
-  local index = math.floor(clock_ms / b.w)
-  local base = string.sub(b.c, 1, #b.c - #b.p)
-  local out = {}
-  for k, v in pairs(b) do
-    out[k] = v
-  end
-  out.p = 'r' .. int(index)
-  out.c = base .. out.p
-  out.ps = {}
-  for i = index - #b.ps, index - 1 do
-    table.insert(out.ps, 'r' .. int(i))
-  end
-  out.pe = (index + 1) * b.w
-  out.x = out.pe + b.xo
-  return out
-end
-
--- What a budget entry has used in its whole window: spent in every sub-bucket, plus held.
-local function budget_used(b)
-  local used = counter(b.c, 'spent') + counter(b.h, 'held')
-  for _, k in ipairs(window_keys(b)) do
-    used = used + counter(k, 'spent')
-  end
-  return used
-end
-
--- Adds to `adds` what charge(budgets, amount) will change.
-local function charge_adds(adds, budgets, amount)
-  for _, b in ipairs(budgets) do
-    table.insert(adds, {b.c, 'spent', amount})
-  end
-  return adds
-end
-
--- Adds to `adds` what void_hold(plan) will change.
-local function hold_adds(adds, plan)
-  for _, b in ipairs(plan.b) do
-    table.insert(adds, {b.h, 'held', -plan.a})
-  end
-  return adds
-end
-
--- Writes: add `amount` (micros; negative for a credit) to the spend of each budget entry; a
--- counter that did not exist (charge_adds' check read it) gets its expiry, the entry's
--- expire-at. Returns the counter keys, space-separated: the ledger entry's `charged` field,
--- which reconcile and trim read.
-local function charge(budgets, amount)
-  local charged = {}
-  for i, b in ipairs(budgets) do
-    redis.call('HINCRBY', b.c, 'spent', int(amount))
-    if absent(b.c, 'spent') then
-      redis.call('PEXPIREAT', b.c, keep_until(b.x))
-    end
-    charged[i] = b.c
-  end
-  return table.concat(charged, ' ')
-end
-
--- Writes: free a reservation's hold on every budget. A held counter that no longer existed
--- (its key expired while the hold was open) is re-created with an expiry, never without one.
-local function void_hold(plan)
-  for _, b in ipairs(plan.b) do
-    redis.call('HINCRBY', b.h, 'held', int(-plan.a))
-    if absent(b.h, 'held') then
-      redis.call('PEXPIREAT', b.h, keep_until(b.x))
-    end
-  end
-end
-
 -- Up to `limit` holds whose lease (Redis time) ran out, read and checked, none written:
--- {rid, rkey, plan} each (plan nil for an id already resolved). Adds their freed holds to `adds`.
-local function due_holds(holds_key, reservation_prefix, now, limit, adds)
+-- {rid, rkey, plan} each (plan nil for an id already resolved). Names the fields they hold on.
+local function due_holds(holds_key, reservation_prefix, now, limit)
   local due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', int(now), 'LIMIT', 0, limit)
   local out = {}
   for i, rid in ipairs(due) do
@@ -319,19 +471,36 @@ local function due_holds(holds_key, reservation_prefix, now, limit, adds)
     local plan = nil
     -- Race: commit/release may have resolved it after it was indexed; only a 'held' one expires.
     if fields[1] == 'held' then
-      plan = cjson.decode(fields[2])
-      hold_adds(adds, plan)
+      plan = read_plan(split_plan(fields[2]), 1)
+      for _, b in ipairs(plan.b) do
+        want(b.h, b.f .. '|h')
+      end
     end
     out[i] = {rid = rid, rkey = rkey, plan = plan}
   end
   return out
 end
 
--- Writes: expire the holds due_holds found.
-local function expire_holds(holds_key, due, now)
+-- Decides: free a plan's hold on every budget.
+local function void_hold(plan)
+  for _, b in ipairs(plan.b) do
+    hold(b, -plan.a)
+  end
+end
+
+-- Decides the counter side of expiring the holds due_holds found (after load()).
+local function expiry_decisions(due)
   for _, d in ipairs(due) do
     if d.plan then
       void_hold(d.plan)
+    end
+  end
+end
+
+-- Writes: the reservation side of expiring the holds due_holds found.
+local function expire_holds(holds_key, due, now)
+  for _, d in ipairs(due) do
+    if d.plan then
       redis.call('HSET', d.rkey, 'st', 'expired', 'rt', int(now))
     end
     redis.call('ZREM', holds_key, d.rid)
@@ -342,7 +511,7 @@ end
 -- marker key is the dedupe, so every replica and every restart agrees it was sent.
 local function emit(events_key, tag_prefix, id, until_ms, fields)
   local marker = tag_prefix .. 'ev:' .. id
-  if redis.call('SET', marker, '1', 'NX', 'PXAT', keep_until(until_ms)) then
+  if redis.call('SET', marker, '1', 'NX', 'PXAT', int(keep_until(until_ms))) then
     local entry = {'id', id}
     for _, v in ipairs(fields) do
       table.insert(entry, v)
@@ -355,48 +524,68 @@ local function emit(events_key, tag_prefix, id, until_ms, fields)
   return false
 end
 
--- Add to `out` the events of plan entry `b` whose usage goes from `before` to `after` (micros):
+-- An entry's label, for its events: name, entity, period id, period end, keep-until.
+local function label(b)
+  local name, entity = string.match(b.f, '^([^|]*)|(.*)$')
+  if b.k == 'R' then
+    local _, _, at = charge_slot(b)
+    return name, entity, 'r' .. string.format('%d', b.idx), b.pe, at
+  end
+  local period = string.match(b.c, ':c:(.*)$')
+  local keep = b.x
+  if b.k == 'S' then
+    keep = now_ms() + b.x
+  end
+  return name, entity, period, b.pe, keep
+end
+
+-- Add to `out` the events of entry `b` whose usage goes from `before` to `after` (micros):
 -- thresholds crossed, the overage of a warn-only or shadow budget, and a shadow budget coming
 -- back under its limit. {id, keep, fields} each.
 local function budget_events(out, b, before, after, now, rid, kind_override)
-  local base = b.n .. '|' .. b.en .. '|' .. b.p
-  local function add(suffix, kind, threshold, extra)
-    local fields = {'type', kind, 'budget', b.n, 'scope', b.s, 'entity', b.en, 'period', b.p,
-      'threshold', int(threshold), 'used_micros', int(after), 'limit_micros', int(b.l),
-      'at_ms', int(now), 'reservation_id', rid, 'period_end_ms', int(b.pe or 0)}
+  local name, entity, period, pe, keep = label(b)
+  local base = name .. '|' .. entity .. '|' .. period
+  local function add_event(suffix, kind, threshold, extra)
+    local fields = {'type', kind, 'budget', name, 'scope', b.s, 'entity', entity, 'period',
+      period, 'threshold', int(threshold), 'used_micros', int(after), 'limit_micros', int(b.l),
+      'at_ms', int(now), 'reservation_id', rid, 'period_end_ms', int(pe or 0)}
     for _, v in ipairs(extra or {}) do
       table.insert(fields, v)
     end
-    table.insert(out, {id = base .. suffix, keep = b.x, fields = fields})
+    table.insert(out, {id = base .. suffix, keep = keep, fields = fields})
   end
   if kind_override then
-    add('|block', 'hard_limit', 100, kind_override)
+    add_event('|block', 'hard_limit', 100, kind_override)
     return
   end
-  for _, pct in ipairs(b.th) do
-    -- Crossed now: below the mark before, at or above it after.
-    if before * 100 < pct * b.l and after * 100 >= pct * b.l then
-      add('|t' .. pct, 'threshold', pct)
+  if b.th ~= '-' then
+    for pct in string.gmatch(b.th, '%d+') do
+      pct = tonumber(pct)
+      -- Crossed now: below the mark before, at or above it after.
+      if before * 100 < pct * b.l and after * 100 >= pct * b.l then
+        add_event('|t' .. pct, 'threshold', pct)
+      end
     end
   end
   if after > b.l then
-    if b.m == 'warn' then
-      add('|over', 'over_limit', 100)
-    elseif b.m == 'shadow' then
-      add('|shadow', 'shadow_would_deny', 100)
+    if b.m == 'w' then
+      add_event('|over', 'over_limit', 100)
+    elseif b.m == 's' then
+      add_event('|shadow', 'shadow_would_deny', 100)
     end
-  elseif b.m == 'shadow' and before > b.l then
+  elseif b.m == 's' and before > b.l then
     -- A shadow budget leaving would-deny (a commit or release brought it back under).
-    add('|shadow_clear', 'shadow_clear', 100)
+    add_event('|shadow_clear', 'shadow_clear', 100)
   end
 end
 
 -- The events of every budget entry whose usage (its whole window, held included) moves by
--- `delta` micros; {id, keep, fields} each, as budget_events makes them.
+-- `delta` micros, as budget_events makes them. Cheap when nothing crosses: labels are only
+-- built for an event.
 local function usage_events(budgets, delta, now, rid)
   local out = {}
   for _, b in ipairs(budgets) do
-    local used = budget_used(b)
+    local used = budget_spent(b) + val(b.h, b.f .. '|h')
     budget_events(out, b, used, used + delta, now, rid)
   end
   return out

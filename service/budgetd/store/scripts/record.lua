@@ -1,11 +1,10 @@
 -- record.lua: charge usage that had no reservation (batch results, Agent SDK totals).
 --
 -- KEYS[1] idempotency record   KEYS[2] org's ledger stream   KEYS[3] org's event stream
--- KEYS[4..] one key per bucket
--- ARGV[1] record id   ARGV[2] fingerprint   ARGV[3] cost (micros)   ARGV[4] record ttl ms
--- ARGV[5] budget entries JSON (lib.lua: the plan's `b`)   ARGV[6] org key prefix
--- ARGV[7] bucket count T   ARGV[8] ledger field count F
--- then per bucket: per minute, capacity, tokens used; then F ledger field/value pairs
+-- (counter and bucket hashes come from the plan; same hash tag, same slot)
+-- ARGV[1] record id   ARGV[2] fingerprint   ARGV[3] record ttl ms   ARGV[4] org key prefix
+-- ARGV[5] ledger field count F; then F ledger field/value pairs; then the plan's tokens
+-- (lib.lua): its amount is the cost, its token counts those used
 --
 -- Returns {status, ledger_id}
 --   status: 'recorded' | 'replay' | 'conflict' | 'bound'; on a replay, the ledger id of the first
@@ -15,10 +14,11 @@
 -- thresholds it crosses are emitted, as a commit's are.
 
 local idem, ledger, events = KEYS[1], KEYS[2], KEYS[3]
-local rid, fp, cost = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local budgets = cjson.decode(ARGV[5])
-local tag_prefix = ARGV[6]
-local nt, nf = tonumber(ARGV[7]), tonumber(ARGV[8])
+local rid, fp = ARGV[1], ARGV[2]
+local tag_prefix = ARGV[4]
+local nf = tonumber(ARGV[5])
+local plan = read_plan(ARGV, 6 + 2 * nf)
+local cost = plan.a
 local now = now_ms()
 
 local prior = redis.call('HMGET', idem, 'fp', 'res')
@@ -30,32 +30,30 @@ if prior[1] then
 end
 
 -- Everything is read and decided before the first write.
-local bad = out_of_bounds(charge_adds({}, budgets, cost))
+for _, b in ipairs(plan.b) do
+  want_budget(b)
+end
+want_buckets(plan.t)
+load()
+local candidates = usage_events(plan.b, cost, now, rid)
+local charged = charge(plan.b, cost)
+buckets_give(plan.t, function(q) return -kind_amount(plan, q) end, now)
+local bad = out_of_bounds()
 if bad then
   return {'bound', bad}
 end
-local candidates = usage_events(budgets, cost, now, rid)
 touch_markers(tag_prefix, candidates)
-local buckets = {}
-local a = 9
-for i = 1, nt do
-  buckets[i] = {k = KEYS[3 + i], r = tonumber(ARGV[a]), c = tonumber(ARGV[a + 1]),
-    n = tonumber(ARGV[a + 2])}
-  a = a + 3
-end
-local takes = bucket_changes(buckets, function(t) return -t.n end, now)
 expect(ledger, 'stream')
 expect(events, 'stream')
 
-local charged = charge(budgets, cost)
-buckets_write(takes)
+flush()
 emit_all(events, tag_prefix, candidates)
 local fields = {'kind', 'record', 'reservation_id', rid, 'cost_micros', int(cost), 'at_ms', int(now),
   'charged', charged}
-for i = a, a + 2 * nf - 1 do
+for i = 6, 5 + 2 * nf do
   table.insert(fields, ARGV[i])
 end
 local id = redis.call('XADD', ledger, '*', unpack(fields))
 redis.call('HSET', idem, 'fp', fp, 'res', id)
-redis.call('PEXPIRE', idem, int(tonumber(ARGV[4])))
+redis.call('PEXPIRE', idem, int(tonumber(ARGV[3])))
 return {'recorded', id}

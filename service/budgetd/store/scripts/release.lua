@@ -5,7 +5,7 @@
 --
 -- Returns {status, released_micros, state}
 --   status: 'released' | 'resolved' (already committed, released or expired) | 'missing'
--- Input and output token estimates go back to their buckets; the request itself stays counted.
+-- Token and cost estimates go back to their buckets; the request itself stays counted.
 -- Emits shadow_clear when the freed hold brings a shadow budget back under its limit.
 
 local rkey, holds, events = KEYS[1], KEYS[2], KEYS[3]
@@ -18,27 +18,37 @@ end
 if state ~= 'held' then
   return {'resolved', 0, state}
 end
-local plan = cjson.decode(r[2])
-assert_in_bounds(hold_adds({}, plan))
+local plan = read_plan(split_plan(r[2]), 1)
+local expired = now > tonumber(r[3])
+for _, b in ipairs(plan.b) do
+  want_budget(b)
+end
+if not expired then
+  want_buckets(plan.t)
+end
+load()
 expect(holds, 'zset')
-if now > tonumber(r[3]) then
+if expired then
   -- Race: the lease ran out first; the hold expires and is not refunded as a release.
   void_hold(plan)
+  assert_in_bounds()
+  flush()
   redis.call('HSET', rkey, 'st', 'expired', 'rt', int(now))
   redis.call('ZREM', holds, ARGV[1])
   return {'resolved', 0, 'expired'}
 end
--- Input and output token estimates go back to their buckets (the call never ran).
-local refunds = bucket_changes(plan.t, function(t)
-  if t.q == 'requests' then return 0 end
-  return t.n
-end, now)
 local candidates = usage_events(plan.b, -plan.a, now, ARGV[1])
+void_hold(plan)
+-- Token and cost estimates go back to their buckets (the call never ran).
+buckets_give(plan.t, function(q)
+  if q.q == 'requests' then return 0 end
+  return kind_amount(plan, q)
+end, now)
+assert_in_bounds()
 touch_markers(ARGV[3], candidates)
 expect(events, 'stream')
 
-void_hold(plan)
-buckets_write(refunds)
+flush()
 emit_all(events, ARGV[3], candidates)
 redis.call('HSET', rkey, 'st', 'released', 'rt', int(now))
 redis.call('PEXPIRE', rkey, int(tonumber(ARGV[2])))
