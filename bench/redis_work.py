@@ -16,7 +16,9 @@ same number of commits alone, each phase between two ``INFO commandstats`` snaps
 ``redis.call``s per script (counts: they do not depend on the machine's load); then ``--pairs``
 reserve→commit pairs at ``--concurrency`` in flight give Redis's process CPU per pair
 (``used_cpu_user + used_cpu_sys`` delta / pairs), with the load average and the CPU steal of the
-run next to it (the machine may be shared).
+run next to it (the machine may be shared). Last, the calls of one pair are replayed 1, 8 and 100
+pairs per socket read (what batching does to Redis's CPU), and a PING one per read and 100 per
+read gives the I/O floor of a request on this machine.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ CASES = {
         "claude-haiku-5-5",
     ),
 }
-REPLAYED = 100  # pairs replayed pipelined: under the example policy's 120 requests/min a user
+REPLAYED = 36  # pairs replayed per batch size (3 sizes): all under the example policy's 120
+# requests/min a user
 NOT_SCRIPT_CALLS = {"evalsha", "eval", "info", "config", "script", "ping", "client", "hello"}
 
 
@@ -105,11 +108,12 @@ async def replayed_pairs(
     commit: Callable[[str], Awaitable[None]],
     pairs: int,
     seq: int,
-) -> float:
-    """Redis CPU per pair when the same two script calls arrive pipelined, 200 commands a
-    read: what the scripts cost without a socket read and write per call (the floor the
-    per-request I/O sits on). The calls of one real pair are recorded and replayed with fresh
-    reservation ids."""
+    batches: tuple[int, ...],
+) -> dict[int, float]:
+    """Redis CPU per pair when the same two script calls arrive ``batch`` pairs per socket read
+    (1: one request per read and reply, as an unbatched client sends them; 100: 200 commands
+    per read): what the scripts cost with and without a read and write per call. The calls of
+    one real pair are recorded and replayed with fresh reservation ids."""
     pipeline: Any = engine.store.pipeline  # type: ignore[attr-defined]
     recorded: list[tuple[str, list[str], list[str | int]]] = []
     real_call = pipeline.call
@@ -134,17 +138,49 @@ async def replayed_pairs(
             return value[: len(value) - len(rid)] + new
         return value
 
+    out = {}
+    for batch in batches:
+        cpu0 = await redis_cpu(engine)
+        for start in range(0, pairs, batch):
+            if batch == 1:
+                new = f"{rid}-{batch}-{start}"
+                for sha, keys, args in recorded:
+                    keys_ = [fresh(k, new) for k in keys]
+                    reply = await client.evalsha(
+                        sha, len(keys_), *keys_, *(fresh(a, new) for a in args)
+                    )
+                    assert reply[0] in ("granted", "committed"), reply
+                continue
+            pipe = client.pipeline(transaction=False)
+            for i in range(start, min(pairs, start + batch)):
+                new = f"{rid}-{batch}-{i}"
+                for sha, keys, args in recorded:
+                    keys_ = [fresh(k, new) for k in keys]
+                    pipe.evalsha(sha, len(keys_), *keys_, *(fresh(a, new) for a in args))
+            for reply in await pipe.execute():
+                assert reply[0] in ("granted", "committed"), reply
+        out[batch] = round((await redis_cpu(engine) - cpu0) / pairs * 1e6, 1)
+    return out
+
+
+async def ping_floor(engine: Engine, n: int = 2000) -> dict[str, float]:
+    """Redis CPU per PING: one per read and reply (the I/O every unbatched request costs), and
+    100 per read (what is left of it when requests arrive batched)."""
+    client: Any = engine.store.client  # type: ignore[attr-defined]
     cpu0 = await redis_cpu(engine)
-    for start in range(0, pairs, 100):
+    for _ in range(n):
+        await client.ping()
+    cpu1 = await redis_cpu(engine)
+    for _ in range(n // 100):
         pipe = client.pipeline(transaction=False)
-        for i in range(start, min(pairs, start + 100)):
-            new = f"{rid}-{i}"
-            for sha, keys, args in recorded:
-                keys_ = [fresh(k, new) for k in keys]
-                pipe.evalsha(sha, len(keys_), *keys_, *(fresh(a, new) for a in args))
-        for reply in await pipe.execute():
-            assert reply[0] in ("granted", "committed"), reply
-    return round((await redis_cpu(engine) - cpu0) / pairs * 1e6, 1)
+        for _ in range(100):
+            pipe.ping()
+        await pipe.execute()
+    cpu2 = await redis_cpu(engine)
+    return {
+        "ping_us_one_per_read": round((cpu1 - cpu0) / n * 1e6, 1),
+        "ping_us_100_per_read": round((cpu2 - cpu1) / n * 1e6, 1),
+    }
 
 
 async def run_slots(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
@@ -224,7 +260,8 @@ async def measure(
         grant = await engine.reserve(request("replay-user", rid))
         assert isinstance(grant, Grant), grant
 
-    pipelined = await replayed_pairs(engine, reserve_alone, commit, REPLAYED, next(run))
+    replayed = await replayed_pairs(engine, reserve_alone, commit, REPLAYED, next(run), (1, 8, 100))
+    floor = await ping_floor(engine)
     await store.close()
     reserve_calls, commit_calls = per_call(s0, s1, pairs), per_call(s1, s2, pairs)
     return {
@@ -243,7 +280,10 @@ async def measure(
             2,
         ),
         "pairs_per_s": round(pairs / wall),
-        "pipelined_redis_cpu_us_per_pair": pipelined,
+        # The same pairs replayed 1, 8 and 100 pairs per socket read.
+        "replayed_redis_cpu_us_per_pair_by_batch": replayed,
+        "pipelined_redis_cpu_us_per_pair": replayed[100],
+        **floor,
         "load_average_before_after": [load_before, load_average()],
         "steal_pct": round(100 * (steal1 - steal0) / max(1, total1 - total0), 1),
     }

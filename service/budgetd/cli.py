@@ -20,7 +20,7 @@ import msgspec
 
 from budgetd.api.openapi import document, model_ids
 from budgetd.app import OPERATIONS, create_app
-from budgetd.cli_ops import add_keys, add_ledger, add_serve
+from budgetd.cli_ops import add_keys, add_ledger, add_serve, add_store
 from budgetd.cli_report import add_report_commands
 from budgetd.gateway.cli import add_gateway
 from budgetd.money import MICROS_PER_USD, PICOS_PER_MICRO, format_usd
@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve(subparsers)
     add_keys(subparsers)
     add_ledger(subparsers)
+    add_store(subparsers)
     add_report_commands(subparsers)
     add_gateway(subparsers)
     return parser

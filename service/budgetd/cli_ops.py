@@ -31,6 +31,7 @@ from budgetd.policy.loader import PolicyError, load_policy_dir
 from budgetd.serve import run
 from budgetd.settings import ConfigError, from_env
 from budgetd.store.connect import redis_store
+from budgetd.store.migrate import migrate
 from budgetd.store.scripted import ScriptStore
 from budgetd.yaml_errors import message_words
 
@@ -266,6 +267,35 @@ def add_keys(subparsers: Subparsers) -> None:
     revoke.add_argument("name", help="the key's name (or its full sha256)")
     revoke.add_argument("--file", type=Path, help="the keys file (BUDGETD_KEYS_FILE)")
     revoke.set_defaults(handler=_keys_revoke)
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    expiry = _expiry(args.org)
+    if expiry is None:
+        print(
+            "budgetd: migrate needs the org's policy (sub-bucket widths, expiries)", file=sys.stderr
+        )
+        return 2
+    async with _ledger_store() as store:
+        done = await migrate(store, args.org, expiry)
+    print(
+        f"org {done.org}: folded {done.counters} counters and {done.buckets} buckets into "
+        f"today's layout, rewrote {done.plans} open holds' plans"
+    )
+    for key in done.skipped:
+        print(f"SKIPPED {key}: its budget is not in the policy", file=sys.stderr)
+    return 0
+
+
+def add_store(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("store", help="maintain the Redis layout")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate_ = actions.add_parser(
+        "migrate",
+        help="fold an org's counters from the layout before issue 13 into today's (idempotent)",
+    )
+    migrate_.add_argument("--org", required=True)
+    migrate_.set_defaults(handler=lambda a: asyncio.run(_migrate(a)))
 
 
 def add_ledger(subparsers: Subparsers) -> None:

@@ -17,8 +17,9 @@ from typing import Any, Literal
 import msgspec
 
 from budgetd import attribution
-from budgetd.expiry import CounterExpiry
+from budgetd.expiry import CounterExpiry, current
 from budgetd.store import keys
+from budgetd.store.plan import held_fields
 from budgetd.store.scripted import ScriptStore
 
 Format = Literal["jsonl", "csv"]
@@ -43,11 +44,9 @@ CSV_COLUMNS = (
 )
 
 
-COUNTER_FIELDS: tuple[Literal["spent", "held"], ...] = ("spent", "held")
-
-
 class Difference(msgspec.Struct, frozen=True, kw_only=True):
     key: str
+    """The counter: ``<hash>#<field>`` (store/keys.py, ``charged``)."""
     field: Literal["spent", "held"]
     counter: int
     expected: int
@@ -209,17 +208,28 @@ async def archive(store: ScriptStore, org: str, before_ms: int, path: Path) -> i
 async def reconcile(
     store: ScriptStore, org: str, expiry: CounterExpiry | None = None
 ) -> Reconciliation:
-    """Conservation, counter by counter. A counter that is gone is a difference, unless
-    ``expiry`` (the org's policy) says it has reached its expiry by design (Redis time): then
-    it is listed as expired, not compared. Without ``expiry`` every gone counter is one."""
+    """Conservation, counter by counter (a counter: ``<hash>#<field>``, store/keys.py). A
+    counter that is gone is a difference, unless ``expiry`` (the org's policy) says it has
+    reached its expiry by design (Redis time): then it is listed as expired, not compared.
+    Without ``expiry`` every gone counter is one. Ledger entries and archive sums from before
+    issue 13's layout name old keys: they are read as the counters those were migrated into
+    (a rolling one only with ``expiry``, which knows the sub-bucket widths)."""
+
+    def now_named(counter: str, held: bool = False) -> str:
+        if expiry is not None:
+            return expiry.current(counter, held)
+        return current(org, counter, {}, held)
+
     archived = await store.client.hgetall(keys.ledger_archive(org))
-    spent: Counter[str] = Counter({str(k): int(v) for k, v in archived.items()})
+    spent: Counter[str] = Counter()
+    for k, v in archived.items():
+        spent[now_named(str(k))] += int(v)
     count, first_ms = 0, None
     async for entry_id, fields in entries(store, org):
         count += 1
         first_ms = first_ms if first_ms is not None else int(entry_id.split("-")[0])
-        for key in fields.get("charged", "").split():
-            spent[key] += int(fields.get("cost_micros", "0"))
+        for counter in fields.get("charged", "").split():
+            spent[now_named(counter)] += int(fields.get("cost_micros", "0"))
     held: Counter[str] = Counter()
     open_ids: Any = await store.client.zrange(keys.holds(org), 0, -1)
     open_holds = 0
@@ -228,40 +238,39 @@ async def reconcile(
         if state != "held" or plan is None:
             continue
         open_holds += 1
-        decoded = msgspec.json.decode(plan)
-        for budget in decoded["b"]:
-            held[budget["h"]] += int(decoded["a"])
+        for key, field, micros in held_fields(str(plan)):
+            legacy = field == "held"  # a plan stored before the layout: old key, field held
+            held[now_named(key, held=True) if legacy else keys.charged(key, field)] += micros
     differences: list[Difference] = []
     counters = 0
-    prefix = keys.tag(org)
-    for pattern in (f"{prefix}:b:*", f"{prefix}:h:*"):
-        async for key in store.client.scan_iter(match=pattern, count=1000):
+    async for key in store.client.scan_iter(match=f"{keys.tag(org)}:c:*", count=1000):
+        values: Any = await store.client.hgetall(key)
+        for field, raw in values.items():
+            kind: Literal["spent", "held"] | None = (
+                "spent" if field.endswith("|s") else "held" if field.endswith("|h") else None
+            )
+            if kind is None:
+                continue  # the hash's expiry sentinel
             counters += 1
-            values = await store.client.hmget(key, ["spent", "held"])
-            actual = {"spent": int(values[0] or 0), "held": int(values[1] or 0)}
-            expected = {"spent": spent.pop(key, 0), "held": held.pop(key, 0)}
-            for field in COUNTER_FIELDS:
-                if actual[field] != expected[field]:
-                    differences.append(
-                        Difference(
-                            key=key,
-                            field=field,
-                            counter=actual[field],
-                            expected=expected[field],
-                        )
-                    )
+            counter = keys.charged(str(key), str(field))
+            actual = int(raw)
+            expected = (spent if kind == "spent" else held).pop(counter, 0)
+            if actual != expected:
+                differences.append(
+                    Difference(key=counter, field=kind, counter=actual, expected=expected)
+                )
     # Ledger entries or holds pointing at counters that no longer exist (expired, or lost).
     now_ms = int(await store.server_time() * 1000)
     expired: list[str] = []
-    for key, value in spent.items():
-        due = expiry(key) if expiry is not None else None
+    for counter, value in spent.items():
+        due = expiry(counter) if expiry is not None else None
         if due is not None and due <= now_ms:
-            expired.append(key)
+            expired.append(counter)
         elif value:
-            differences.append(Difference(key=key, field="spent", counter=0, expected=value))
-    for key, value in held.items():
+            differences.append(Difference(key=counter, field="spent", counter=0, expected=value))
+    for counter, value in held.items():
         if value:
-            differences.append(Difference(key=key, field="held", counter=0, expected=value))
+            differences.append(Difference(key=counter, field="held", counter=0, expected=value))
     return Reconciliation(
         org=org,
         entries=count,

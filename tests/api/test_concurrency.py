@@ -44,12 +44,14 @@ async def _fire(clients: list[Client], calls: int) -> list[str]:
 async def _watch_held(url: str, stop: asyncio.Event, peaks: list[int]) -> None:
     """Sample Σ spent + held of the budget counter while the reserves run."""
     client = aioredis.Redis.from_url(url, decode_responses=True)
-    pattern = keys.tag("acme") + ":b:org-day:*"
+    pattern = keys.tag("acme") + ":c:*"
+    field = keys.budget_field("org-day", "acme")
     try:
         while not stop.is_set():
             for key in await client.keys(pattern):
-                values = await client.hmget(key, ["spent", "held"])
-                peaks.append(sum(int(v or 0) for v in values))
+                values = await client.hmget(key, [field + "|s", field + "|h"])
+                if any(v is not None for v in values):
+                    peaks.append(sum(int(v or 0) for v in values))
             await asyncio.sleep(0)
     finally:
         await client.aclose()

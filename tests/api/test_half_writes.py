@@ -30,8 +30,13 @@ async def budgets(client: Client) -> list[tuple[str, int, int]]:
 
 
 async def user_counter(store: ScriptStore) -> str:
-    pattern = keys.org_prefix("acme") + "b:user-day:bob:*"
-    found = [str(k) async for k in store.client.scan_iter(match=pattern)]
+    """The counter hash that holds bob's user-day budget (its held field, after a reserve)."""
+    pattern = keys.org_prefix("acme") + "c:*"
+    found = [
+        str(k)
+        async for k in store.client.scan_iter(match=pattern)
+        if await store.client.hexists(k, "user-day|bob|h")
+    ]
     assert len(found) == 1, found
     return found[0]
 
@@ -54,7 +59,7 @@ async def test_a_commit_that_cannot_apply_writes_nothing_however_often_retried(
     before = await budgets(acme_client)
     assert [h for _, _, h in before] == [held, held, held]
     counter = await user_counter(store)
-    await store.client.hset(counter, "spent", spent)
+    await store.client.hset(counter, "user-day|bob|s", spent)
     for _ in range(3):
         r = await acme_client.post(
             f"/v1/reservations/{rid}/commit",
@@ -64,7 +69,7 @@ async def test_a_commit_that_cannot_apply_writes_nothing_however_often_retried(
         assert r.status_code == status, r.text
         if status == 422:
             assert r.json()["field"] == "usage"
-    await store.client.hset(counter, "spent", "0")
+    await store.client.hset(counter, "user-day|bob|s", "0")
     assert await budgets(acme_client) == before
     release = await acme_client.post(f"/v1/reservations/{rid}/release", params={"org": "acme"})
     assert release.json()["state"] == "released"

@@ -185,9 +185,15 @@ async def test_reconcile_reports_a_tampered_counter(tmp_path: Path, server: Redi
         )
         clean = await ledger.reconcile(store, "acme")
         assert clean.ok and clean.open_holds == 1 and clean.entries == 1
-        counters = [k async for k in store.client.scan_iter(match=keys.tag("acme") + ":b:user*")]
-        counter = counters[0]
-        await store.client.hincrby(counter, "spent", 7)
+        hashes = [k async for k in store.client.scan_iter(match=keys.tag("acme") + ":c:*")]
+        (counter,) = [
+            keys.charged(h, f)
+            for h in hashes
+            for f in await store.client.hkeys(h)
+            if f.startswith("user") and f.endswith("|s")
+        ]
+        counter_hash, _, counter_field = counter.partition("#")
+        await store.client.hincrby(counter_hash, counter_field, 7)
         report = await ledger.reconcile(store, "acme")
         assert [(d.key, d.field, d.counter - d.expected) for d in report.differences] == [
             (counter, "spent", 7)

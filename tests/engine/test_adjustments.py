@@ -70,7 +70,9 @@ async def test_an_adjustment_moves_only_its_counter_and_lands_in_the_ledger(
         ADMIN,
         "alice",
     )
-    assert entry["charged"] == keys.period_counter("acme", "user-day", "alice", result.period)
+    assert entry["charged"] == keys.charged(
+        keys.counters("acme", result.period), keys.budget_field("user-day", "alice") + "|s"
+    )
 
 
 async def test_an_adjustment_resolves_once_per_id(engine: Engine) -> None:
@@ -149,8 +151,6 @@ async def test_reconcile_is_exact_through_commits_adjustments_and_a_trim(
     second = await ledger.reconcile(store, "acme")
     assert second.ok and second.entries == 1, second.differences
     # The conservation check would see a counter moved outside the ledger.
-    await store.client.hincrby(
-        keys.period_counter("acme", "org-month", "acme", "2026-11"), "spent", 1
-    )
+    await store.client.hincrby(keys.counters("acme", "2026-11"), "org-month|acme|s", 1)
     broken = await ledger.reconcile(store, "acme")
     assert [(d.field, d.counter - d.expected) for d in broken.differences] == [("spent", 1)]

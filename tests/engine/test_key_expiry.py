@@ -115,7 +115,7 @@ async def test_a_draining_bucket_is_kept_until_it_has_refilled(
 ) -> None:
     """Its expiry is moved only when it falls short: it must never fall short of the refill."""
     engine = make_engine(SMALL_BUCKET)
-    bucket = keys.bucket("acme", "user-out", "bob", "output_tokens")
+    bucket = keys.bucket("acme", "user-out", "bob")
     for i in range(1, 16):
         held = ReserveRequest(
             org="acme",

@@ -66,9 +66,7 @@ async def _events(store: ScriptStore, kind: str) -> list[dict[str, str]]:
 
 async def _set_spent(store: ScriptStore, micros: int) -> None:
     period_id, _, _ = calendar_bounds("day", NY, NOON)
-    await store.client.hset(
-        keys.period_counter("acme", "org-day", "acme", period_id), "spent", str(micros)
-    )
+    await store.client.hset(keys.counters("acme", period_id), "org-day|acme|s", str(micros))
 
 
 @pytest.mark.parametrize(("last_hour", "expected"), [(1_000_000, 1), (100_000, 0)])

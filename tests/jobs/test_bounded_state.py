@@ -30,10 +30,12 @@ async def test_the_archive_drops_counters_past_their_expiry(store: ScriptStore) 
     policy = parse_policy(text, "acme.yaml", load_pricing(TEST_PRICING))
     now = datetime.fromtimestamp(await store.server_time(), UTC)
     spec = policy.budgets[0].period
-    old = keys.period_counter(
-        "acme", "d", "acme", window(spec, policy.tz, now - timedelta(days=10)).charge_id
-    )
-    live = keys.period_counter("acme", "d", "acme", window(spec, policy.tz, now).charge_id)
-    await store.client.hset(keys.ledger_archive("acme"), mapping={old: "5", live: "7"})
-    assert await ledger.prune_archive(store, "acme", counter_expiry(policy)) == 1
+    old_id = window(spec, policy.tz, now - timedelta(days=10)).charge_id
+    old = keys.charged(keys.counters("acme", old_id), "d|acme|s")
+    # An archive sum written before issue 13's layout names the old key.
+    legacy = keys.legacy_period_counter("acme", "d", "acme", old_id)
+    live_id = window(spec, policy.tz, now).charge_id
+    live = keys.charged(keys.counters("acme", live_id), "d|acme|s")
+    await store.client.hset(keys.ledger_archive("acme"), mapping={old: "5", legacy: "3", live: "7"})
+    assert await ledger.prune_archive(store, "acme", counter_expiry(policy)) == 2
     assert await store.client.hgetall(keys.ledger_archive("acme")) == {live: "7"}

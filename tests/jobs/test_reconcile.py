@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from budgetd import ledger
 from budgetd.app import create_app
 from budgetd.clock import FrozenClock
 from budgetd.expiry import counter_expiry
@@ -53,6 +54,14 @@ async def _reconcile(client: Client) -> dict[str, Any]:
     return report
 
 
+async def _charged(store: ScriptStore, rid: str) -> list[str]:
+    """The counters (``<hash>#<field>``) the commit of ``rid`` charged."""
+    async for _, fields in ledger.entries(store, "acme"):
+        if fields["reservation_id"] == rid:
+            return sorted(fields["charged"].split())
+    raise AssertionError(rid)
+
+
 async def test_reconcile_skips_counters_expired_by_design_and_catches_real_differences(
     tmp_path: Path, store: ScriptStore
 ) -> None:
@@ -62,31 +71,30 @@ async def test_reconcile_skips_counters_expired_by_design_and_catches_real_diffe
     write_policy(directory, POLICY)
     async with asgi_client(create_app(settings_for(directory), store=store, clock=clock)) as client:
         await _call(client, "old")
-        old_counters = [key async for key in store.client.scan_iter(match="bd:{o:acme}:b:*")]
+        old_counters = await _charged(store, "old")
+        assert len(old_counters) == 3  # org-day, user-hour and the rolling sub-bucket
+        old_hashes = {c.partition("#")[0] for c in old_counters}
         clock.set(now)
         await _call(client, "new")
-        # Time travel: the old period's counters reach their end + 8 days and expire.
-        for key in old_counters:
+        assert not old_hashes & {c.partition("#")[0] for c in await _charged(store, "new")}
+        # Time travel: the old period's counter hashes reach their end + 8 days and expire.
+        for key in old_hashes:
             await store.client.pexpire(key, 1)
-        while any([await store.client.exists(key) for key in old_counters]):
+        while any([await store.client.exists(key) for key in old_hashes]):
             pass
         report = await _reconcile(client)
         assert report["ok"], report
-        assert sorted(report["report"]["expired"]) == sorted(old_counters)
-        assert len(old_counters) == 3  # org-day, user-hour and the rolling sub-bucket
+        assert sorted(report["report"]["expired"]) == old_counters
 
         # A real difference in a live counter is still caught ...
-        (live,) = [
-            key
-            async for key in store.client.scan_iter(match="bd:{o:acme}:b:org-day:*")
-            if key not in old_counters
-        ]
-        await store.client.hincrby(live, "spent", 1)
+        (live,) = [c for c in await _charged(store, "new") if "#org-day|" in c]
+        live_hash, _, live_field = live.partition("#")
+        await store.client.hincrby(live_hash, live_field, 1)
         report = await _reconcile(client)
         assert not report["ok"]
         assert [d["key"] for d in report["report"]["differences"]] == [live]
         # ... and so is a live counter that is gone before its time.
-        await store.client.delete(live)
+        await store.client.delete(live_hash)
         report = await _reconcile(client)
         assert [(d["key"], d["counter"]) for d in report["report"]["differences"]] == [(live, 0)]
 
@@ -102,7 +110,8 @@ async def test_reconcile_skips_counters_expired_by_design_and_catches_real_diffe
     ],
 )
 def test_a_counters_expiry_by_design_is_its_windows_expiry(period: str, at: datetime) -> None:
-    """What reconcile reads from a key is what the scripts were told at charge time."""
+    """What reconcile reads from a counter is what the scripts were told at charge time; a
+    counter named the old way (ledger entries from before the layout) reads the same."""
     text = (
         "org: acme\ntimezone: America/New_York\nbudgets:\n"
         f"  - {{name: b, scope: org, limit_usd: 1, period: {period}}}\n"
@@ -110,5 +119,19 @@ def test_a_counters_expiry_by_design_is_its_windows_expiry(period: str, at: date
     policy = parse_policy(text, "acme.yaml", load_pricing(TEST_PRICING))
     spec = policy.budgets[0].period
     made = window(spec, policy.tz, at)
-    key = keys.period_counter("acme", "b", "acme", made.charge_id)
-    assert counter_expiry(policy)(key) == int(made.expire_at.timestamp() * 1000)
+    legacy = keys.legacy_period_counter("acme", "b", "acme", made.charge_id)
+    expiry = counter_expiry(policy)
+    if spec.calendar:
+        counter = keys.charged(keys.counters("acme", made.charge_id), "b|acme|s")
+        expected = int(made.expire_at.timestamp() * 1000)
+    else:
+        # A rolling sub-bucket's hash holds 25 of them: it lives until its last one's expiry.
+        index = int(made.charge_id[1:])
+        counter = keys.charged(
+            keys.rolling_chunk("acme", spec.bucket_s, index), keys.rolling_field("b|acme", index)
+        )
+        last = window(spec, policy.tz, at + timedelta(seconds=spec.bucket_s * (24 - index % 25)))
+        expected = int(last.expire_at.timestamp() * 1000)
+    assert expiry(counter) == expected
+    assert expiry(legacy) == expected
+    assert expiry.current(legacy) == counter

@@ -727,28 +727,34 @@ class EngineModel(RuleBasedStateMachine):
             rolling_names = {b.name for b in policy.budgets if b.period == "1h"}
             rec = await reconcile(self.stores[0], org)
             assert rec.ok, f"reconcile {org}: {rec.differences}"
-            found = [
-                str(k)
-                for pattern in (f"{keys.tag(org)}:b:*", f"{keys.tag(org)}:h:*")
-                for k in await client.keys(pattern)
-            ]
+            found = [str(k) for k in await client.keys(f"{keys.tag(org)}:c:*")]
             async with client.pipeline(transaction=False) as pipe:
                 for key in found:
-                    pipe.hmget(key, ["spent", "held"])
+                    pipe.hgetall(key)
                 values = await pipe.execute()
             actual: Counter[str] = Counter()
             held_on: Counter[str] = Counter()
-            for key, (spent, held) in zip(found, values, strict=True):
-                pair = (int(spent or 0), int(held or 0))
-                assert 0 <= pair[0] < MAX_SAFE and 0 <= pair[1] < MAX_SAFE, f"{key}: {pair}"
-                kind, name, entity, _ = key.rsplit(":", 3)
-                if kind.endswith(":b") and name in rolling_names:
-                    # A rolling budget's sub-bucket: its spend adds up under the held key.
-                    actual[keys.rolling_held(org, name, entity)] += pair[0]
-                    assert pair[1] == 0, f"{key}: a sub-bucket holds {pair[1]}"
-                else:
-                    actual[key] += pair[0]
-                held_on[key] += pair[1]
+            rolling_hash = f"{keys.tag(org)}:c:r"
+            for key, fields in zip(found, values, strict=True):
+                for field, raw in fields.items():
+                    if field == "_x":
+                        continue
+                    value = int(raw)
+                    assert 0 <= value < MAX_SAFE, f"{key} {field}: {value}"
+                    base, kind = field[:-2], field[-1]
+                    if key.startswith(rolling_hash):
+                        # A rolling budget's sub-bucket: its spend adds up under the held name.
+                        assert kind == "s", f"{key} {field}: a sub-bucket holds {value}"
+                        name, entity, _ = base.split("|")
+                        assert name in rolling_names, f"{key} {field}"
+                        held_name = keys.charged(
+                            keys.rolling_held(org), keys.budget_field(name, entity)
+                        )
+                        actual[held_name] += value
+                    elif kind == "s":
+                        actual[keys.charged(key, base)] += value
+                    else:
+                        held_on[keys.charged(key, base)] += value
             for key in {*actual, *held_on, *m.spent, *m.held}:
                 if key.startswith(keys.tag(org)):
                     got, want = (actual[key], held_on[key]), (m.spent[key], m.held[key])
@@ -762,16 +768,19 @@ class EngineModel(RuleBasedStateMachine):
             rate = policy.rate
             for key, bucket in (await self._buckets(org)).items():
                 assert rate is not None, key
-                kind = key.rsplit(":", 1)[1]
-                capacity = {
+                capacities = {
                     "requests": rate.requests,
-                    "input_tokens": rate.input_tokens,
-                    "output_tokens": rate.output_tokens,
-                }[kind]
-                assert int(bucket["t"]) <= capacity * SCALE, f"{key} above capacity: {bucket}"
-                if "huge" in self.families:
-                    # One commit's debt is bounded: a bucket refills from it within a minute.
-                    assert int(bucket["t"]) >= -capacity * SCALE, f"{key} in debt: {bucket}"
+                    "input": rate.input_tokens,
+                    "output": rate.output_tokens,
+                }
+                for kind, capacity in capacities.items():
+                    level = bucket.get(f"{kind}.t")
+                    if level is None:
+                        continue
+                    assert int(level) <= capacity * SCALE, f"{key} above capacity: {bucket}"
+                    if "huge" in self.families:
+                        # One commit's debt is bounded: a bucket refills from it within a minute.
+                        assert int(level) >= -capacity * SCALE, f"{key} in debt: {bucket}"
         over = m.over_limit()
         assert not over, over
 

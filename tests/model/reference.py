@@ -116,8 +116,9 @@ class Entry:
     budget: BudgetDef
     entity: str
     key: str
-    """Where the hold lives: the period counter (calendar budgets: the commit is charged there
-    too), or the rolling budget's held key (its spend lands in sub-buckets)."""
+    """Which counter pair it is, as ``<hash>#<budget>|<entity>``: the period's counter hash
+    (calendar budgets: the commit is charged there too), or the org's rolling held hash (a
+    rolling budget's spend lands in sub-bucket hashes, and is added up under this name)."""
 
     @property
     def rolling(self) -> bool:
@@ -182,10 +183,12 @@ class Reference:
             if entity is None:
                 continue
             if b.period in ROLLING_MS:
-                out.append(Entry(b, entity, keys.rolling_held(org, b.name, entity)))
+                held = keys.rolling_held(org)
+                out.append(Entry(b, entity, keys.charged(held, keys.budget_field(b.name, entity))))
                 continue
             pid = period_id(b.period, policy.tz, at_ms)
-            out.append(Entry(b, entity, keys.period_counter(org, b.name, entity, pid)))
+            counters = keys.counters(org, pid)
+            out.append(Entry(b, entity, keys.charged(counters, keys.budget_field(b.name, entity))))
         return tuple(out)
 
     def used(self, entry: Entry) -> int:

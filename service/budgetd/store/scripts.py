@@ -16,6 +16,7 @@ SCRIPT_NAMES = (
     "status",
     "emit",
     "trim",
+    "migrate",
 )
 
 

@@ -39,11 +39,11 @@ local _, _, period = label(b)
 if spent + amount < 0 then
   return {'negative', '', spent, period}
 end
-local candidates = usage_events({b}, amount, now, aid)
 local charged = charge({b}, amount)
 if out_of_bounds() then
   return {'bound', '', spent, period}
 end
+local candidates = usage_events({b}, amount, now, aid)
 touch_markers(tag_prefix, candidates)
 expect(ledger, 'stream')
 expect(events, 'stream')

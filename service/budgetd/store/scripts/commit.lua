@@ -64,12 +64,8 @@ if refunding then
   released = math.max(0, plan.a - cost)
 end
 local freed = 0
-local candidates = {}
 if holding then
   freed = plan.a
-end
-candidates = usage_events(budgets, cost - freed, now, rid)
-if holding then
   void_hold(plan)
 end
 local charged = charge(budgets, cost)
@@ -86,6 +82,9 @@ local bad = out_of_bounds()
 if bad then
   return {'bound', 0, 0, 0, 0, '', '', bad}
 end
+-- Events from the counters as they were before this call (val), now that every amount is known
+-- to be in range.
+local candidates = usage_events(budgets, cost - freed, now, rid)
 if overrun == 1 then
   local b = budgets[1]
   local name, entity, period = '', '', ''

@@ -248,6 +248,10 @@ end
 
 -- The plan: tokens from index i of T (ARGV, or a stored plan split by split_plan).
 local function read_plan(T, i)
+  if string.sub(T[i] or '', 1, 1) == '{' then
+    error('budgetd: a reservation made before the counter layout of issue 13: run '
+      .. '`budgetd store migrate` for its org')
+  end
   local plan = {a = tonumber(T[i]), inp = tonumber(T[i + 1]), out = tonumber(T[i + 2]),
     b = {}, t = {}}
   local nb, nt = tonumber(T[i + 3]), tonumber(T[i + 4])
@@ -469,14 +473,19 @@ local function due_holds(holds_key, reservation_prefix, now, limit)
     local rkey = reservation_prefix .. rid
     local fields = redis.call('HMGET', rkey, 'st', 'plan')
     local plan = nil
+    -- A hold made before the layout upgrade (a JSON plan) waits for `budgetd store migrate`,
+    -- which rewrites its plan; it is left in the index, untouched.
+    local legacy = fields[1] == 'held' and string.sub(fields[2], 1, 1) == '{'
     -- Race: commit/release may have resolved it after it was indexed; only a 'held' one expires.
-    if fields[1] == 'held' then
+    if fields[1] == 'held' and not legacy then
       plan = read_plan(split_plan(fields[2]), 1)
       for _, b in ipairs(plan.b) do
         want(b.h, b.f .. '|h')
       end
     end
-    out[i] = {rid = rid, rkey = rkey, plan = plan}
+    if not legacy then
+      out[#out + 1] = {rid = rid, rkey = rkey, plan = plan}
+    end
   end
   return out
 end

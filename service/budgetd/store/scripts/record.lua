@@ -35,13 +35,13 @@ for _, b in ipairs(plan.b) do
 end
 want_buckets(plan.t)
 load()
-local candidates = usage_events(plan.b, cost, now, rid)
 local charged = charge(plan.b, cost)
 buckets_give(plan.t, function(q) return -kind_amount(plan, q) end, now)
 local bad = out_of_bounds()
 if bad then
   return {'bound', bad}
 end
+local candidates = usage_events(plan.b, cost, now, rid)
 touch_markers(tag_prefix, candidates)
 expect(ledger, 'stream')
 expect(events, 'stream')

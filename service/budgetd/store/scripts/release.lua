@@ -37,7 +37,6 @@ if expired then
   redis.call('ZREM', holds, ARGV[1])
   return {'resolved', 0, 'expired'}
 end
-local candidates = usage_events(plan.b, -plan.a, now, ARGV[1])
 void_hold(plan)
 -- Token and cost estimates go back to their buckets (the call never ran).
 buckets_give(plan.t, function(q)
@@ -45,6 +44,7 @@ buckets_give(plan.t, function(q)
   return kind_amount(plan, q)
 end, now)
 assert_in_bounds()
+local candidates = usage_events(plan.b, -plan.a, now, ARGV[1])
 touch_markers(ARGV[3], candidates)
 expect(events, 'stream')
 

@@ -106,21 +106,25 @@ if #denials > 0 then
 end
 
 -- Events this hold will emit, and every write, decided before the first write.
+for _, b in ipairs(plan.b) do
+  hold(b, amount)
+end
+for _, tk in ipairs(takes) do
+  bucket_set(tk[1], tk[2], tk[3], tk[4])
+end
+local bad = out_of_bounds()
+if bad then
+  return {'bound', now, 0, '', bad, {}}
+end
 local parts = {}
 for i, b in ipairs(plan.b) do
-  hold(b, amount)
   local before = used[i][1] + used[i][2]
   budget_events(candidates, b, before, before + amount, now, rid)
   parts[i] = int(used[i][1]) .. ',' .. int(used[i][2] + amount)
 end
 local levels = {}
 for i, tk in ipairs(takes) do
-  bucket_set(tk[1], tk[2], tk[3], tk[4])
   levels[i] = int(math.floor(tk[3] / SCALE))
-end
-local bad = out_of_bounds()
-if bad then
-  return {'bound', now, 0, '', bad, {}}
 end
 touch_markers(tag_prefix, candidates)
 
