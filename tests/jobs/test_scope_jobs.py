@@ -108,9 +108,7 @@ async def test_forecast_of_a_team_budget(
     for minute in range(0, 60, 15):  # $0.50 over the last hour
         await _at(store, alice, NOON - timedelta(minutes=60 - minute - 1), 125_000)
     period_id, _, _ = calendar_bounds("day", engine.policy("acme").tz, NOON)
-    await store.client.hset(
-        keys.period_counter("acme", "team-day", "platform", period_id), "spent", "6000000"
-    )
+    await store.client.hset(keys.counters("acme", period_id), "team-day|platform|s", "6000000")
     # $6 of $10 by noon at $0.50 an hour runs out at 20:00; every other counter has room.
     assert await forecast(engine, queue, "acme", NOON) == 1
     assert await _events(store, "forecast") == [("team-day", "team", "platform")]
