@@ -9,9 +9,12 @@ The gate's own wait is bounded, as a hang guard, not a timing assertion."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import threading
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import pytest
 from budgetd_client import AsyncBudgetdClient, BudgetdClient, guard
@@ -163,3 +166,29 @@ async def test_async_background_settle_answers_before_the_commit_and_aclose_flus
     assert (state.spent_micros, state.held_micros) == (COST, 0)
     await plain.aclose()
     await budgetd.aclose()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_settles_its_own_calls_in_the_background(
+    fake_api: FakeMessagesAPI, budgetd_url: str
+) -> None:
+    """A pre-fork server (gunicorn --preload) forks after the parent used the guard: the
+    child's calls must not queue behind worker threads (and a pool) left in the parent."""
+    budgetd = BudgetdClient(budgetd_url, org="acme")
+    claude = guard(
+        fake_api.sync_client(), budgetd=budgetd, org="acme", user="alice", settle="background"
+    )
+    claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    child = multiprocessing.get_context("fork").Process(target=_one_call_then_close, args=(claude,))
+    child.start()
+    child.join(HANG_GUARD_S)
+    assert child.exitcode == 0
+    claude.close()
+    with BudgetdClient(budgetd_url, org="acme") as plain:
+        assert user_day(plain) == (2 * COST, 0)
+    budgetd.close()
+
+
+def _one_call_then_close(claude: anthropic.Anthropic) -> None:
+    claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
+    claude.close()

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import select
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -206,6 +208,17 @@ class SyncWire:
         self._tls = ssl.create_default_context() if self.origin.https else None
         self._idle: list[tuple[float, socket.socket]] = []
         self._lock = threading.Lock()
+        _POOLS.add(self)
+
+    def _forget_after_fork(self) -> None:
+        # The idle sockets are shared with the parent after a fork: two processes writing
+        # requests and reading each other's answers on one connection. The child drops its
+        # copies and opens its own. close() releases only this process's descriptor (no
+        # shutdown, no TLS close_notify): the parent's connection stays up.
+        for _, sock in self._idle:
+            sock.close()
+        self._idle = []
+        self._lock = threading.Lock()
 
     def request(
         self,
@@ -293,6 +306,18 @@ class SyncWire:
             idle, self._idle = self._idle, []
         for _, sock in idle:
             sock.close()
+
+
+_POOLS: weakref.WeakSet[SyncWire] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class AsyncWire:

@@ -26,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
@@ -63,6 +65,10 @@ class _Settler:
     def __init__(self, run: Callable[[Flow[Any]], Any], stats: Any) -> None:
         self._run = run
         self._stats = stats
+        self._reset()
+        _SETTLERS.add(self)
+
+    def _reset(self) -> None:
         self._queue: queue.Queue[Flow[Any] | None] = queue.Queue(SETTLE_QUEUE)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -113,6 +119,21 @@ class _Settler:
             thread.join(max(0.0, deadline - time.monotonic()))
         # Each live thread is still sending one flow and has left one stop marker queued.
         _lost(self._stats, self._queue.qsize() if any(t.is_alive() for t in threads) else 0)
+
+
+_SETTLERS: weakref.WeakSet[_Settler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has only the forking thread: the workers, whatever they held (a lock, a
+    # half-taken queue) and the queued settlements stay the parent's, which sends them. The
+    # child starts empty, or its calls would queue behind workers that do not exist.
+    for settler in list(_SETTLERS):
+        settler._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _AsyncSettler:
