@@ -114,9 +114,14 @@ def _within_bound(amount: int, field: str) -> int:
     return amount
 
 
-def fingerprint(value: msgspec.Struct) -> str:
-    """Identifies a request body for idempotent replays (same id, different body: conflict)."""
-    return hashlib.sha256(msgspec.json.encode(value)).hexdigest()[:32]
+def fingerprint(value: msgspec.Struct, key: str | None = None) -> str:
+    """Identifies a request body for idempotent replays (same id, different body: conflict),
+    with the caller's key name when there is one: the same id and body from another key is
+    another request (it would be charged to other key budgets), so a conflict too."""
+    encoded = msgspec.json.encode(value)
+    if key is not None:
+        encoded += b"\x00key:" + key.encode()
+    return hashlib.sha256(encoded).hexdigest()[:32]
 
 
 def _ms(when: datetime) -> int:
@@ -519,7 +524,7 @@ class Engine:
         call = ReserveCall(
             org=request.org,
             reservation_id=rid,
-            fingerprint=fingerprint(msgspec.structs.replace(request, reservation_id=None)),
+            fingerprint=fingerprint(msgspec.structs.replace(request, reservation_id=None), key),
             amount=amount,
             lease_ms=lease_s * 1000,
             keep_ms=KEEP_RESOLVED_MS,
@@ -551,6 +556,22 @@ class Engine:
         self._remember_model(request.org, rid, model)
         replayed = outcome.status == "replay"
         self._decided["replay" if replayed else "granted"].inc()
+        if replayed and (
+            len(outcome.budgets_after) != len(limits.budgets)
+            or len(outcome.buckets_after) != len(limits.buckets)
+        ):
+            # The first answer's counters, of the limits that applied then: a policy reload
+            # since changed which apply, so there is no per-scope detail to rebuild. The hold
+            # stands as it was granted.
+            return c.Grant(
+                reservation_id=rid,
+                held_micros=amount,
+                expires_at=_from_ms(outcome.deadline_ms),
+                scopes=[],
+                warnings=[],
+                replayed=True,
+                durability=self.store.durability,
+            )
         self._observe_org_budgets(request.org, self._budget_use(limits, outcome.budgets_after))
         return c.Grant(
             reservation_id=rid,
@@ -780,7 +801,7 @@ class Engine:
             RecordCall(
                 org=request.org,
                 record_id=record_id,
-                fingerprint=fingerprint(msgspec.structs.replace(request, record_id=None)),
+                fingerprint=fingerprint(msgspec.structs.replace(request, record_id=None), key),
                 cost=amount,
                 keep_ms=KEEP_RESOLVED_MS,
                 budgets=limits.budgets,
