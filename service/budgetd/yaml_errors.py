@@ -51,8 +51,13 @@ class YamlDocument:
         try:
             root = loader.get_single_node()
             if root is not None:
+                _bound_aliases(root, filename, error_type)
                 _reject_duplicate_keys(root, (), filename, error_type)
             data = loader.construct_document(root) if root is not None else None
+        except RecursionError:
+            raise error_type(
+                f"{filename}:1: (YAML syntax): the document nests too deeply"
+            ) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
@@ -105,6 +110,49 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     if exc.context and exc.context_mark is not None and exc.context_mark != exc.problem_mark:
         return f"not valid YAML: {exc.context} (line {exc.context_mark.line + 1}), {problem}"
     return f"not valid YAML: {problem}"
+
+
+MAX_ALIASED_NODES = 100_000
+"""How many nodes a document's aliases may repeat. A few hundred bytes of nested aliases can
+stand for billions of nodes ("billion laughs"), which every later step (the duplicate-key
+check, msgspec) would walk: a 416-byte policy posted to the plan route held the service for
+minutes. Real anchors (shared defaults) repeat a few nodes each."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
+
+
+def _bound_aliases(root: yaml.Node, filename: str, error_type: type[Exception]) -> None:
+    """Refuse a document whose aliases repeat more than ``MAX_ALIASED_NODES`` nodes, or refer
+    to a node that contains them; linear in the document's own nodes (sizes are memoized)."""
+    sizes: dict[int, int] = {}  # node id → its size as expanded; -1 while being measured
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known == -1:
+            line = int(node.start_mark.line) + 1
+            raise error_type(
+                f"{filename}:{line}: (YAML syntax): an alias refers to a node that contains it"
+            )
+        if known is not None:
+            return known
+        sizes[id(node)] = -1
+        total = 1 + sum(size(child) for child in _children(node))
+        if total - len(sizes) > MAX_ALIASED_NODES:
+            line = int(node.start_mark.line) + 1
+            raise error_type(
+                f"{filename}:{line}: (YAML syntax): aliases repeat more than "
+                f"{MAX_ALIASED_NODES:,} nodes; write the values out or share fewer"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _reject_duplicate_keys(
@@ -194,7 +242,7 @@ def _child_type(tp: Any, part: PathPart) -> Any:
     return None
 
 
-def _first_failing(items: list[tuple[Any, Any]], tp: Any) -> Any:
+def first_failing(items: list[tuple[Any, Any]], tp: Any) -> Any:
     """The first key of ``items`` whose converted part fails ``tp`` (msgspec checks in order)."""
     for key, value in items:
         try:
@@ -218,7 +266,7 @@ def resolve_path(path: FieldPath, data: Any, target: Any) -> tuple[FieldPath, An
             if isinstance(value, dict) and tp is not None:
                 rest_type = _child_type(tp, part)
                 if rest_type is not None:
-                    key = _first_failing(list(value.items()), rest_type)
+                    key = first_failing(list(value.items()), rest_type)
                     actual = str(key) if key is not None else None
         if actual is None:
             return (*resolved, part, *path[len(resolved) + 1 :]), None, None
@@ -279,7 +327,7 @@ def message_words(message: str, value: Any = None, tp: Any = None) -> str:
     length = re.match(r"Expected `(\w+)` of length (>=|<=) (\d+)$", message)
     if length:
         most = "at least" if length.group(2) == ">=" else "at most"
-        noun = "item(s)" if length.group(1) == "array" else "character(s)"
+        noun = {"array": "item(s)", "object": "entry(ies)"}.get(length.group(1), "character(s)")
         return f"must have {most} {length.group(3)} {noun}"
     pattern = re.match(r"Expected `str` matching regex ['`](.+)['`]$", message)
     if pattern:
@@ -317,7 +365,7 @@ def located_validation_error(
         key_type = typing.get_args(strip_type(tp))[0] if tp is not None else None
         bad = None
         if isinstance(mapping, dict) and key_type is not None:
-            bad = _first_failing([(k, k) for k in mapping], key_type)
+            bad = first_failing([(k, k) for k in mapping], key_type)
         if bad is None:
             line = document.line_of(path)
             words = message_words(key_in["message"])

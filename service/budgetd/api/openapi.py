@@ -66,8 +66,8 @@ _RETRY_AFTER = {
 
 @dataclass(frozen=True)
 class Operation:
-    """One route's contract. ``ok`` is the success status and its body's type (``None``: a
-    JSON object described by ``ok_schema``, or the media types of ``ok_media``)."""
+    """One route's contract. ``ok`` is the success status and its JSON body's type (``None``:
+    no JSON body); ``ok_media`` adds other media types of the success body (CSV, JSON lines)."""
 
     method: str
     path: str
@@ -207,10 +207,12 @@ def _operation(types: _Types, op: Operation) -> dict[str, Any]:
         }
     status, ok_type = op.ok
     ok: dict[str, Any] = {"description": _STATUS_WORDS.get(status, "OK")}
-    if op.ok_media is not None:
-        ok["content"] = op.ok_media
-    elif ok_type is not None:
-        ok["content"] = {"application/json": {"schema": types.of(ok_type)}}
+    content: dict[str, Any] = {}
+    if ok_type is not None:
+        content["application/json"] = {"schema": types.of(ok_type)}
+    content.update(op.ok_media or {})
+    if content:
+        ok["content"] = content
     if op.links:
         ok["links"] = op.links
     responses: dict[str, Any] = {str(status): ok}

@@ -10,11 +10,13 @@ import logging
 import re
 from typing import Any, NamedTuple
 
+import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from budgetd.contract import Denied
 from budgetd.errors import BudgetdError, Conflict
+from budgetd.store.base import StoreUnavailable
 
 log = logging.getLogger("budgetd")
 
@@ -144,6 +146,12 @@ def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any
     return response_of(Problem(p.status, p.body, {**p.headers, **(exc.headers or {})}))
 
 
+def on_store_unreachable(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Redis unreachable under a route that reads it directly (reports, audit, plan, ledger):
+    503 ``store-unavailable`` like every engine call, never a 500."""
+    return response_of(error_problem(StoreUnavailable(f"redis unreachable: {type(exc).__name__}")))
+
+
 def on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return response_of(internal_error_problem())
@@ -161,5 +169,8 @@ HANDLERS = {
     BudgetdError: on_budgetd_error,
     ValidationException: on_validation_error,
     HTTPException: on_http_error,
+    redis.exceptions.ConnectionError: on_store_unreachable,
+    redis.exceptions.TimeoutError: on_store_unreachable,
+    redis.exceptions.ClusterError: on_store_unreachable,  # CLUSTERDOWN during a failover
     Exception: on_internal_error,
 }

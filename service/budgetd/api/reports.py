@@ -1,42 +1,152 @@
-"""Reports over HTTP, for admin keys: usage by model, user, feature or session; by day and
+"""Reports over HTTP, for admin keys: usage by model, user, feature, session, team, key or tag; by day and
 model; budgets against actual; and the audit trail. JSON or CSV (numbers as numbers). Every
 read is itself audited."""
 
 from __future__ import annotations
 
-import re
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 import msgspec
-from litestar import Request, Response, get, post
-from litestar.params import FromQuery
+from litestar import Response, get, post
 
 from budgetd.api.admin import admin_only
-from budgetd.api.deps import caller, engine_of
+from budgetd.api.deps import AnyRequest, caller, engine_of
 from budgetd.api.openapi import Operation
-from budgetd.api.validation import convert_query
+from budgetd.api.validation import convert_query, decode
 from budgetd.contract import OrgName
 from budgetd.engine import Engine
 from budgetd.errors import InvalidRequest
 from budgetd.policy.loader import PRICING_FILE, PolicyError, load_policy_dir
 from budgetd.reports import anthropic_bill, audit, plan, query
+from budgetd.reports.budgets import BudgetsReport, today
 from budgetd.reports.budgets import budgets as budgets_report
-from budgetd.reports.budgets import today
 from budgetd.reports.fold import View
 from budgetd.store import keys
 from budgetd.store.events import EventQueue
 from budgetd.store.scripted import ScriptStore
+from budgetd.yaml_errors import describe_pattern
 
 Format = Literal["json", "csv"]
+if TYPE_CHECKING:
+    Sort = str
+else:
+    Sort = Literal[query.SORTABLE]  # the report's numeric columns, from one list
+
+CSV = {
+    "text/csv": {"schema": {"type": "string", "description": "The rows as CSV, a header first."}}
+}
+
+REPORT_DATE_WORDS = "a date YYYY-MM-DD from 1970-01-01 to 2999-12-31"
+# Text, not a date: msgspec's dates run to 9999-12-31, where a report's month arithmetic
+# overflows (a 500). Month lengths and leap days are in the pattern, so every match is a day.
+ReportDate = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(
+            r"^((19[7-9][0-9]|2[0-9]{3})-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])"
+            r"|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
+            r"|(19(7[26]|8[048]|9[26])|2[0-9](0[48]|[2468][048]|[13579][26])|2[048]00)-02-29)$",
+            REPORT_DATE_WORDS,
+        ),
+    ),
+]
+Since = Annotated[
+    ReportDate,
+    msgspec.Meta(
+        description=f"First day, {REPORT_DATE_WORDS}, in the org's time zone (default: the "
+        "first of this month).",
+        examples=["2026-11-01"],
+    ),
+]
+Until = Annotated[
+    ReportDate,
+    msgspec.Meta(
+        description=f"The day after the last, {REPORT_DATE_WORDS} (default: tomorrow); after "
+        "`since`, at most 400 days on.",
+        examples=["2026-12-01"],
+    ),
+]
+ReportFormat = Annotated[
+    Format, msgspec.Meta(description="`json`, or `csv`: the rows only, with a header line.")
+]
+
+
+class UsageQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    by: Annotated[View, msgspec.Meta(description="What one row totals.")] = "model"
+    since: Since | None = None
+    until: Until | None = None
+    top: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1, le=10_000, description="Only the first rows by `sort` (default: all)."
+            ),
+        ]
+        | None
+    ) = None
+    sort: Annotated[
+        Sort, msgspec.Meta(description="The column rows are ordered by, largest first.")
+    ] = "cost_micros"
+    format: ReportFormat = "json"
+
+
+class DailyQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    since: Since | None = None
+    until: Until | None = None
+    format: ReportFormat = "json"
+
+
+class BudgetsReportQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    top: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            le=1000,
+            description="Per user or feature budget: the entities that spent most this month.",
+        ),
+    ] = 20
+    format: ReportFormat = "json"
+
+
+class AuditQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    org: OrgName
+    limit: Annotated[
+        int, msgspec.Meta(ge=1, le=1000, description="The most recent entries, newest first.")
+    ] = 100
+
+
+POLICY_FILE_WORDS = (
+    "a file name of up to 128 letters, digits, '_', '.' or '-', starting with a letter or "
+    "digit and ending in .yaml or .yml"
+)
+PolicyFileName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\.ya?ml$", POLICY_FILE_WORDS),
+        description=f"Policy file name: {POLICY_FILE_WORDS} (not pricing.yaml).",
+    ),
+]
+
+
+class PlanRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    files: Annotated[dict[PolicyFileName, str], msgspec.Meta(min_length=1, max_length=100)]
+    """Policy files by name (``acme.yaml``) → their YAML text; the live price table is used."""
 
 
 def _respond(body: Any, rows: list[Any], fmt: Format) -> Response[Any]:
     if fmt == "csv":
         return Response(query.csv_text(rows), media_type="text/csv")
     return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+def _day(text: str | None) -> date | None:
+    return date.fromisoformat(text) if text is not None else None  # the pattern made it a day
 
 
 def range_of(engine: Engine, org: str, since: date | None, until: date | None) -> tuple[date, date]:
@@ -51,106 +161,82 @@ def range_of(engine: Engine, org: str, since: date | None, until: date | None) -
     return start, end
 
 
-def _store(request: Request[Any, Any, Any]) -> ScriptStore:
+def _store(request: AnyRequest) -> ScriptStore:
     queue: EventQueue = request.app.state.queue
     return queue.store
 
 
-async def _admin(request: Request[Any, Any, Any], org: str) -> Engine:
+class _OrgRead(Protocol):
+    @property
+    def org(self) -> str: ...
+
+
+Q = TypeVar("Q", bound=_OrgRead)
+
+
+async def _admin(request: AnyRequest, type_: type[Q]) -> tuple[Engine, Q]:
+    """The query of an org's admin read, checked in the order every route uses (the key, then
+    the query, then the key's rights, then the org), and the read audited."""
     principal = caller(request)
-    admin_only(principal, org)
+    q = convert_query(request.query_params.multi_items(), type_)
+    admin_only(principal, q.org)
     engine = engine_of(request)
-    engine.policy(org)  # an unknown org is 404, not an empty report
+    engine.policy(q.org)  # an unknown org is 404, not an empty report
     await audit.admin_read(
-        _store(request), org, principal, request.url.path, request.url.query or ""
+        _store(request), q.org, principal, request.url.path, request.url.query or ""
     )
-    return engine
+    return engine, q
 
 
 @get(
     "/v1/admin/reports/usage",
     summary="Spend, calls and tokens by model, user, feature, session, team, key or tag",
 )
-async def usage_report(
-    request: Request[Any, Any, Any],
-    org: FromQuery[str],
-    by: FromQuery[View] = "model",
-    since: FromQuery[date | None] = None,
-    until: FromQuery[date | None] = None,
-    top: FromQuery[int | None] = None,
-    sort: FromQuery[str] = "cost_micros",
-    format: FromQuery[Format] = "json",
-) -> Response[Any]:
-    engine = await _admin(request, org)
-    if sort not in query.SORTABLE:
-        raise InvalidRequest(f"sort must be one of {', '.join(query.SORTABLE)}", field="sort")
-    if top is not None and not 1 <= top <= 10_000:
-        raise InvalidRequest("top must be between 1 and 10000", field="top")
-    start, end = range_of(engine, org, since, until)
-    tomorrow = today(engine, org) + timedelta(days=1)
-    report = await query.usage(_store(request), org, by, start, end, top, sort, tomorrow)
-    return _respond(report, report.rows, format)
+async def usage_report(request: AnyRequest) -> Response[Any]:
+    engine, q = await _admin(request, UsageQuery)
+    start, end = range_of(engine, q.org, _day(q.since), _day(q.until))
+    tomorrow = today(engine, q.org) + timedelta(days=1)
+    report = await query.usage(_store(request), q.org, q.by, start, end, q.top, q.sort, tomorrow)
+    return _respond(report, report.rows, q.format)
 
 
 @get("/v1/admin/reports/daily", summary="Spend, calls and tokens by day and model")
-async def daily_report(
-    request: Request[Any, Any, Any],
-    org: FromQuery[str],
-    since: FromQuery[date | None] = None,
-    until: FromQuery[date | None] = None,
-    format: FromQuery[Format] = "json",
-) -> Response[Any]:
-    engine = await _admin(request, org)
-    start, end = range_of(engine, org, since, until)
-    report = await query.daily(_store(request), org, start, end)
-    return _respond(report, report.rows, format)
+async def daily_report(request: AnyRequest) -> Response[Any]:
+    engine, q = await _admin(request, DailyQuery)
+    start, end = range_of(engine, q.org, _day(q.since), _day(q.until))
+    report = await query.daily(_store(request), q.org, start, end)
+    return _respond(report, report.rows, q.format)
 
 
 @get("/v1/admin/reports/budgets", summary="Each budget's limit, spent, held and projection")
-async def budgets(
-    request: Request[Any, Any, Any],
-    org: FromQuery[str],
-    top: FromQuery[int] = 20,
-    format: FromQuery[Format] = "json",
-) -> Response[Any]:
-    engine = await _admin(request, org)
-    if not 1 <= top <= 1000:
-        raise InvalidRequest("top must be between 1 and 1000", field="top")
-    report = await budgets_report(engine, _store(request), org, top)
-    return _respond(report, report.rows, format)
+async def budgets(request: AnyRequest) -> Response[Any]:
+    engine, q = await _admin(request, BudgetsReportQuery)
+    report = await budgets_report(engine, _store(request), q.org, q.top)
+    return _respond(report, report.rows, q.format)
 
 
 @get("/v1/admin/audit", summary="The org's audit trail: admin reads; policy reloads")
-async def audit_trail(
-    request: Request[Any, Any, Any], org: FromQuery[str], limit: FromQuery[int] = 100
-) -> list[audit.AuditEntry]:
-    admin_only(caller(request), org)
-    store = _store(request)
-    count = min(max(limit, 1), 1000)
-    return await audit.recent(store, keys.audit(org), count)
-
-
-class PlanRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    files: dict[str, str]
-    """Policy files by name (``acme.yaml``) → their YAML text; the live price table is used."""
-
-
-FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\.ya?ml$")
+async def audit_trail(request: AnyRequest) -> list[audit.AuditEntry]:
+    principal = caller(request)
+    q = convert_query(request.query_params.multi_items(), AuditQuery)
+    # No 404 for an org without a policy: the trail outlives it (a removed org's last reload)
+    # and precedes it (a plan for a new org is audited under that org).
+    admin_only(principal, q.org)
+    return await audit.recent(_store(request), keys.audit(q.org), q.limit)
 
 
 @post("/v1/admin/policy/plan", status_code=200, summary="What these policy files would change now")
-async def policy_plan(request: Request[Any, Any, Any], data: PlanRequest) -> plan.Plan:
+async def policy_plan(request: AnyRequest) -> plan.Plan:
     principal = caller(request)
     admin_only(principal)
+    data = decode(await request.body(), PlanRequest)
     engine = engine_of(request)
-    if not data.files:
-        raise InvalidRequest("files: give at least one policy file", field="files")
-    for name in data.files:
-        if not FILE_NAME.match(name) or name == PRICING_FILE:
-            raise InvalidRequest(
-                f"files: {name!r} is not a policy file name (NAME.yaml, not pricing.yaml)",
-                field="files",
-            )
+    if PRICING_FILE in data.files:
+        raise InvalidRequest(
+            f"files: {PRICING_FILE!r} is the price table's name; the plan prices with the live "
+            "table, give policy files only",
+            field="files",
+        )
     registry = engine.registry
     pricing = registry.pricing_path or registry.directory / PRICING_FILE
     with tempfile.TemporaryDirectory(prefix="budgetd-plan-") as tmp:
@@ -193,9 +279,8 @@ class AnthropicBillQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     status_code=200,
     summary="Compare Anthropic's cost report (API JSON or Console CSV body) with the ledger",
 )
-async def reconcile_anthropic(request: Request[Any, Any, Any]) -> anthropic_bill.Reconciliation:
-    q = convert_query(request.query_params.multi_items(), AnthropicBillQuery)
-    engine = await _admin(request, q.org)
+async def reconcile_anthropic(request: AnyRequest) -> anthropic_bill.Reconciliation:
+    engine, q = await _admin(request, AnthropicBillQuery)
     body = (await request.body()).decode("utf-8", errors="replace")
     try:
         return await anthropic_bill.reconcile(
@@ -212,7 +297,74 @@ async def reconcile_anthropic(request: Request[Any, Any, Any]) -> anthropic_bill
 
 
 ROUTES = [usage_report, daily_report, budgets, audit_trail, policy_plan, reconcile_anthropic]
+_RANGE = (
+    "`until` must be after `since`, at most 400 days on (422 naming the field); days are the "
+    "org's (its policy's time zone). "
+)
+_AUDITED = "The read is written to the org's audit trail (`GET /v1/admin/audit`)."
 OPERATIONS = [
+    Operation(
+        "GET",
+        "/v1/admin/reports/usage",
+        "Spend, calls and tokens by model, user, feature, session, team, key or tag",
+        "admin_report_usage",
+        ok=(200, query.Report),
+        ok_media=CSV,
+        query=UsageQuery,
+        problems=(403, 404, 422, 503),
+        tags=("reports",),
+        description=_RANGE + "`format=csv` answers the rows as CSV. " + _AUDITED,
+    ),
+    Operation(
+        "GET",
+        "/v1/admin/reports/daily",
+        "Spend, calls and tokens by day and model",
+        "admin_report_daily",
+        ok=(200, query.Report),
+        ok_media=CSV,
+        query=DailyQuery,
+        problems=(403, 404, 422, 503),
+        tags=("reports",),
+        description=_RANGE + "`format=csv` answers the rows as CSV. " + _AUDITED,
+    ),
+    Operation(
+        "GET",
+        "/v1/admin/reports/budgets",
+        "Each budget's limit, spent, held and projection",
+        "admin_report_budgets",
+        ok=(200, BudgetsReport),
+        ok_media=CSV,
+        query=BudgetsReportQuery,
+        problems=(403, 404, 422, 503),
+        tags=("reports",),
+        description="`format=csv` answers the rows as CSV. " + _AUDITED,
+    ),
+    Operation(
+        "GET",
+        "/v1/admin/audit",
+        "The org's audit trail (admin reads, policy reloads and plans), newest first",
+        "admin_audit",
+        ok=(200, list[audit.AuditEntry]),
+        query=AuditQuery,
+        problems=(403, 422, 503),
+        tags=("admin",),
+        description="Any org the key may read, with or without a policy (the trail outlives "
+        "an org's policy, and a plan for a new org is audited under it): no 404.",
+    ),
+    Operation(
+        "POST",
+        "/v1/admin/policy/plan",
+        "What these policy files would change now, against live spend",
+        "admin_policy_plan",
+        ok=(200, plan.Plan),
+        body=PlanRequest,
+        problems=(403, 422, 503),
+        tags=("admin",),
+        description="Files that do not load are 422 with `field: files` and each mistake as "
+        "`file:line: field: message`; `pricing.yaml` is refused (the live price table is used). "
+        "The body is at most 64 KiB (larger policy sets: `budgetd policy plan`). An org admin "
+        "sees its own org's plan; each planned org's audit trail records it.",
+    ),
     Operation(
         "POST",
         "/v1/admin/reconcile/anthropic",
