@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,33 @@ def test_serve_with_a_bad_setting_exits_with_the_line(
     assert capsys.readouterr().err == (
         "budgetd: BUDGETD_REDIS_TIMEOUT_S='half': not a number (seconds, e.g. 0.5)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"BUDGETD_REDIS_TIMEOUT_S": "half"},
+            "budgetd: BUDGETD_REDIS_TIMEOUT_S='half': not a number (seconds, e.g. 0.5)",
+        ),
+        ({"BUDGETD_POLICY_DIR": "nowhere"}, "budgetd: BUDGETD_POLICY_DIR=nowhere: not a directory"),
+    ],
+)
+def test_uvicorn_on_the_asgi_entry_prints_the_same_line(
+    tmp_path: Path, env: dict[str, str], line: str
+) -> None:
+    # `uvicorn budgetd.asgi:app` run by hand printed the import's traceback.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETD_")}
+    run = {**clean, "BUDGETD_POLICY_DIR": str(Path(__file__).parents[1] / "policies"), **env}
+    uvicorn = str(Path(sys.executable).with_name("uvicorn"))
+    budgetd = str(Path(sys.executable).with_name("budgetd"))
+    for command in ([uvicorn, "budgetd.asgi:app", "--port", "0"], [budgetd, "serve"]):
+        done = subprocess.run(
+            command, env=run, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2, (command, done.stderr)
+        (only,) = done.stderr.splitlines()
+        assert only.startswith(line), (command, done.stderr)
 
 
 def test_a_missing_policy_dir_or_price_table_is_an_error_at_start(tmp_path: Path) -> None:
