@@ -60,3 +60,16 @@ def test_list_and_revoke(
         ring.authenticate(f"Bearer {checkout}")
     assert main(["keys", "revoke", "checkout", "--file", str(keys)]) == 1
     assert "no key named 'checkout'" in capsys.readouterr().err
+
+
+def test_new_refuses_a_malformed_org_without_being_told_where_the_policies_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The org's format is checked before (and without) the policy directory: `keys new` used to
+    # write `org: bad org!` into the file, a key no request could ever use.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BUDGETD_POLICY_DIR", raising=False)
+    keys = tmp_path / "keys.yaml"
+    assert main(["keys", "new", "--file", str(keys), "--org", "bad org!"]) == 1
+    assert "org 'bad org!' has the wrong format" in capsys.readouterr().err
+    assert not keys.exists()

@@ -13,7 +13,7 @@ from budgetd.app import create_app
 from budgetd.auth import LiveKeys
 from budgetd.settings import ConfigError
 from budgetd.store.connect import embedded_store
-from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
+from tests.api.conftest import Client, asgi_client, settings_for, write_keys, write_policy
 from tests.engine.conftest import ACME
 
 BODY = {"org": "acme", "model": "claude-haiku-test", "input_tokens": 10, "max_tokens": 10}
@@ -51,30 +51,35 @@ async def test_a_removed_key_stops_working_after_a_reload(tmp_path: Path) -> Non
         ).status_code == 201
 
 
+async def _keys_status(client: Client, errors: list[str]) -> dict[str, object]:
+    """/readyz's keys section once it shows ``errors`` (the poll runs every 50 ms)."""
+    deadline = time.monotonic() + 10
+    while True:
+        keys: dict[str, object] = (await client.get("/readyz")).json()["keys"]
+        if keys["errors"] == errors:
+            return keys
+        assert time.monotonic() < deadline, f"/readyz never showed {errors}: {keys}"
+        await asyncio.sleep(0.05)
+
+
 async def test_a_broken_or_deleted_file_keeps_the_last_good_keys(tmp_path: Path) -> None:
-    app, keys, (one, _) = _setup(tmp_path)
-    live: LiveKeys = app.state.api_keys  # type: ignore[attr-defined]
+    # Through the poll and HTTP only: a broken file used to go unseen (nothing reloaded it, and
+    # nothing said it was broken).
+    app, keys, (one, _) = _setup(tmp_path, policy_poll_s=0.05)
     async with asgi_client(app) as client:  # type: ignore[arg-type]
         keys.write_text("keys:\n  - sha256: nothex\n    org: acme\n")
-        status = live.reload_if_changed()
-        assert status is not None and not status.ok
-        assert status.errors == (
+        broken = (
             f"{keys}:2: keys[0].sha256: has the wrong format: expected 64 lowercase hex digits "
-            "(a SHA-256) (got 'nothex')",
+            "(a SHA-256) (got 'nothex')"
         )
+        ready = await _keys_status(client, [broken])
+        assert ready == {"loaded": True, "last_reload_ok": False, "errors": [broken]}
         assert (
             await client.post("/v1/reservations", json=BODY, headers=_auth(one))
         ).status_code == 201
-        ready = (await client.get("/readyz")).json()
-        assert ready["keys"] == {
-            "loaded": True,
-            "last_reload_ok": False,
-            "errors": list(status.errors),
-        }
         assert "budgetd_config_load_error_total 1.0" in (await client.get("/metrics")).text
         keys.unlink()
-        status = live.reload_if_changed()
-        assert status is not None and status.errors == (f"{keys}: keys file not found",)
+        await _keys_status(client, [f"{keys}: keys file not found"])
         assert (
             await client.post("/v1/reservations", json=BODY, headers=_auth(one))
         ).status_code == 201
