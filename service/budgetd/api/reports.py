@@ -1,6 +1,6 @@
-"""Reports over HTTP, for admin keys: usage by model, user, feature, session, team, key or tag; by day and
-model; budgets against actual; and the audit trail. JSON or CSV (numbers as numbers). Every
-read is itself audited."""
+"""Reports over HTTP, for admin keys: usage by model, user, feature, session, team, key or tag;
+by day and model; budgets against actual; and the audit trail. JSON or CSV (numbers as
+numbers). Every read is itself audited."""
 
 from __future__ import annotations
 
