@@ -57,7 +57,6 @@ async def admin(tmp_path: Path) -> AsyncIterator[Client]:
         (f"{USAGE}?org=acme&top=10001", "top", "at most 10000"),
         # msgspec's dates reach 9999-12-31, where the report's month arithmetic overflowed (500).
         (f"{USAGE}?org=acme&since=9999-12-01&until=9999-12-31", "since", "to 2999-12-31"),
-        (f"{USAGE}?org=acme&until=9999-12-31", "until", "to 2999-12-31"),
         (f"{DAILY}?org=acme&since=1969-12-31", "since", "from 1970-01-01"),
         (f"{DAILY}?org=acme&since=2027-02-29", "since", "YYYY-MM-DD"),
         (f"{DAILY}?org=acme&since=2026-11-31", "since", "YYYY-MM-DD"),
@@ -83,6 +82,15 @@ async def test_report_queries_are_strict(admin: Client, query: str, field: str, 
     detail = str(_problem(await method(query), 422, field)["detail"])
     assert words in detail
     assert "^" not in detail and "[0-9]" not in detail  # patterns in words, never a regex
+
+
+@pytest.mark.parametrize("path", [USAGE, "/v1/budgets", "/v1/admin/events", "/v1/admin/ledger"])
+async def test_the_first_wrong_parameter_written_is_named(admin: Client, path: str) -> None:
+    # Litestar's multi_items() walks a set: which of two wrong parameters was named depended on
+    # the process's string hashes. Both orders are asked, so one of them caught it every run.
+    for first, second in (("org", "zzz"), ("zzz", "org")):
+        r = await admin.get(f"{path}?{first}=bad%20name!&{second}=bad%20name!")
+        assert _problem(r, 422, first)["field"] == first
 
 
 async def test_report_days_are_days(admin: Client) -> None:

@@ -50,7 +50,7 @@ class EventsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 @get("/v1/admin/events", summary="Recent events and their delivery state")
 async def events(request: Request[Any, Any, Any]) -> EventsResult:
     principal = caller(request)
-    q = convert_query(request.query_params.multi_items(), EventsQuery)
+    q = convert_query(request.query_params.items(), EventsQuery)
     org, count = q.org, q.limit
     admin_only(principal, org)
     queue: EventQueue = request.app.state.queue
@@ -70,7 +70,7 @@ async def events(request: Request[Any, Any, Any]) -> EventsResult:
 @get("/v1/admin/scheduler", summary="Jobs of this replica: last run, next run, lag")
 async def scheduler(request: Request[Any, Any, Any]) -> list[JobStatus]:
     principal = caller(request)
-    convert_query(request.query_params.multi_items(), NoParameters)
+    convert_query(request.query_params.items(), NoParameters)
     admin_only(principal)
     jobs: Jobs = request.app.state.jobs
     return jobs.snapshot(principal.org)

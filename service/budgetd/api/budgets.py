@@ -13,7 +13,7 @@ from budgetd.contract import BudgetsQuery, BudgetsResult, CostRequest, CostResul
 @get("/v1/budgets", summary="Each limit that applies to a scope: limit, spent, held, remaining")
 async def budgets(request: AnyRequest) -> BudgetsResult:
     principal = caller(request)
-    q = convert_query(request.query_params.multi_items(), BudgetsQuery)
+    q = convert_query(request.query_params.items(), BudgetsQuery)
     principal.require_org(q.org)
     tags = tuple(q.tags.split(",")) if q.tags else ()
     return await engine_of(request).budgets(

@@ -76,7 +76,7 @@ def _bound_ms(name: str, text: str | None) -> int | None:
 @get("/v1/admin/ledger", summary="Export the org's ledger (JSON lines or CSV), oldest first")
 async def export_ledger(request: Request[Any, Any, Any]) -> Stream:
     principal = caller(request)
-    q = convert_query(request.query_params.multi_items(), ExportQuery)
+    q = convert_query(request.query_params.items(), ExportQuery)
     # Every bound is checked before the first byte: a refusal after the 200 would be a broken
     # stream, not a problem.
     since, until = _bound_ms("since", q.since), _bound_ms("until", q.until)
@@ -91,7 +91,7 @@ async def export_ledger(request: Request[Any, Any, Any]) -> Stream:
 @get("/v1/admin/reconcile", summary="Check that every counter equals its ledger and open holds")
 async def reconcile(request: Request[Any, Any, Any]) -> ReconcileResult:
     principal = caller(request)
-    org = convert_query(request.query_params.multi_items(), OrgOnlyQuery).org
+    org = convert_query(request.query_params.items(), OrgOnlyQuery).org
     admin_only(principal, org)
     policy = request.app.state.engine.policy(org)  # an unknown org is 404
     queue: EventQueue = request.app.state.queue

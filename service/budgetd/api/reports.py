@@ -178,7 +178,7 @@ async def _admin(request: AnyRequest, type_: type[Q]) -> tuple[Engine, Q]:
     """The query of an org's admin read, checked in the order every route uses (the key, then
     the query, then the key's rights, then the org), and the read audited."""
     principal = caller(request)
-    q = convert_query(request.query_params.multi_items(), type_)
+    q = convert_query(request.query_params.items(), type_)
     admin_only(principal, q.org)
     engine = engine_of(request)
     engine.policy(q.org)  # an unknown org is 404, not an empty report
@@ -218,7 +218,7 @@ async def budgets(request: AnyRequest) -> Response[Any]:
 @get("/v1/admin/audit", summary="The org's audit trail: admin reads; policy reloads")
 async def audit_trail(request: AnyRequest) -> list[audit.AuditEntry]:
     principal = caller(request)
-    q = convert_query(request.query_params.multi_items(), AuditQuery)
+    q = convert_query(request.query_params.items(), AuditQuery)
     # No 404 for an org without a policy: the trail outlives it (a removed org's last reload)
     # and precedes it (a plan for a new org is audited under that org).
     admin_only(principal, q.org)

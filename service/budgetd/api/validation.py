@@ -120,8 +120,10 @@ def _keyed(message: str, body: bytes) -> Any:
 
 
 def convert_query(params: Iterable[tuple[str, str]], type_: type[T]) -> T:
-    """A query string's parameters as a ``type_`` (every field a string or a string-typed
-    name); a repeated parameter is refused rather than silently taking one of the values."""
+    """A query string's parameters, in the order written, as a ``type_`` (every field a string
+    or a string-typed name); a repeated parameter is refused rather than silently taking one of
+    the values. The first wrong parameter written is the one named: pass the query's items in
+    order (Litestar's ``multi_items()`` walks a set, so which one was named varied by process)."""
     seen: dict[str, str] = {}
     integers = _integers(type_)
     for name, value in params:
