@@ -154,39 +154,40 @@ def main() -> None:
         try:
             reserve, commit = asyncio.run(capture(root / "policies", server.url))
             client = redis.Redis(host=HOST, port=server.port, decode_responses=True)
-            counters = list(dict.fromkeys(k for k in reserve.keys if ":b:" in k))
-            assert len(counters) == 2, counters  # the day and the hour counter of one user
-            print("one reserve touches:", ", ".join(dict.fromkeys(reserve.keys)))
+            # The layout of issue 13: a user's counters are fields of the org's period hashes
+            # (one per day, one per hour), named in the reserve's plan, not in its keys.
+            prefix = keys.counters(ORG, "")
+            counters = list(dict.fromkeys(a for a in reserve.argv if str(a).startswith(prefix)))
+            assert len(counters) == 2, counters  # the day's and the hour's counter hash
+            print("one reserve touches:", ", ".join([*dict.fromkeys(reserve.keys), *counters]))
             base = used_memory(client)
             took = run_all(client, "reserve", reserve, n, "granted")
             after_reserve = used_memory(client)
             sample = random.Random(1).sample(range(n), min(n, args.sample))
-            day = [_subst(counters[:1], i)[0] for i in sample]
-            hour = [_subst(counters[1:2], i)[0] for i in sample]
             rkeys = [keys.reservation(ORG, f"r{i:06d}") for i in sample]
-            open_counter = usage(client, day + hour)
+            open_counter = usage(client, counters) * len(counters) / n
             open_res = usage(client, rkeys)
             holds = int(client.memory_usage(keys.holds(ORG), samples=0) or 0)
             print(f"\nafter {n:,} reserves ({n / took:,.0f} reserves/s pipelined):")
             print(
-                f"  counter (hash: held), MEMORY USAGE mean of {len(day + hour):,}: "
-                f"{open_counter:6.0f} B"
+                f"  a user's counters (2 fields `|h` in 2 period hashes), MEMORY USAGE of the "
+                f"hashes / users: {open_counter:6.0f} B"
             )
             print(f"  open reservation hash, mean of {len(rkeys):,}:          {open_res:6.0f} B")
             print(f"  hold index (one zset per org): {holds:,} B = {holds / n:.0f} B per hold")
             print(
                 f"  INFO used_memory delta / users: {(after_reserve - base) / n:6.0f} B "
-                f"(2 counters + 1 reservation + 1 hold entry per user)"
+                f"(2 held fields + 1 reservation + 1 hold entry per user)"
             )
 
             took = run_all(client, "commit", commit, n, "committed")
             after_commit = used_memory(client)
-            settled_counter = usage(client, day + hour)
+            settled_counter = usage(client, counters) * len(counters) / n
             resolved = usage(client, rkeys)
             ledger = int(client.memory_usage(keys.ledger(ORG), samples=0) or 0)
             print(f"\nafter {n:,} commits ({n / took:,.0f} commits/s pipelined):")
             print(
-                f"  counter (hash: held, spent), mean:       {settled_counter:6.0f} B  "
+                f"  a user's counters (held, spent in 2 hashes) / users: {settled_counter:6.0f} B "
                 f"(target ≤ 200)"
             )
             print(f"  resolved reservation (kept for replays), mean: {resolved:6.0f} B")
@@ -201,27 +202,22 @@ def main() -> None:
             hour_end = now.replace(minute=0, second=0, microsecond=0).timestamp() + 3600
             day_end = now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() + 86400
             grace_ms = int(COUNTER_GRACE.total_seconds() * 1000)
-            pipe = client.pipeline(transaction=False)
-            for name in day + hour:
-                pipe.pttl(name)
-            ttls = pipe.execute()
+            day_ttl, hour_ttl = (int(client.pttl(name)) for name in counters)
             bound = {
                 "day": int(day_end * 1000) - now_ms + grace_ms,
                 "hour": int(hour_end * 1000) - now_ms + grace_ms,
             }
-            day_ttl, hour_ttl = ttls[: len(day)], ttls[len(day) :]
-            assert all(0 < t <= bound["day"] for t in day_ttl), "a day counter outlives its bound"
-            assert all(0 < t <= bound["hour"] for t in hour_ttl), "an hour counter outlives it"
+            assert 0 < day_ttl <= bound["day"], "the day's hash outlives its bound"
+            assert 0 < hour_ttl <= bound["hour"], "the hour's hash outlives its bound"
             print(
-                f"\nTTL: every sampled counter has one (no PTTL -1); hour counters expire in "
-                f"{min(hour_ttl) / 3.6e6:.2f}–{max(hour_ttl) / 3.6e6:.2f} h "
-                f"(≤ period end + grace {COUNTER_GRACE}), day counters in "
-                f"{min(day_ttl) / 3.6e6:.2f}–{max(day_ttl) / 3.6e6:.2f} h"
+                f"\nTTL: both period hashes have one (no PTTL -1); the hour's expires in "
+                f"{hour_ttl / 3.6e6:.2f} h (≤ period end + grace {COUNTER_GRACE}), the day's in "
+                f"{day_ttl / 3.6e6:.2f} h"
             )
             live_hours = (3600_000 + grace_ms) / 3600_000
             print(
                 f"  so one user with an hourly budget keeps up to {live_hours:.0f} hourly "
-                f"counters alive (≈ {live_hours * settled_counter / 1024:.0f} KiB)"
+                f"counters alive (≈ {live_hours * settled_counter / 2 / 1024:.1f} KiB)"
             )
             client.close()
         finally:

@@ -35,7 +35,7 @@ want_budget(b)
 load()
 local key, field = charge_slot(b)
 local spent = val(key, field)
-local _, _, period = label(b)
+local _, _, period = EV().label(b)
 if spent + amount < 0 then
   return {'negative', '', spent, period}
 end

@@ -88,7 +88,7 @@ local candidates = usage_events(budgets, cost - freed, now, rid)
 if overrun == 1 then
   local b = budgets[1]
   local name, entity, period = '', '', ''
-  if b then name, entity, period = label(b) end
+  if b then name, entity, period = EV().label(b) end
   table.insert(candidates, {id = 'overrun|' .. rid, keep = now + keep, fields = {
     'type', 'overrun', 'budget', name, 'scope', b and b.s or '',
     'entity', entity, 'period', period, 'threshold', '0',

@@ -13,7 +13,7 @@ for i = 4, #ARGV do
 end
 expect(KEYS[1], 'stream')
 -- A duration, not an instant: the caller's idea of time may differ from Redis's.
-if emit(KEYS[1], ARGV[1], ARGV[2], now_ms() + tonumber(ARGV[3]), fields) then
+if EV().emit(KEYS[1], ARGV[1], ARGV[2], now_ms() + tonumber(ARGV[3]), fields) then
   return 1
 end
 return 0

@@ -104,8 +104,8 @@ local function load()
       for i = 2, #w do
         local raw = v[i]
         if raw then
-          local n = string.match(raw, '^%-?%d+$') and tonumber(raw)
-          if not n or not fits(n) then
+          local n = tonumber(raw)
+          if not n or n ~= math.floor(n) or not fits(n) then
             error('budgetd: ' .. key .. ' ' .. w[i] .. ' is not a counter: ' .. raw)
           end
           out[w[i]] = n
@@ -302,8 +302,7 @@ end
 local ROLLING_CHUNK = 25
 
 local function sub_bucket(b, i)
-  return b.base .. string.format('%d', math.floor(i / ROLLING_CHUNK)),
-    b.f .. '|' .. string.format('%d', i) .. '|s'
+  return b.base .. math.floor(i / ROLLING_CHUNK), b.f .. '|' .. i .. '|s'
 end
 
 -- Where a budget entry's spend lands (its current sub-bucket, for a rolling one), and the
@@ -329,15 +328,31 @@ local function entry_now(b, clock_ms)
   end
   out.idx = math.floor(clock_ms / b.w)
   out.pe = (out.idx + 1) * b.w
+  out.wk, out.wf = nil, nil -- its window is that of its own sub-bucket
   return out
+end
+
+-- A rolling entry's window: the hash and field of each of its 25 sub-buckets, named once per
+-- call (the names are what costs: a reserve or commit reads them, then sums them).
+local function window(b)
+  if not b.wk then
+    local wk, wf = {}, {}
+    local prefix = b.f .. '|'
+    for i = b.idx - 24, b.idx do
+      wk[#wk + 1] = b.base .. math.floor(i / ROLLING_CHUNK)
+      wf[#wf + 1] = prefix .. i .. '|s'
+    end
+    b.wk, b.wf = wk, wf
+  end
+  return b.wk, b.wf
 end
 
 -- Names the fields a budget entry's checks read: its window's spend, and its held amount.
 local function want_budget(b)
   if b.k == 'R' then
-    for i = b.idx - 24, b.idx do
-      local key, field = sub_bucket(b, i)
-      want(key, field)
+    local wk, wf = window(b)
+    for i = 1, #wk do
+      want(wk[i], wf[i])
     end
   else
     want(b.c, b.f .. '|s')
@@ -350,10 +365,10 @@ local function budget_spent(b)
   if b.k ~= 'R' then
     return val(b.c, b.f .. '|s')
   end
+  local wk, wf = window(b)
   local spent = 0
-  for i = b.idx - 24, b.idx do
-    local key, field = sub_bucket(b, i)
-    spent = spent + val(key, field)
+  for i = 1, #wk do
+    spent = spent + val(wk[i], wf[i])
   end
   return spent
 end
@@ -516,9 +531,47 @@ local function expire_holds(holds_key, due, now)
   end
 end
 
+-- Events are rare: their helpers are made only by a call that has one (EV()), so the common
+-- call does not pay for defining them (each function a script defines is made on every call).
+local EVH = nil
+
+local function EV()
+  if EVH then
+    return EVH
+  end
+  local E = {}
+
+  -- An entry's label: name, entity, period id, period end, keep-until.
+  function E.label(b)
+    local name, entity = string.match(b.f, '^([^|]*)|(.*)$')
+    if b.k == 'R' then
+      local _, _, at = charge_slot(b)
+      return name, entity, 'r' .. string.format('%d', b.idx), b.pe, at
+    end
+    local period = string.match(b.c, ':c:(.*)$')
+    local keep = b.x
+    if b.k == 'S' then
+      keep = now_ms() + b.x
+    end
+    return name, entity, period, b.pe, keep
+  end
+
+  -- Adds to `out` the event `kind` of entry `b` ({id, keep, fields}).
+  function E.add(out, b, after, now, rid, suffix, kind, threshold, extra)
+    local name, entity, period, pe, keep = E.label(b)
+    local fields = {'type', kind, 'budget', name, 'scope', b.s, 'entity', entity, 'period',
+      period, 'threshold', int(threshold), 'used_micros', int(after), 'limit_micros', int(b.l),
+      'at_ms', int(now), 'reservation_id', rid, 'period_end_ms', int(pe or 0)}
+    for _, v in ipairs(extra or {}) do
+      table.insert(fields, v)
+    end
+    table.insert(out, {id = name .. '|' .. entity .. '|' .. period .. suffix, keep = keep,
+      fields = fields})
+  end
+
 -- Append an event to the org's stream, once per `id` for as long as `until_ms` (ms): the
 -- marker key is the dedupe, so every replica and every restart agrees it was sent.
-local function emit(events_key, tag_prefix, id, until_ms, fields)
+function E.emit(events_key, tag_prefix, id, until_ms, fields)
   local marker = tag_prefix .. 'ev:' .. id
   if redis.call('SET', marker, '1', 'NX', 'PXAT', int(keep_until(until_ms))) then
     local entry = {'id', id}
@@ -533,64 +586,63 @@ local function emit(events_key, tag_prefix, id, until_ms, fields)
   return false
 end
 
--- An entry's label, for its events: name, entity, period id, period end, keep-until.
-local function label(b)
-  local name, entity = string.match(b.f, '^([^|]*)|(.*)$')
-  if b.k == 'R' then
-    local _, _, at = charge_slot(b)
-    return name, entity, 'r' .. string.format('%d', b.idx), b.pe, at
+
+  function E.touch(tag_prefix, candidates)
+    for _, e in ipairs(candidates) do
+      redis.call('EXISTS', tag_prefix .. 'ev:' .. e.id)
+    end
   end
-  local period = string.match(b.c, ':c:(.*)$')
-  local keep = b.x
-  if b.k == 'S' then
-    keep = now_ms() + b.x
+
+  function E.emit_all(events_key, tag_prefix, candidates)
+    for _, e in ipairs(candidates) do
+      E.emit(events_key, tag_prefix, e.id, e.keep, e.fields)
+    end
   end
-  return name, entity, period, b.pe, keep
+
+  EVH = E
+  return E
 end
 
 -- Add to `out` the events of entry `b` whose usage goes from `before` to `after` (micros):
 -- thresholds crossed, the overage of a warn-only or shadow budget, and a shadow budget coming
--- back under its limit. {id, keep, fields} each.
+-- back under its limit. The thresholds ("50,80,100", percents 1 to 100) are read digit by
+-- digit, and only when one can be crossed (below the limit before, 1 % of it after).
 local function budget_events(out, b, before, after, now, rid, kind_override)
-  local name, entity, period, pe, keep = label(b)
-  local base = name .. '|' .. entity .. '|' .. period
-  local function add_event(suffix, kind, threshold, extra)
-    local fields = {'type', kind, 'budget', name, 'scope', b.s, 'entity', entity, 'period',
-      period, 'threshold', int(threshold), 'used_micros', int(after), 'limit_micros', int(b.l),
-      'at_ms', int(now), 'reservation_id', rid, 'period_end_ms', int(pe or 0)}
-    for _, v in ipairs(extra or {}) do
-      table.insert(fields, v)
-    end
-    table.insert(out, {id = base .. suffix, keep = keep, fields = fields})
-  end
+  local l = b.l
   if kind_override then
-    add_event('|block', 'hard_limit', 100, kind_override)
+    EV().add(out, b, after, now, rid, '|block', 'hard_limit', 100, kind_override)
     return
   end
-  if b.th ~= '-' then
-    for pct in string.gmatch(b.th, '%d+') do
-      pct = tonumber(pct)
-      -- Crossed now: below the mark before, at or above it after.
-      if before * 100 < pct * b.l and after * 100 >= pct * b.l then
-        add_event('|t' .. pct, 'threshold', pct)
+  local th = b.th
+  if th ~= '-' and before < l and after * 100 >= l then
+    local n = 0
+    for i = 1, #th + 1 do
+      local c = string.byte(th, i)
+      if c and c >= 48 and c <= 57 then
+        n = n * 10 + c - 48
+      else
+        -- Crossed now: below the mark before, at or above it after.
+        if before * 100 < n * l and after * 100 >= n * l then
+          EV().add(out, b, after, now, rid, '|t' .. n, 'threshold', n)
+        end
+        n = 0
       end
     end
   end
-  if after > b.l then
+  if after > l then
     if b.m == 'w' then
-      add_event('|over', 'over_limit', 100)
+      EV().add(out, b, after, now, rid, '|over', 'over_limit', 100)
     elseif b.m == 's' then
-      add_event('|shadow', 'shadow_would_deny', 100)
+      EV().add(out, b, after, now, rid, '|shadow', 'shadow_would_deny', 100)
     end
-  elseif b.m == 's' and before > b.l then
+  elseif b.m == 's' and before > l then
     -- A shadow budget leaving would-deny (a commit or release brought it back under).
-    add_event('|shadow_clear', 'shadow_clear', 100)
+    EV().add(out, b, after, now, rid, '|shadow_clear', 'shadow_clear', 100)
   end
 end
 
 -- The events of every budget entry whose usage (its whole window, held included) moves by
--- `delta` micros, as budget_events makes them. Cheap when nothing crosses: labels are only
--- built for an event.
+-- `delta` micros, as budget_events makes them.
 local function usage_events(budgets, delta, now, rid)
   local out = {}
   for _, b in ipairs(budgets) do
@@ -601,13 +653,13 @@ local function usage_events(budgets, delta, now, rid)
 end
 
 local function touch_markers(tag_prefix, candidates)
-  for _, e in ipairs(candidates) do
-    redis.call('EXISTS', tag_prefix .. 'ev:' .. e.id)
+  if #candidates > 0 then
+    EV().touch(tag_prefix, candidates)
   end
 end
 
 local function emit_all(events_key, tag_prefix, candidates)
-  for _, e in ipairs(candidates) do
-    emit(events_key, tag_prefix, e.id, e.keep, e.fields)
+  if #candidates > 0 then
+    EV().emit_all(events_key, tag_prefix, candidates)
   end
 end
