@@ -66,8 +66,12 @@ ACME = OrgDef(
         BudgetDef("org-month", "org", "month", 200_000),
         BudgetDef("feature-day", "feature", "day", 80_000),
         BudgetDef("user-hour", "user", "hour", 50_000),
+        BudgetDef("team-day", "team", "day", 70_000),
+        BudgetDef("key-hour", "key", "hour", 45_000),
+        BudgetDef("project-day", "tag", "day", 40_000, match="project:*"),
     ),
     rate=RateDef("user-rate", requests=20, input_tokens=20_000, output_tokens=8_000),
+    teams=(("red", ("alice",)), ("blue", ("alice", "bob"))),
 )
 BETA = OrgDef(
     org="beta",
@@ -76,6 +80,8 @@ BETA = OrgDef(
     budgets=(
         BudgetDef("org-week", "org", "week", 100_000),
         BudgetDef("feature-day", "feature", "day", 40_000),
+        BudgetDef("key-day", "key", "day", 30_000),
+        BudgetDef("project-day", "tag", "day", 30_000, match="project:*"),
     ),
     fail_open=True,
 )
@@ -122,9 +128,13 @@ SETTLE = (
     "commit while stalled",
     "reserve again",
     "reserve other",
+    "reserve from another key",
 )
 users = st.sampled_from([None, "alice", "bob"])
 features = st.sampled_from([None, "chat", "search"])
+api_keys = st.sampled_from([None, "app-a", "app-b"])
+"""The caller's key name (None: authentication off), as the HTTP API passes it."""
+tag_lists = st.lists(st.sampled_from(["project:x", "project:y", "env:prod"]), max_size=3)
 picks = st.integers(min_value=0, max_value=1 << 16)
 replicas = st.integers(min_value=0, max_value=1)
 
@@ -149,8 +159,9 @@ class EngineModel(RuleBasedStateMachine):
         self.dirs: list[Path] = []
         self.stores: tuple[ScriptStore, ScriptStore] | None = None
         self.next_id = 0
-        self.degraded: list[tuple[str, str, str | None, str | None]] = []
-        """Degraded grants (org, id, user, feature): committable later, the spend is recorded."""
+        self.degraded: list[tuple[str, str, str | None, str | None, tuple[str, ...]]] = []
+        """Degraded grants (org, id, user, feature, tags): committable later, the spend is
+        recorded (on the committing caller's key)."""
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -217,6 +228,7 @@ class EngineModel(RuleBasedStateMachine):
         max_tokens: int,
         ttl: int | None,
         rid: str,
+        tags: tuple[str, ...] = (),
     ) -> ReserveRequest:
         return ReserveRequest(
             org=org,
@@ -227,16 +239,18 @@ class EngineModel(RuleBasedStateMachine):
             feature=feature,
             reservation_id=rid,
             ttl_s=ttl,
+            tags=list(tags),
         )
 
-    def _reserve(self, replica: int, request: ReserveRequest) -> None:
+    def _reserve(self, replica: int, request: ReserveRequest, key: str | None = None) -> None:
         """A first reserve of ``request.reservation_id``: check the answer, move the model."""
         m = self.model
         org = request.org
         assert request.reservation_id is not None
         before_buckets = self.run(self._buckets(org))
         expired = m.expire_due(org, 8)
-        entries = m.entries(replica, org, request.user, request.feature, m.now_ms)
+        tags = tuple(request.tags)
+        entries = m.entries(replica, org, request.user, request.feature, m.now_ms, key, tags)
         amount = price(request.input_tokens, request.max_tokens)
         rolling = {(e.budget.name, e.entity) for e in entries if e.rolling}
         short = {
@@ -246,7 +260,7 @@ class EngineModel(RuleBasedStateMachine):
         }
         hold_ttl_s = m.policies[replica][org].hold_ttl_s
         try:
-            answer = self.run(self.engines[replica].reserve(request))
+            answer = self.run(self.engines[replica].reserve(request, key))
         except InvalidRequest as exc:
             # Refusing what budgetd cannot honour is fine: an id it reserves for itself, a
             # lease longer than the policy allows. Nothing may have changed (checked next).
@@ -281,7 +295,7 @@ class EngineModel(RuleBasedStateMachine):
         r = Reservation(
             org=org,
             rid=request.reservation_id,
-            body=(request,),
+            body=(request, key),
             amount=amount,
             deadline_ms=deadline,
             entries=entries,
@@ -305,6 +319,8 @@ class EngineModel(RuleBasedStateMachine):
         ttl=st.sampled_from([None, 1, 5, 30, 3_600, 86_400]),
         stall=st.sampled_from((False,) * 9 + (True,)),
         deg=st.sampled_from((False,) * 4 + (True,)),
+        key=api_keys,
+        tags=tag_lists,
     )
     def reserve(
         self,
@@ -317,16 +333,19 @@ class EngineModel(RuleBasedStateMachine):
         ttl: int | None,
         stall: bool,
         deg: bool,
+        key: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
     ) -> None:
         """A reserve on either replica; one in ten while Redis is stalled (a real server)."""
         if "rolling" not in self.families and ttl is not None and ttl > 30:
             ttl = 30  # leases past the policy's are the rolling family's
         prefix = "deg." if deg and "deg-ids" in self.families else "r"
-        request = self._request(org, user, feature, est, max_tokens, ttl, self.fresh_id(prefix))
+        rid = self.fresh_id(prefix)
+        request = self._request(org, user, feature, est, max_tokens, ttl, rid, tuple(tags))
         if stall and self.backend.can_stall:
-            self._reserve_stalled(replica, request)
+            self._reserve_stalled(replica, request, key)
         else:
-            self._reserve(replica, request)
+            self._reserve(replica, request, key)
 
     def _pick(self, pick: int, open_only: bool) -> Reservation:
         pool = self.model.open_holds() if open_only else []
@@ -365,6 +384,8 @@ class EngineModel(RuleBasedStateMachine):
             self._reserve_again(replica, r)
         elif action == "reserve other":
             self._reserve_other(replica, r)
+        elif action == "reserve from another key":
+            self._reserve_other(replica, r, other_key=True)
         elif action == "commit again":
             self._commit(replica, r, r.commit_body or self._usage(r, "under"))
         elif action == "commit other":
@@ -375,22 +396,28 @@ class EngineModel(RuleBasedStateMachine):
 
     def _reserve_again(self, replica: int, r: Reservation) -> None:
         self.model.expire_due(r.org, 8)
-        (request,) = r.body
+        request, key = r.body
         assert isinstance(request, ReserveRequest)
-        answer = self.run(self.engines[replica].reserve(request))
+        assert key is None or isinstance(key, str)
+        answer = self.run(self.engines[replica].reserve(request, key))
         assert isinstance(answer, Grant), answer
         assert r.grant_answer is not None
         held, deadline = r.grant_answer
         assert (answer.held_micros, answer.replayed) == (held, True)
         assert answer.expires_at == datetime.fromtimestamp(deadline / 1000, tz=UTC)
 
-    def _reserve_other(self, replica: int, r: Reservation) -> None:
+    def _reserve_other(self, replica: int, r: Reservation, other_key: bool = False) -> None:
+        """The same id with another body, or the same body from another key (issue 14: it
+        would be charged to other key budgets): a conflict either way."""
         self.model.expire_due(r.org, 8)
-        (request,) = r.body
+        request, key = r.body
         assert isinstance(request, ReserveRequest)
+        assert key is None or isinstance(key, str)
         other = msgspec.structs.replace(request, max_tokens=request.max_tokens + 1)
+        if other_key:
+            other, key = request, "app-b" if key == "app-a" else "app-a"
         try:
-            self.run(self.engines[replica].reserve(other))
+            self.run(self.engines[replica].reserve(other, key))
         except Conflict as exc:
             # The 409 names the state this call leaves, after its own lazy expiry.
             assert exc.state == r.state, (exc.state, r.state)
@@ -445,6 +472,8 @@ class EngineModel(RuleBasedStateMachine):
         feature=features,
         tokens=st.tuples(st.integers(0, 3_000), st.integers(0, 2_000)),
         again=st.sampled_from(["no", "same", "other"]),
+        key=api_keys,
+        tags=tag_lists,
     )
     def record(
         self,
@@ -454,6 +483,8 @@ class EngineModel(RuleBasedStateMachine):
         feature: str | None,
         tokens: tuple[int, int],
         again: str,
+        key: str | None = None,
+        tags: list[str] | tuple[str, ...] = (),
     ) -> None:
         m = self.model
         rid = self.fresh_id("u")
@@ -464,20 +495,21 @@ class EngineModel(RuleBasedStateMachine):
             user=user,
             feature=feature,
             record_id=rid,
+            tags=list(tags),
         )
         cost = price(*tokens)
-        answer = self.run(self.engines[replica].record(request))
+        answer = self.run(self.engines[replica].record(request, key))
         assert (answer.cost_micros, answer.replayed) == (cost, False)
-        m.record(m.entries(replica, org, user, feature, m.now_ms), org, cost)
+        m.record(m.entries(replica, org, user, feature, m.now_ms, key, tuple(tags)), org, cost)
         if again == "same":
-            replay = self.run(self.engines[1 - replica].record(request))
+            replay = self.run(self.engines[1 - replica].record(request, key))
             assert (replay.ledger_id, replay.replayed) == (answer.ledger_id, True)
         elif again == "other":
             changed = msgspec.structs.replace(
                 request, usage=Usage(input_tokens=tokens[0] + 1, output_tokens=tokens[1])
             )
             try:
-                self.run(self.engines[1 - replica].record(changed))
+                self.run(self.engines[1 - replica].record(changed, key))
             except Conflict:
                 pass
             else:
@@ -526,7 +558,9 @@ class EngineModel(RuleBasedStateMachine):
         self.run(store.status((), ()))
         return result
 
-    def _reserve_stalled(self, replica: int, request: ReserveRequest) -> None:
+    def _reserve_stalled(
+        self, replica: int, request: ReserveRequest, key: str | None = None
+    ) -> None:
         """Redis stops answering: a fail-closed org gets 503, a fail-open one a degraded grant.
         The script was sent, so it runs once Redis resumes: the model learns from the store
         whether it granted (the client never heard) and checks that it was allowed to."""
@@ -534,9 +568,10 @@ class EngineModel(RuleBasedStateMachine):
         org, user, feature = request.org, request.user, request.feature
         rid = request.reservation_id
         assert rid is not None
-        entries = m.entries(replica, org, user, feature, m.now_ms)
+        tags = tuple(request.tags)
+        entries = m.entries(replica, org, user, feature, m.now_ms, key, tags)
         amount = price(request.input_tokens, request.max_tokens)
-        result = self._stalled(replica, self.engines[replica].reserve(request))
+        result = self._stalled(replica, self.engines[replica].reserve(request, key))
         if isinstance(result, InvalidRequest):
             # Refused before the store (an id of budgetd's own, a lease past the policy's).
             assert rid.startswith("deg.") or (request.ttl_s or 0) > self.orgs[org].hold_ttl_s
@@ -544,7 +579,7 @@ class EngineModel(RuleBasedStateMachine):
         if self.orgs[org].fail_open:
             assert isinstance(result, Grant) and result.degraded, result
             assert result.held_micros == 0
-            self.degraded.append((org, result.reservation_id, user, feature))
+            self.degraded.append((org, result.reservation_id, user, feature, tags))
         else:
             assert isinstance(result, StoreDown), result
         self._adopt_expiries(org)
@@ -560,7 +595,7 @@ class EngineModel(RuleBasedStateMachine):
             Reservation(
                 org=org,
                 rid=rid,
-                body=(request,),
+                body=(request, key),
                 amount=amount,
                 deadline_ms=deadline,
                 entries=entries,
@@ -575,17 +610,22 @@ class EngineModel(RuleBasedStateMachine):
         pick=picks,
         replica=replicas,
         tokens=st.tuples(st.integers(0, 3_000), st.integers(0, 2_000)),
+        key=api_keys,
     )
-    def commit_degraded(self, pick: int, replica: int, tokens: tuple[int, int]) -> None:
+    def commit_degraded(
+        self, pick: int, replica: int, tokens: tuple[int, int], key: str | None = None
+    ) -> None:
         """A degraded grant's commit, once Redis is back, records the spend (on any replica),
-        in the period it is committed in: nothing was held."""
-        org, rid, user, feature = self.degraded.pop(pick % len(self.degraded))
+        in the period it is committed in: nothing was held. It counts on the committing
+        caller's key and the tags the call was granted with."""
+        org, rid, user, feature, tags = self.degraded.pop(pick % len(self.degraded))
         m = self.model
         usage = Usage(input_tokens=tokens[0], output_tokens=tokens[1])
-        answer = self.run(self.engines[replica].commit(org, rid, CommitRequest(usage=usage)))
+        body = CommitRequest(usage=usage)
+        answer = self.run(self.engines[replica].commit(org, rid, body, key=key))
         cost = price(*tokens)
         assert (answer.cost_micros, answer.released_micros, answer.overrun) == (cost, 0, True)
-        m.record(m.entries(replica, org, user, feature, m.now_ms), org, cost)
+        m.record(m.entries(replica, org, user, feature, m.now_ms, key, tags), org, cost)
 
     def _commit_stalled(self, replica: int, r: Reservation) -> None:
         """A commit during a stall answers 503 (clients retry those), on the replica that

@@ -10,6 +10,7 @@ Amounts and period ids are computed here, independently: prices of the test tabl
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ INPUT_MICROS, OUTPUT_MICROS = 1, 5
 Period = Literal["hour", "day", "week", "month", "1h"]
 """Calendar periods, and one rolling window (an hour, in 24 sub-buckets of 150 s)."""
 ROLLING_MS = {"1h": 3_600_000}
-Scope = Literal["org", "user", "feature"]
+Scope = Literal["org", "user", "feature", "team", "key", "tag"]
 State = Literal["held", "committed", "released", "expired"]
 LAZY_EXPIRY = 8
 """Due holds a reserve reclaims first (DESIGN: stale holds never deny a request)."""
@@ -38,6 +39,8 @@ class BudgetDef:
     period: Period
     limit: int
     """µ$"""
+    match: str = "*"
+    """Tag budgets: a glob on the call's tags (each matching tag is its own counter)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class OrgDef:
     budgets: tuple[BudgetDef, ...]
     rate: RateDef | None = None
     fail_open: bool = False
+    teams: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Team name → its users (a user may be in several)."""
 
     def scaled(self, pct: int) -> OrgDef:
         """The same policy with every budget's limit at ``pct`` % of ``base``'s."""
@@ -71,12 +76,17 @@ class OrgDef:
             "defaults:",
             f"  hold_ttl_s: {self.hold_ttl_s}",
             f"  failure: {'fail_open' if self.fail_open else 'fail_closed'}",
-            "budgets:",
         ]
+        if self.teams:
+            lines.append("teams:")
+            lines += [f"  {name}: {{users: [{', '.join(users)}]}}" for name, users in self.teams]
+        lines.append("budgets:")
         for b in self.budgets:
             usd = f"{b.limit // 1_000_000}.{b.limit % 1_000_000:06d}"
+            match = "" if b.match == "*" else f', match: "{b.match}"'
             lines.append(
-                f"  - {{name: {b.name}, scope: {b.scope}, limit_usd: {usd}, period: {b.period}}}"
+                f"  - {{name: {b.name}, scope: {b.scope}, limit_usd: {usd}, period: {b.period}"
+                f"{match}}}"
             )
         if self.rate is not None:
             r = self.rate
@@ -103,6 +113,25 @@ def period_id(period: Period, tz: str, at_ms: int) -> str:
         year, week, _ = local.isocalendar()
         return f"{year}-W{week:02d}"
     return local.strftime("%Y-%m")
+
+
+def entities(
+    policy: OrgDef,
+    b: BudgetDef,
+    user: str | None,
+    feature: str | None,
+    key: str | None,
+    tags: tuple[str, ...],
+) -> tuple[str, ...]:
+    """The counters of budget ``b`` a call counts on (docs/decisions.md, issue 14): the org;
+    the user, feature or key the call names; each team the user is in; each tag matching the
+    budget's glob, once."""
+    if b.scope == "team":
+        return tuple(name for name, users in policy.teams if user in users)
+    if b.scope == "tag":
+        return tuple(t for t in dict.fromkeys(tags) if fnmatch.fnmatchcase(t, b.match))
+    entity = {"org": policy.org, "user": user, "feature": feature, "key": key}[b.scope]
+    return () if entity is None else (entity,)
 
 
 def price(input_tokens: int, output_tokens: int) -> int:
@@ -174,22 +203,29 @@ class Reference:
     # -- what applies ----------------------------------------------------------------------
 
     def entries(
-        self, engine: int, org: str, user: str | None, feature: str | None, at_ms: int
+        self,
+        engine: int,
+        org: str,
+        user: str | None,
+        feature: str | None,
+        at_ms: int,
+        key: str | None = None,
+        tags: tuple[str, ...] = (),
     ) -> tuple[Entry, ...]:
         policy = self.policies[engine][org]
         out = []
         for b in policy.budgets:
-            entity = {"org": org, "user": user, "feature": feature}[b.scope]
-            if entity is None:
-                continue
-            if b.period in ROLLING_MS:
-                held = keys.rolling_held(org)
-                out.append(Entry(b, entity, keys.charged(held, keys.budget_field(b.name, entity))))
-                continue
-            pid = period_id(b.period, policy.tz, at_ms)
-            counters = keys.counters(org, pid)
-            out.append(Entry(b, entity, keys.charged(counters, keys.budget_field(b.name, entity))))
+            for entity in entities(policy, b, user, feature, key, tags):
+                out.append(self._entry(policy, b, entity, at_ms))
         return tuple(out)
+
+    def _entry(self, policy: OrgDef, b: BudgetDef, entity: str, at_ms: int) -> Entry:
+        org = policy.org
+        if b.period in ROLLING_MS:
+            held = keys.rolling_held(org)
+            return Entry(b, entity, keys.charged(held, keys.budget_field(b.name, entity)))
+        counters = keys.counters(org, period_id(b.period, policy.tz, at_ms))
+        return Entry(b, entity, keys.charged(counters, keys.budget_field(b.name, entity)))
 
     def used(self, entry: Entry) -> int:
         """Calendar budgets only: what the counter has used (a rolling window's sum depends on
