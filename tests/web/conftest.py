@@ -146,6 +146,7 @@ def traffic(url: str, key: str) -> dict[str, int]:
                     "max_tokens": 1000,
                     "reservation_id": f"w{i}",
                     "tags": ALICE_TAGS if user == "alice" else [],
+                    "session": f"{user}-run" if user == "carol" else None,
                 },
             )
             if r.status_code == 429:

@@ -66,6 +66,7 @@ def test_org_page_shows_the_right_numbers(browser: Browser, service: Service) ->
         ("team", "chatters", chatters),
         ("key", "web", total),
         ("tag", "project:web", service.costs["alice"]),
+        ("session", "carol-run", service.costs["carol"]),
     ):
         row = page.locator(f'#by-{view} tr[data-entity="{entity}"] td')
         assert row.nth(1).inner_text() == usd(spent), view

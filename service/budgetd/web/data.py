@@ -26,7 +26,7 @@ SHOWN_EVENTS = (
     "spike",
 )
 """Event types the page lists (warnings, blocks, overruns and the jobs' alerts)."""
-SCOPE_VIEWS: tuple[View, ...] = ("team", "key", "tag")
+SCOPE_VIEWS: tuple[View, ...] = ("team", "key", "tag", "session")
 
 
 class Point(msgspec.Struct, frozen=True):
@@ -70,8 +70,9 @@ class OrgPage(msgspec.Struct, frozen=True, kw_only=True):
     by_user: query.Report
     by_feature: query.Report
     by_scope: list[tuple[str, query.Report]]
-    """Team, key and tag views that have spend this month (an org without teams, named keys
-    or tags is not shown three empty tables)."""
+    """Team, key, tag and session views that have spend this month (an org without teams,
+    named keys, tags or sessions is not shown empty tables); sessions as the month's top
+    ones, the expensive agent runs and conversations."""
     events: list[EventRow]
     policy: OrgPolicy
 
