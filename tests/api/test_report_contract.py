@@ -4,6 +4,8 @@ body, YAML that cannot expand without bound, and Redis down as a 503 problem."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -186,3 +188,26 @@ async def test_redis_down_is_a_503_problem_on_every_report_route(tmp_path: Path)
             assert body["type"] == "https://budgetd.dev/problems/store-unavailable"
             assert r.headers["retry-after"] == "1"
     await dead.close()
+
+
+async def test_a_revoked_admin_key_stops_reading_reports_within_the_poll(tmp_path: Path) -> None:
+    # README, "Keys are live configuration", for the admin routes too.
+    keys = tmp_path / "keys.yaml"
+    (key,) = write_keys(keys, ("acme", "admin", "ops"))
+    write_policy(tmp_path / "policies", ACME)
+    settings = settings_for(tmp_path / "policies", keys_file=keys, policy_poll_s=0.05)
+    app = create_app(settings, store=embedded_store())
+    auth = {"Authorization": f"Bearer {key}"}
+    routes = [f"{USAGE}?org=acme", f"{DAILY}?org=acme", f"{BUDGETS}?org=acme", f"{AUDIT}?org=acme"]
+    async with asgi_client(app) as client:
+        for route in routes:
+            assert (await client.get(route, headers=auth)).status_code == 200, route
+        assert (await client.post(PLAN, json={"files": {"a.yaml": ACME}}, headers=auth)).is_success
+        keys.write_text("keys: []\n")
+        deadline = time.monotonic() + 10
+        while (await client.get(routes[0], headers=auth)).status_code != 401:
+            assert time.monotonic() < deadline, "the revoked key still reads reports"
+            await asyncio.sleep(0.05)
+        for route in routes:
+            assert (await client.get(route, headers=auth)).status_code == 401, route
+        assert (await client.post(PLAN, json={"files": {}}, headers=auth)).status_code == 401
