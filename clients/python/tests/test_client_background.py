@@ -12,7 +12,8 @@ import asyncio
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import anthropic
 import httpx
@@ -68,6 +69,25 @@ class AsyncGate(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+def wait_for(condition: Callable[[], bool]) -> bool:
+    """Poll ``condition`` until it holds, within the hang guard (not a timing assertion)."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+async def async_wait_for(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
 @pytest.fixture
 def gate() -> Gate:
     return Gate()
@@ -93,8 +113,9 @@ def test_background_settle_answers_before_the_commit_and_close_flushes_it(
     message = claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
     assert message.usage.output_tokens == 200
     with BudgetdClient(budgetd_url, org="acme") as plain:
-        # The answer came back with its commit still held at the gate: only the hold shows.
-        assert gate.held == 1
+        # The answer came back with its commit still to be sent (a worker takes it to the
+        # gate, where it waits): only the hold shows.
+        assert wait_for(lambda: gate.held == 1)
         spent, held = user_day(plain)
         assert (spent, held) == (0, held) and held
         gate.opened.set()
@@ -155,8 +176,7 @@ async def test_async_background_settle_answers_before_the_commit_and_aclose_flus
         fake_api.async_client(), budgetd=budgetd, org="acme", user="alice", settle="background"
     )
     await claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
-    await asyncio.sleep(0)  # let the settler pick the commit up
-    assert gate.held == 1
+    assert await async_wait_for(lambda: gate.held == 1)
     plain = AsyncBudgetdClient(budgetd_url, org="acme")
     state = (await plain.budgets(user="alice")).budget("user-day")
     assert state.spent_micros == 0 and state.held_micros
