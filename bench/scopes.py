@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -74,10 +75,14 @@ def load_average() -> str:
 
 
 def _loads(directory: Path, text: str) -> PolicyRegistry | None:
+    """The policy, or None if it does not load (the session spellings are tried in turn)."""
+    logging.getLogger("budgetd").setLevel(logging.CRITICAL)  # a candidate that fails is fine
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "policy.yaml").write_text(text)
     registry = PolicyRegistry(directory, ROOT / "policies" / "pricing.yaml")
-    return registry if registry.reload().ok else None
+    loaded = registry.reload().ok
+    logging.getLogger("budgetd").setLevel(logging.NOTSET)
+    return registry if loaded else None
 
 
 def policies(tmp: Path) -> tuple[PolicyRegistry, PolicyRegistry, list[str]]:
@@ -85,7 +90,7 @@ def policies(tmp: Path) -> tuple[PolicyRegistry, PolicyRegistry, list[str]]:
     base = _loads(tmp / "base", POLICY)
     assert base is not None
     scoped_text = POLICY.replace("budgets:\n", TEAMS + "budgets:\n" + TEAM_AND_KEY, 1)
-    added = ["2 teams (a team budget each)", "a key budget"]
+    added = ["a team budget, every user in 2 teams (2 counters)", "a key budget"]
     for i, line in enumerate(SESSION_CANDIDATES):
         with_session = scoped_text.replace(TEAM_AND_KEY, TEAM_AND_KEY + line, 1)
         scoped = _loads(tmp / f"scoped{i}", with_session)
