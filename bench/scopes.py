@@ -59,7 +59,7 @@ TEAM_AND_KEY = """  - {name: team-day, scope: team, limit_usd: 10000000, period:
   - {name: key-day, scope: key, limit_usd: 10000000, period: day}
 """
 SESSION_CANDIDATES = (
-    "  - {name: per-session, scope: session, limit_usd: 1000000, period: session}\n",
+    "  - {name: per-session, scope: session, limit_usd: 1000000, period: session, idle: 30m}\n",
     "  - {name: per-session, scope: session, limit_usd: 1000000, period: day}\n",
 )
 """The session budget, as the policy may spell it (the first one that loads is used)."""

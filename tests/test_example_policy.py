@@ -39,13 +39,14 @@ def test_example_uses_every_feature(acme: OrgPolicy) -> None:
     }
     assert kinds == {"webhook", "slack", "log"}
     budgets = {b.name: b for b in acme.budgets}
-    assert {b.scope for b in acme.budgets} == {"org", "user", "feature", "team", "key"}
-    assert {b.period.calendar for b in acme.budgets if not b.period.rolling} == {
+    assert {b.scope for b in acme.budgets} == {"org", "user", "feature", "team", "key", "session"}
+    assert {b.period.calendar for b in acme.budgets if b.period.calendar} == {
         "hour",
         "day",
         "week",
         "month",
     }
+    assert budgets["agent-run"].period.idle_s == 1800
     assert any(b.period.rolling for b in acme.budgets)
     assert any(b.overrides for b in acme.budgets)
     assert any(b.scope == "feature" and b.match != "*" for b in acme.budgets)
@@ -58,6 +59,7 @@ def test_example_uses_every_feature(acme: OrgPolicy) -> None:
     assert rates["org-all-models"].limits.output_tokens == 400_000
     assert rates["search-output"].mode == "shadow"
     assert rates["search-output"].failure == "fail_closed"
+    assert rates["session-velocity"].limits.cost_micros == 500_000
 
 
 def test_model_globs_match_real_models(acme: OrgPolicy) -> None:
@@ -99,3 +101,14 @@ def test_example_team_and_claude_code_budgets(acme: OrgPolicy) -> None:
     assert {(r.rule.name, r.entity) for r in applied.rates if r.rule.scope == "team"} == {
         ("team-requests", "contractors")
     }
+
+
+def test_example_session_budget_and_velocity(acme: OrgPolicy) -> None:
+    haiku = next(m.id for m in acme.pricing.unique_models() if m.id.startswith("claude-haiku-"))
+    applied = resolve(acme, Subject(org="acme-research", session="run-42"), haiku)
+    assert [
+        (b.rule.name, b.entity, b.limit) for b in applied.budgets if b.rule.scope == "session"
+    ] == [("agent-run", "run-42", 5_000_000)]
+    assert [
+        (r.rule.name, r.kind, r.per_minute) for r in applied.rates if r.rule.scope == "session"
+    ] == [("session-velocity", "cost_micros", 500_000)]

@@ -231,18 +231,22 @@ class ScopeState(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: Literal["budget", "rate"]
     name: str
-    scope: Literal["org", "feature", "user", "team", "key", "tag"]
+    scope: Literal["org", "feature", "user", "team", "key", "tag", "session"]
     entity: str
     source: Literal["org", "default", "override"]
     limit: int
-    """Micros for budgets; tokens (or requests) per minute for rates."""
+    """Micros for budgets; tokens, requests or (``rate_kind`` cost_micros) micros per minute
+    for rates."""
     remaining: int
     spent_micros: int | None = None
     held_micros: int | None = None
     period: str | None = None
     period_start: datetime | None = None
     period_end: datetime | None = None
-    rate_kind: Literal["requests", "input_tokens", "output_tokens"] | None = None
+    """None for ``period: session``: a session has no calendar (it ends after its idle time
+    without calls)."""
+    rate_kind: Literal["requests", "input_tokens", "output_tokens", "cost_micros"] | None = None
+    """Rates: what is counted per minute (``cost_micros``: micro-dollars, cost velocity)."""
     mode: Literal["enforce", "shadow"] = "enforce"
 
 

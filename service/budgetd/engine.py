@@ -201,16 +201,30 @@ class Engine:
             return slot
         name, entity = b.rule.name, b.entity
         spec = b.rule.period
+        end_ms = _ms(win.end) if win.end is not None else 0  # 0: a session has no end
         label = BudgetLabel(
             name=name,
             scope=b.rule.scope,
             entity=entity,
             period=win.charge_id,
-            period_end_ms=_ms(win.end),
+            period_end_ms=end_ms,
         )
         field = keys.budget_field(name, entity)
         mode = _mode(b)
-        if spec.calendar:
+        if spec.session:
+            key = keys.session_counters(policy.org, entity)
+            slot = BudgetSlot(
+                field=field,
+                counter_key=key,
+                held_key=key,
+                limit=b.limit,
+                mode=mode,
+                thresholds_pct=b.rule.thresholds_pct,
+                label=label,
+                expire_at_ms=_ms(win.expire_at),
+                slide_ms=win.idle_ms,
+            )
+        elif spec.calendar:
             key = keys.counters(policy.org, win.charge_id)
             slot = BudgetSlot(
                 field=field,
@@ -234,7 +248,7 @@ class Engine:
                 expire_at_ms=_ms(win.expire_at),
                 sub_bucket_ms=spec.bucket_s * 1000,
                 sub_bucket=int(win.charge_id[1:]),
-                expire_after_ms=_ms(win.expire_at) - _ms(win.end),
+                expire_after_ms=_ms(win.expire_at) - end_ms,
             )
         slot = msgspec.structs.replace(slot, packed=budget_tokens(slot))
         if len(self._slots) >= CACHE_BOUND:
@@ -404,8 +418,12 @@ class Engine:
             if d.kind == "budget":
                 b = limits.applicable.budgets[d.index]
                 win = limits.windows[d.index]
+                # A full session stays full: it ends only after idle time without calls, and a
+                # client waiting for that is no longer one session.
                 retry = (
-                    None if amount > b.limit else max(1, math.ceil((win.end - now).total_seconds()))
+                    None
+                    if amount > b.limit or win.end is None
+                    else max(1, math.ceil((win.end - now).total_seconds()))
                 )
                 scopes.append(
                     c.DeniedScope(

@@ -1,5 +1,9 @@
 """Which period a moment belongs to. The period id is part of a counter's key, so a new period
-starts at zero by construction and no reset job can be late or race."""
+starts at zero by construction and no reset job can be late or race.
+
+A session (``period: session``) has no calendar: its window is the session id's own counter,
+which lives as long as calls keep coming (its expiry slides to the last write + ``idle``), so a
+session id reused after that starts at zero, as a new period does."""
 
 from __future__ import annotations
 
@@ -16,15 +20,24 @@ COUNTER_GRACE = timedelta(days=8)
 most a day) to settle into the period it was reserved in, and for reports on the last period."""
 
 
+SESSION_PERIOD = "session"
+"""The period id of every session window (the session id, the entity, tells them apart)."""
+
+
 class PeriodWindow(msgspec.Struct, frozen=True, kw_only=True):
     charge_id: str
     """Where spend made now is counted."""
     spent_ids: tuple[str, ...]
     """Counters whose sum is the spend of the current window."""
-    start: datetime
-    end: datetime
-    """For rolling windows: when the oldest counted sub-bucket drops out."""
+    start: datetime | None
+    """None for a session: it has no calendar."""
+    end: datetime | None
+    """For rolling windows: when the oldest counted sub-bucket drops out. None for a session:
+    it ends ``idle`` after its last call, which only the store knows."""
     expire_at: datetime
+    """When the counters expire if nothing more is written (a session's slides with writes)."""
+    idle_ms: int = 0
+    """Sessions only: every write moves the counter's expiry to (store) now + this."""
 
 
 def _local_midnight(tz: ZoneInfo, year: int, month: int, day: int) -> datetime:
@@ -62,6 +75,15 @@ def calendar_bounds(
 
 def window(spec: PeriodSpec, tz: ZoneInfo, now: datetime) -> PeriodWindow:
     """The window of ``spec`` that contains ``now`` (cached: every request asks for it)."""
+    if spec.session:
+        return PeriodWindow(
+            charge_id=SESSION_PERIOD,
+            spent_ids=(SESSION_PERIOD,),
+            start=None,
+            end=None,
+            expire_at=now + timedelta(seconds=spec.idle_s),
+            idle_ms=spec.idle_s * 1000,
+        )
     if spec.calendar is not None:
         # Period boundaries fall on whole minutes in every modern zone, so all instants of one
         # minute share one window.

@@ -23,9 +23,11 @@ budgets:
   - {name: team-month, scope: team, limit_usd: 100, period: month}
   - {name: key-day, scope: key, limit_usd: 100, period: day}
   - {name: tag-day, scope: tag, match: "p:*", limit_usd: 100, period: day}
+  - {name: run, scope: session, limit_usd: 5, period: session, idle: 30m}
 rate_limits:
   - {name: rate, scope: user, requests_per_minute: 10, input_tokens_per_minute: 10000,
      output_tokens_per_minute: 10000}
+  - {name: run-velocity, scope: session, cost_usd_per_minute: 1}
 """
 
 
@@ -52,6 +54,7 @@ async def test_all_keys_of_a_reserve_share_the_org_slot(
             feature="chat",
             reservation_id="r1",
             tags=["p:{x}", "p:y"],
+            session="s:{run}",
         ),
         key="app-{other}",
     )
@@ -60,6 +63,8 @@ async def test_all_keys_of_a_reserve_share_the_org_slot(
     assert {b.label.entity for b in call.budgets if b.label.scope == "team"} == {"platform", "ml"}
     assert {b.label.entity for b in call.budgets if b.label.scope == "key"} == {"app-{other}"}
     assert {b.label.entity for b in call.budgets if b.label.scope == "tag"} == {"p:{x}", "p:y"}
+    assert {b.label.entity for b in call.budgets if b.label.scope == "session"} == {"s:{run}"}
+    assert any(t.kind == "cost" for t in call.buckets)
     touched = [
         keys.reservation("acme", "r1"),
         keys.holds("acme"),

@@ -29,11 +29,15 @@ EXPECTED: dict[str, str] = {
     ),
     "bad_period.yaml": (
         "bad_period.yaml:7: budgets[0].period: has the wrong format: expected hour, day, "
-        "week, month, or a rolling window like 24h or 7d (got 'monthly')"
+        "week, month, session, or a rolling window like 24h or 7d (got 'monthly')"
+    ),
+    "bad_idle.yaml": (
+        "bad_idle.yaml:8: budgets[0].idle: has the wrong format: expected a duration like 90s, "
+        "30m, 2h or 1d (got 'half an hour')"
     ),
     "bad_scope.yaml": (
         "bad_scope.yaml:5: budgets[0].scope: 'company' is not allowed here; use one of org, "
-        "feature, user, team, key, tag"
+        "feature, user, team, key, tag, session"
     ),
     "bad_yaml_syntax.yaml": (
         "bad_yaml_syntax.yaml:7: (YAML syntax): not valid YAML: while parsing a flow sequence"
@@ -50,6 +54,9 @@ EXPECTED: dict[str, str] = {
     "duplicate_yaml_key.yaml": (
         "duplicate_yaml_key.yaml:8: budgets[0].limit_usd: key 'limit_usd' appears twice in "
         "one mapping (first on line 6)"
+    ),
+    "idle_on_calendar_budget.yaml": (
+        "idle_on_calendar_budget.yaml:8: budgets[0].idle: idle applies to period: session only"
     ),
     "empty_file.yaml": (
         "empty_file.yaml:1: (top level): the file is empty; a policy needs org and timezone"
@@ -77,7 +84,8 @@ EXPECTED: dict[str, str] = {
     ),
     "rate_limit_no_limits.yaml": (
         "rate_limit_no_limits.yaml:4: rate_limits[0]: a rate limit needs at least one of "
-        "requests_per_minute, input_tokens_per_minute, output_tokens_per_minute"
+        "requests_per_minute, input_tokens_per_minute, output_tokens_per_minute, "
+        "cost_usd_per_minute"
     ),
     "rolling_window_too_long.yaml": (
         "rolling_window_too_long.yaml:7: budgets[0].period: a rolling window can be at most "
@@ -91,6 +99,26 @@ EXPECTED: dict[str, str] = {
         "secret_env_unset.yaml:6: channels.ops-hook.secret_env: the environment variable "
         "BUDGETD_TEST_SECRET_NOBODY_SETS is not set (or empty): this webhook would be sent "
         "unsigned. Set it, or remove secret_env to send unsigned on purpose"
+    ),
+    "session_idle_shorter_than_hold.yaml": (
+        "session_idle_shorter_than_hold.yaml:10: budgets[0].idle: idle 5m is shorter than a "
+        "hold may last (defaults.hold_ttl_s: 600 s): a session's counter could expire under an "
+        "open hold"
+    ),
+    "session_idle_too_long.yaml": (
+        "session_idle_too_long.yaml:8: budgets[0].idle: idle can be at most 30d (got 31d)"
+    ),
+    "session_period_wrong_scope.yaml": (
+        "session_period_wrong_scope.yaml:7: budgets[0].period: period session is for scope "
+        "session (this budget's scope is user)"
+    ),
+    "session_scope_calendar.yaml": (
+        "session_scope_calendar.yaml:7: budgets[0].period: a session-scope budget has no "
+        "calendar: write period: session (got day)"
+    ),
+    "session_without_idle.yaml": (
+        "session_without_idle.yaml:4: budgets[0]: a period: session budget needs idle: how long "
+        "a session lives without a call (e.g. idle: 30m)"
     ),
     "team_empty.yaml": (
         "team_empty.yaml:4: teams.platform: a team needs users, a match glob on user ids, or both"

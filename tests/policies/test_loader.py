@@ -181,7 +181,7 @@ def test_registry_keeps_the_last_good_set_and_counts_errors(tmp_path: Path) -> N
     assert status.ok is False
     assert status.errors == (
         f"{tmp_path / 'acme.yaml'}:16: budgets[0].period: has the wrong format: expected hour, "
-        "day, week, month, or a rolling window like 24h or 7d (got 'monthly')",
+        "day, week, month, session, or a rolling window like 24h or 7d (got 'monthly')",
     )
     assert registry.load_errors == 1
     assert registry.current is good  # the last good set stays in force

@@ -62,7 +62,7 @@ def describe(fields: dict[str, str], tz: ZoneInfo) -> str:
     else:
         text = fields.get("summary") or f"{kind} for {who} on budget '{budget}'"
     end = fields.get("period_end_ms")
-    if end:
+    if end and end != "0":  # "0": a session's budget, which has no period end
         local = datetime.fromtimestamp(int(end) / 1000, tz=UTC).astimezone(tz)
         text += f" (period ends {local:%a %Y-%m-%d %H:%M} {tz.key})"
     return f"budgetd [{fields.get('org', '')}] {text}" + picture_lines(fields)

@@ -34,9 +34,12 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
         applied = [a for e in recent if (a := entity_budget(policy, rule, e)) is not None]
         for c in await counters.read(engine, policy, applied, now):
             entity, limit, win = c.applied.entity, c.applied.limit, c.window
+            end = win.end
+            if end is None:  # a session: no period end (only calendar periods get here)
+                continue
             used = c.spent + c.held
             rate = recent[entity] / RATE_WINDOW.total_seconds()  # micros per second
-            left = (win.end - now).total_seconds()
+            left = (end - now).total_seconds()
             if used >= limit or rate <= 0 or used + rate * left <= limit:
                 continue
             runs_out = now + timedelta(seconds=(limit - used) / rate)
@@ -50,7 +53,7 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
                 "used_micros": str(used),
                 "limit_micros": str(limit),
                 "runs_out_at": runs_out.astimezone(UTC).isoformat(timespec="seconds"),
-                "period_end_ms": str(int(win.end.timestamp() * 1000)),
+                "period_end_ms": str(int(end.timestamp() * 1000)),
                 "summary": (
                     f"{rule.scope} {entity}: at this rate budget '{rule.name}' "
                     f"({format_usd(used)} of {format_usd(limit)}) runs out "
@@ -58,7 +61,7 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
                 ),
                 "at_ms": str(int(now.timestamp() * 1000)),
             }
-            keep = (win.end - now) + COUNTER_GRACE
+            keep = (end - now) + COUNTER_GRACE
             event_id = f"forecast|{rule.name}|{entity}|{win.charge_id}"
             if await queue.emit(org, event_id, keep, fields):
                 emitted += 1

@@ -28,6 +28,9 @@ from budgetd.yaml_errors import FieldPath, YamlDocument, dotted, located_validat
 
 PRICING_FILE = "pricing.yaml"
 MAX_ROLLING_DAYS = 366
+MAX_IDLE_DAYS = 30
+"""The longest a session may sit idle and keep its budget (its counter lives that long)."""
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 class PolicyError(ValueError):
@@ -69,11 +72,54 @@ def _fraction(value: float | None) -> Fraction | None:
     return None if value is None else Fraction(Decimal(repr(value)))
 
 
-def _period(text: str) -> PeriodSpec:
+def _seconds(text: str) -> int:
+    """``90s``, ``30m``, ``2h``, ``7d`` → seconds (the schema has checked the form)."""
+    return int(text[:-1]) * _SECONDS[text[-1]]
+
+
+def _period(text: str, idle: str | None) -> PeriodSpec:
     if text in ("hour", "day", "week", "month"):
         return PeriodSpec(text=text, calendar=text)  # type: ignore[arg-type]
-    count, unit = int(text[:-1]), text[-1]
-    return PeriodSpec(text=text, window_s=count * (3600 if unit == "h" else 86_400))
+    if text == "session":
+        return PeriodSpec(text=text, idle_s=_seconds(idle) if idle else 0)
+    return PeriodSpec(text=text, window_s=_seconds(text))
+
+
+def _check_session(
+    b: schema.Budget, period: PeriodSpec, hold_ttl_s: int, check: _FileChecker, path: FieldPath
+) -> None:
+    """A session budget: scope and period session go together, with an idle time that outlives
+    every hold (a session counter that expired under an open hold would forget it)."""
+    if (b.scope == "session") != (b.period == "session"):
+        if b.scope == "session":
+            check.fail(
+                (*path, "period"),
+                f"a session-scope budget has no calendar: write period: session (got {b.period})",
+            )
+        else:
+            check.fail(
+                (*path, "period"),
+                f"period session is for scope session (this budget's scope is {b.scope})",
+            )
+    if b.period != "session":
+        if b.idle is not None:
+            check.fail((*path, "idle"), "idle applies to period: session only", key=True)
+        return
+    if b.idle is None:
+        check.fail(
+            path,
+            "a period: session budget needs idle: how long a session lives without a call "
+            "(e.g. idle: 30m)",
+        )
+        return
+    if period.idle_s < hold_ttl_s:
+        check.fail(
+            (*path, "idle"),
+            f"idle {b.idle} is shorter than a hold may last (defaults.hold_ttl_s: {hold_ttl_s} s):"
+            " a session's counter could expire under an open hold",
+        )
+    elif period.idle_s > MAX_IDLE_DAYS * 86_400:
+        check.fail((*path, "idle"), f"idle can be at most {MAX_IDLE_DAYS}d (got {b.idle})")
 
 
 def _check_models(
@@ -162,6 +208,18 @@ def _check_team_refs(
             )
 
 
+def _rate_limits(
+    r: schema.RateLimit | schema.RateOverride, check: _FileChecker, path: FieldPath
+) -> RateLimits:
+    cost = r.cost_usd_per_minute
+    return RateLimits(
+        requests=r.requests_per_minute,
+        input_tokens=r.input_tokens_per_minute,
+        output_tokens=r.output_tokens_per_minute,
+        cost_micros=None if cost is None else check.usd(cost, (*path, "cost_usd_per_minute")),
+    )
+
+
 def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable) -> OrgPolicy:
     defaults = raw.defaults
     tz, org_pricing = _check_header(raw, check, pricing)
@@ -203,7 +261,8 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
     for i, b in enumerate(raw.budgets):
         path: FieldPath = ("budgets", i)
         claim_name(b.name, (*path, "name"))
-        period = _period(b.period)
+        period = _period(b.period, b.idle)
+        _check_session(b, period, defaults.hold_ttl_s, check, path)
         if period.rolling and period.window_s > MAX_ROLLING_DAYS * 86_400:
             check.fail(
                 (*path, "period"),
@@ -255,16 +314,12 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
     for i, r in enumerate(raw.rate_limits):
         path = ("rate_limits", i)
         claim_name(r.name, (*path, "name"))
-        limits = RateLimits(
-            requests=r.requests_per_minute,
-            input_tokens=r.input_tokens_per_minute,
-            output_tokens=r.output_tokens_per_minute,
-        )
+        limits = _rate_limits(r, check, path)
         if limits == RateLimits():
             check.fail(
                 path,
                 "a rate limit needs at least one of requests_per_minute, "
-                "input_tokens_per_minute, output_tokens_per_minute",
+                "input_tokens_per_minute, output_tokens_per_minute, cost_usd_per_minute",
             )
         if r.scope == "org" and (r.overrides or r.match != "*"):
             org_only(path, "rate limit", bool(r.overrides))
@@ -277,11 +332,7 @@ def _compile(raw: schema.PolicyFile, check: _FileChecker, pricing: PricingTable)
                 scope=r.scope,
                 limits=limits,
                 overrides={
-                    entity: RateLimits(
-                        requests=o.requests_per_minute,
-                        input_tokens=o.input_tokens_per_minute,
-                        output_tokens=o.output_tokens_per_minute,
-                    )
+                    entity: _rate_limits(o, check, (*path, "overrides", entity))
                     for entity, o in r.overrides.items()
                 },
                 models=tuple(r.models),

@@ -21,14 +21,20 @@ ROLLING_SUB_BUCKETS = 24
 
 class PeriodSpec(msgspec.Struct, frozen=True, kw_only=True):
     text: str
-    """As written in the policy: ``day``, ``24h``..."""
+    """As written in the policy: ``day``, ``24h``, ``session``..."""
     calendar: CalendarUnit | None = None
     window_s: int = 0
     """Rolling windows only: the window length."""
+    idle_s: int = 0
+    """Sessions only: the session's counters expire this long after its last write."""
+
+    @property
+    def session(self) -> bool:
+        return self.idle_s > 0
 
     @property
     def rolling(self) -> bool:
-        return self.calendar is None
+        return self.calendar is None and not self.session
 
     @property
     def bucket_s(self) -> int:
@@ -59,6 +65,8 @@ class RateLimits(msgspec.Struct, frozen=True, kw_only=True):
     requests: int | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cost_micros: Micros | None = None
+    """Cost velocity: micro-dollars per minute."""
 
 
 class RateRule(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,8 +17,13 @@ from budgetd.policy.model import BudgetRule, OrgPolicy, RateRule
 from budgetd.policy.schema import Scope
 
 Source = Literal["org", "default", "override"]
-RateKind = Literal["requests", "input_tokens", "output_tokens"]
-RATE_KINDS: tuple[RateKind, ...] = ("requests", "input_tokens", "output_tokens")
+RateKind = Literal["requests", "input_tokens", "output_tokens", "cost_micros"]
+RATE_KINDS: tuple[RateKind, ...] = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cost_micros",
+)
 
 
 class Subject(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +55,7 @@ class AppliedRate(msgspec.Struct, frozen=True, kw_only=True):
     entity: str
     kind: RateKind
     per_minute: int
+    """Requests, tokens or (kind cost_micros) micro-dollars per minute."""
     source: Source
 
 

@@ -31,18 +31,26 @@ Period = Annotated[
     str,
     msgspec.Meta(
         pattern=describe_pattern(
-            r"^(hour|day|week|month|[1-9][0-9]*[hd])$",
-            "hour, day, week, month, or a rolling window like 24h or 7d",
+            r"^(hour|day|week|month|session|[1-9][0-9]*[hd])$",
+            "hour, day, week, month, session, or a rolling window like 24h or 7d",
         ),
-        description="calendar hour|day|week|month in the org's time zone, or a rolling window "
-        "like 24h or 7d",
+        description="calendar hour|day|week|month in the org's time zone, a rolling window "
+        "like 24h or 7d, or session (scope session only: no calendar, it ends after `idle` "
+        "without calls)",
+    ),
+]
+Idle = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=describe_pattern(r"^[1-9][0-9]{0,6}[smhd]$", "a duration like 90s, 30m, 2h or 1d"),
+        description="how long a session lives without a call, e.g. 30m",
     ),
 ]
 SpikeFactor = Annotated[float, msgspec.Meta(ge=1, le=1000)]
 Mode = Literal["enforce", "shadow"]
 Failure = Literal["fail_closed", "fail_open"]
 HardAction = Literal["block", "warn"]
-Scope = Literal["org", "feature", "user", "team", "key", "tag"]
+Scope = Literal["org", "feature", "user", "team", "key", "tag", "session"]
 
 
 class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -100,11 +108,15 @@ class Budget(_Strict, frozen=True):
     limit_usd: Usd
     """For scope user/feature: the default limit of every user/feature."""
     period: Period
+    idle: Idle | None = None
+    """``period: session`` only (and required there): the session's budget ends when it has
+    had no call for this long; the same session id after that starts a new budget."""
     match: str = "*"
     """Scope feature: a glob on feature names (``search-*``); each matching feature has its own
     counter. Scope user: a glob on user ids. Scope team: a glob on team names. Scope key: a glob
     on API key names (the keys file's ``name``). Scope tag: a glob on the call's tags
-    (``project:*``); each matching tag has its own counter."""
+    (``project:*``); each matching tag has its own counter. Scope session: a glob on session
+    ids."""
     feature: str | None = None
     """Only calls whose feature matches this glob count (``claude-code``): a per-user budget
     for one tool. Unset: every call counts."""
@@ -124,6 +136,7 @@ class RateOverride(_Strict, frozen=True):
     requests_per_minute: PerMinute | None = None
     input_tokens_per_minute: PerMinute | None = None
     output_tokens_per_minute: PerMinute | None = None
+    cost_usd_per_minute: Usd | None = None
 
 
 class RateLimit(_Strict, frozen=True):
@@ -132,6 +145,9 @@ class RateLimit(_Strict, frozen=True):
     requests_per_minute: PerMinute | None = None
     input_tokens_per_minute: PerMinute | None = None
     output_tokens_per_minute: PerMinute | None = None
+    cost_usd_per_minute: Usd | None = None
+    """Cost velocity: USD per minute (a bucket of micro-dollars; a reserve takes its worst
+    case, the commit gives back what the call did not cost)."""
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Model ids or globs (``claude-opus-*``); each must match a priced model."""
     match: str = "*"
