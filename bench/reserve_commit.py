@@ -376,6 +376,8 @@ class Phase:
     """Busy time of the server's CPU inside the window, whoever used it (when pinned)."""
     client_cpu_busy_s: float = 0.0
     """Busy time of the load generator's CPU inside the window (it shares it with Redis)."""
+    redis_cpu_s: float = 0.0
+    """CPU time of redis-server inside the window (the service's phase only)."""
     client_cpu_s: float = 0.0
     """CPU time this load generator used inside the window."""
     steal: float = 0.0
@@ -425,6 +427,7 @@ async def drive(
     server_pid: int,
     server_cpu: int | None,
     client_cpu: int | None,
+    redis_pid: int | None = None,
 ) -> Phase:
     phase = Phase(name)
     factory = raw_sender if client == "raw" else httpx_sender
@@ -463,7 +466,9 @@ async def drive(
         client0, client_busy0 = process_cpu_s(os.getpid()), cpu_busy_s(client_cpu)
         steal0, total0 = steal_ticks()
         load0 = os.getloadavg()[0]
+        redis0 = process_cpu_s(redis_pid) if redis_pid else 0.0
         await asyncio.sleep(max(0.0, stop_at - loop.time()))
+        phase.redis_cpu_s = (process_cpu_s(redis_pid) - redis0) if redis_pid else 0.0
         phase.client_cpu_s = process_cpu_s(os.getpid()) - client0
         phase.server_cpu_s = process_cpu_s(server_pid) - proc0
         phase.cpu_busy_s = cpu_busy_s(server_cpu) - busy0
@@ -591,6 +596,9 @@ def report(
             "reserve": latencies(service.reserve_ns),
             "commit": latencies(service.commit_ns),
             **cpu_figures(service),
+            "redis_cpu_us_per_pair": (
+                round(1e6 * service.redis_cpu_s / service.pairs, 1) if service.pairs else None
+            ),
         },
     }
     s_us = out["service"]["cpu_us_per_request"]
@@ -624,6 +632,14 @@ def print_report(r: dict[str, Any]) -> None:
             f"{lat['max_ms']:8.2f}"
         )
     print_cpu(s)
+    if s["cpu_us_per_request"] and s["redis_cpu_us_per_pair"]:
+        # docs/performance.md's paper model: a service core carries 1e6 / (2 s) pairs/s and a
+        # Redis core 1e6 / r, s and r the CPU a request and a pair cost them here.
+        print(
+            f"  Redis CPU {s['redis_cpu_us_per_pair']} µs per pair; paper model: one service "
+            f"core carries {1e6 / (2 * s['cpu_us_per_request']):,.0f} pairs/s, one Redis "
+            f"{1e6 / s['redis_cpu_us_per_pair']:,.0f}"
+        )
     for name in ECHOES:
         if name not in r:
             continue
@@ -841,6 +857,7 @@ def run(
                 expect=(201, 200),
                 server_pid=service.pid,
                 server_cpu=server_cpu,
+                redis_pid=redis.pid,
                 **common,
             )
         )
