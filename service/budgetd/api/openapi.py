@@ -3,8 +3,9 @@
 wire Structs' JSON Schemas (msgspec), the problem+json answers of every status a route can give,
 and bearer auth. It is served at ``/schema/openapi.json`` and checked in as ``docs/openapi.json``.
 
-Routes that other modules add with plain Litestar handlers and no ``Operation`` keep the entry
-Litestar generates for them.
+Every route describes one (tests/api/test_openapi.py fails on a route without): Litestar's own
+document gives only the info and servers, and the entry of a route that forgot its
+``Operation``, which documents none of its problems.
 """
 
 from __future__ import annotations
