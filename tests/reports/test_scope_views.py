@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 from budgetd.app import create_app
-from budgetd.reports import follower
+from budgetd.policy.loader import load_policy_dir
+from budgetd.reports import follower, plan
 from budgetd.store.connect import redis_store
 from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
+from tests.conftest import TEST_PRICING
 from tests.reports.conftest import real_range
 
 POLICY = """
@@ -112,6 +114,22 @@ async def test_reports_group_by_team_key_and_tag_as_charged(tmp_path: Path, redi
             ("code-day", "alice"): 0,
             ("code-day", "carol"): 0,
             ("code-day", "bob"): 0,
+        }
+
+        # A plan that lowers the team budget below what the teams spent names both.
+        lowered = MOVED.replace(
+            "team-day, scope: team, limit_usd: 100", "team-day, scope: team, limit_usd: 0.000001"
+        )
+        (tmp_path / "new").mkdir()
+        write_policy(tmp_path / "new", lowered)
+        new = load_policy_dir(tmp_path / "new", TEST_PRICING)
+        engine = app.state.engine
+        planned = await plan.plan(store, engine.clock, engine.registry.current, new)
+        [acme] = planned.orgs
+        by_name = {b.budget: b for b in acme.budgets}
+        assert {o.entity: o.used_micros for o in by_name["team-day"].over} == {
+            "search": alice + bob,
+            "platform": alice,
         }
 
         ledger = await client.get("/v1/admin/ledger?org=acme", headers=as_admin)

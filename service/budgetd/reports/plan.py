@@ -17,11 +17,13 @@ from typing import Any
 
 import msgspec
 
+from budgetd import counters
 from budgetd.clock import Clock
 from budgetd.engine import Engine
 from budgetd.metrics import Metrics
 from budgetd.policy.model import BudgetRule, OrgPolicy, PolicySet
 from budgetd.policy.registry import PolicyRegistry
+from budgetd.policy.resolve import entity_budget
 from budgetd.reports import follower
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
@@ -180,18 +182,12 @@ async def _budget_plan(
     over: list[Over] = []
     crossing: list[Crossing] = []
     candidates = await _candidates(store, org, new, *months) if analyse else []
-    for entity in candidates:
-        view = await engine.budgets(
-            org,
-            entity if new.scope == "user" else None,
-            entity if new.scope == "feature" else None,
-            None,
-        )
-        scope = next((s for s in view.scopes if s.kind == "budget" and s.name == new.name), None)
-        if scope is None:
-            continue  # the rule does not cover this entity (match)
-        used = (scope.spent_micros or 0) + (scope.held_micros or 0)
-        limit = scope.limit
+    policy = engine.policy(org)
+    # The rule's counter of each candidate (none where its match does not cover the entity):
+    # a team's or a tag's, which no subject's budgets view can name, as much as a user's.
+    applied = [a for e in candidates if (a := entity_budget(policy, new, e)) is not None]
+    for c in await counters.read(engine, policy, applied, engine.clock.now()):
+        entity, used, limit = c.applied.entity, c.spent + c.held, c.applied.limit
         if used > limit:
             over.append(
                 Over(entity=entity, used_micros=used, limit_micros=limit, over_micros=used - limit)
