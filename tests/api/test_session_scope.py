@@ -10,8 +10,10 @@ from zoneinfo import ZoneInfo
 from budgetd.jobs.channels import describe
 from budgetd.store import keys
 from budgetd.store.base import Store
+from budgetd.store.connect import embedded_store, redis_store
 from budgetd.store.scripted import ScriptStore
 from tests.api.conftest import ClientFactory
+from tests.servers import free_port
 
 POLICY = """
 org: acme
@@ -228,3 +230,20 @@ async def test_cost_velocity_denies_a_session_with_a_retry_time(
         view = await client.get("/v1/budgets", params={"org": "acme", "session": "run-1"})
         (state,) = view.json()["scopes"]
         assert (state["rate_kind"], state["limit"]) == ("cost_micros", 5_000_000)
+
+
+async def test_a_fail_open_grants_commit_counts_on_its_session(client_for: ClientFactory) -> None:
+    policy = IDLE.replace("idle: 30m}", "idle: 30m, failure: fail_open}")
+    dead = redis_store(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    async with client_for(policy, store=dead) as client:
+        r = await client.post("/v1/reservations", json={**CALL, "session": "run-1"})
+        assert r.status_code == 201 and r.json()["degraded"] is True, r.text
+        rid = r.json()["reservation_id"]
+    # Redis is back (here: another store): the degraded id still names the session.
+    async with client_for(policy, store=embedded_store()) as client:
+        done = await client.post(
+            f"/v1/reservations/{rid}/commit?org=acme", json={"usage": {"input_tokens": 7}}
+        )
+        assert done.status_code == 200, done.text
+        view = await client.get("/v1/budgets", params={"org": "acme", "session": "run-1"})
+        assert view.json()["scopes"][0]["spent_micros"] == 7

@@ -166,7 +166,7 @@ async def test_fail_open_grants_locally_and_records_the_usage_later(recorder: Re
     client = AsyncBudgetdClient("http://budgetd", transport=recorder, fail_mode="open", retries=0)
     recorder.down = True
     grant = await client.reserve(
-        org="acme", user="alice", model=HAIKU, input_tokens=1, max_tokens=300
+        org="acme", user="alice", model=HAIKU, input_tokens=1, max_tokens=300, session="run-1"
     )
     assert grant.degraded and grant.held_micros == 0
     assert client.stats.failed_open == 1
@@ -174,9 +174,15 @@ async def test_fail_open_grants_locally_and_records_the_usage_later(recorder: Re
     result = await client.commit(grant.reservation_id, USAGE, org="acme")
     assert result.cost_micros == COST and result.overrun
     assert await user_day(client) == (COST, 0)
+    assert recorder.bodies("/v1/usage")[-1]["session"] == "run-1"  # who the call was for
     # Recorded under the reservation id: a repeat is a replay, never a second charge.
     again = await client.record_usage(
-        org="acme", user="alice", model=HAIKU, usage=USAGE, record_id=grant.reservation_id
+        org="acme",
+        user="alice",
+        model=HAIKU,
+        usage=USAGE,
+        record_id=grant.reservation_id,
+        session="run-1",
     )
     assert again.replayed
     assert await user_day(client) == (COST, 0)
