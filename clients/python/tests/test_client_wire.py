@@ -7,6 +7,7 @@ accepts and can close each one after answering (as uvicorn does with an idle kee
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import socketserver
@@ -184,3 +185,16 @@ def test_stamina_deactivated_means_one_attempt() -> None:
             assert client.stats.requests == 1
     finally:
         stamina.set_active(True)
+
+
+def test_one_async_client_serves_one_event_loop_after_another(stub: Stub) -> None:
+    """A client made once and used under asyncio.run() twice (a CLI, a test per loop): the
+    second loop gets its own connections instead of the first loop's closed ones."""
+    client = AsyncBudgetdClient(stub.url)
+
+    async def once() -> int:
+        return (await client.cost(model=HAIKU, usage=USAGE)).cost_micros
+
+    assert asyncio.run(once()) == 6500
+    assert asyncio.run(once()) == 6500
+    asyncio.run(client.aclose())

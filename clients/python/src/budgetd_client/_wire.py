@@ -17,6 +17,7 @@ which the client retries with backoff (stamina), whichever wire carried it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -332,9 +333,15 @@ class AsyncWire:
             total=None, connect=timeouts.connect_s, sock_read=timeouts.read_s
         )
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            # A session's connections belong to the loop that made them: a client used under
+            # a second event loop (asyncio.run twice) gets a session of its own there. The
+            # first loop's is gone with that loop.
+            self._loop = loop
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE_S, ttl_dns_cache=300
             )
