@@ -74,22 +74,25 @@ local function keep_until(at)
 end
 
 -- Reads. `want(key, field)` names a field to read; `load()` reads every named field of each
--- hash with one HMGET (with its expiry sentinel) and checks it: a counter or bucket value that
+-- hash with one HMGET (its expiry sentinel first) and checks it: a counter or bucket value that
 -- is not an integer in the exact range fails here, before any write. A sentinel (`_x`, `x`)
 -- that is missing or bad reads as 0: the expiry is set again, nothing worse.
+-- Per hash, one table names the fields (array: HMGET's arguments; field → position) and the
+-- HMGET reply, checked in place, holds the values (false: absent): tables are most of what a
+-- script costs, so none more per hash or field.
 local WANT, ORDER, VAL = {}, {}, {}
 
 local function want(key, field, sentinel)
   local w = WANT[key]
   if not w then
     w = {sentinel or '_x'}
-    w.has = {[w[1]] = true}
+    w[w[1]] = 1
     WANT[key] = w
     ORDER[#ORDER + 1] = key
   end
-  if not w.has[field] then
-    w.has[field] = true
+  if not w[field] then
     w[#w + 1] = field
+    w[field] = #w
   end
 end
 
@@ -98,9 +101,8 @@ local function load()
     if not VAL[key] then
       local w = WANT[key]
       local v = redis.call('HMGET', key, unpack(w))
-      local out = {}
       local x = tonumber(v[1])
-      out[w[1]] = (x and fits(x)) and x or 0
+      v[1] = (x and fits(x)) and x or 0
       for i = 2, #w do
         local raw = v[i]
         if raw then
@@ -108,43 +110,43 @@ local function load()
           if not n or n ~= math.floor(n) or not fits(n) then
             error('budgetd: ' .. key .. ' ' .. w[i] .. ' is not a counter: ' .. raw)
           end
-          out[w[i]] = n
-        else
-          out[w[i]] = false
+          v[i] = n
         end
       end
-      VAL[key] = out
+      VAL[key] = v
     end
   end
 end
 
--- A field's value before this call (0 when absent). Asking about a field that was not loaded
--- is a bug, refused loudly rather than read after a write.
-local function val(key, field)
-  local h = VAL[key]
-  local v = h and h[field]
-  if v == nil then
+-- A field's value before this call (0 when absent), and whether it was there. Asking about a
+-- field that was not loaded is a bug, refused loudly rather than read after a write.
+local function loaded(key, field)
+  local v, w = VAL[key], WANT[key]
+  local i = v and w[field]
+  if not i then
     error('budgetd: ' .. key .. ' ' .. field .. ' was not read before the writes')
   end
-  return v or 0
+  return v[i]
+end
+
+local function val(key, field)
+  return loaded(key, field) or 0
 end
 
 local function present(key, field)
-  val(key, field)
-  return VAL[key][field] ~= false
+  return loaded(key, field) ~= false
 end
 
--- Writes, decided first: the new absolute value of each field, per hash, in order.
+-- Writes, decided first: per hash written, one table: the fields in order (array) and their new
+-- absolute values (field → value); [0], [-1]: its expiry rule: 'a', at (live until at least
+-- `at`: set when the hash's sentinel falls short, i.e. when the hash is created, not on every
+-- call), 's', ms (slides to now + ms on every write), 'b', ttl (a bucket hash: bucket_set).
 local PEND, PORDER = {}, {}
--- Expiry rule of each counter hash written: {'a', at} (live until at least `at`: set when the
--- hash's `_x` falls short, i.e. when the hash is created, not on every call), {'s', ms}
--- (slides to now + ms on every write), {'b', ttl} (a bucket hash: see bucket_set).
-local RULE = {}
 
 local function pending(key)
   local p = PEND[key]
   if not p then
-    p = {order = {}}
+    p = {}
     PEND[key] = p
     PORDER[#PORDER + 1] = key
   end
@@ -163,7 +165,7 @@ end
 local function put(key, field, value)
   local p = pending(key)
   if p[field] == nil then
-    p.order[#p.order + 1] = field
+    p[#p + 1] = field
   end
   p[field] = value
 end
@@ -173,11 +175,11 @@ local function add(key, field, delta)
 end
 
 local function expire_rule(key, kind, n)
-  local r = RULE[key]
-  if not r then
-    RULE[key] = {kind, n}
-  elseif n > r[2] then
-    r[2] = n
+  local p = pending(key)
+  if not p[0] then
+    p[0], p[-1] = kind, n
+  elseif n > p[-1] then
+    p[-1] = n
   end
 end
 
@@ -189,7 +191,7 @@ local function out_of_bounds()
       error('budgetd: ' .. key .. ' was not read before the writes')
     end
     local p = PEND[key]
-    for _, f in ipairs(p.order) do
+    for _, f in ipairs(p) do
       if not fits(p[f]) then
         return key .. ' ' .. f
       end
@@ -212,35 +214,36 @@ local function flush()
   for _, key in ipairs(PORDER) do
     local p = PEND[key]
     local args = {}
-    for _, f in ipairs(p.order) do
+    for _, f in ipairs(p) do
       args[#args + 1] = f
       args[#args + 1] = int(p[f])
     end
-    local rule = RULE[key]
-    local at = nil
-    if rule and rule[1] == 'a' then
-      local need = keep_until(rule[2])
-      if VAL[key]['_x'] < need then
+    local rule, at = p[0], nil
+    if rule == 'a' then
+      local need = keep_until(p[-1])
+      if VAL[key][1] < need then
         at = need
         args[#args + 1] = '_x'
         args[#args + 1] = int(at)
       end
-    elseif rule and rule[1] == 'b' then
+    elseif rule == 'b' then
       -- A bucket hash must live until its emptiest bucket has refilled (plus a minute). Its
       -- expiry is moved only when the one it has falls short, and then that far again (at
       -- most an hour) ahead: set about once per refill time, not on every call.
-      local ttl = rule[2]
-      if VAL[key]['x'] < now_ms() + ttl then
+      local ttl = p[-1]
+      if VAL[key][1] < now_ms() + ttl then
         at = now_ms() + ttl + math.min(ttl, 3600000)
         args[#args + 1] = 'x'
         args[#args + 1] = int(at)
       end
     end
-    redis.call('HSET', key, unpack(args))
+    if #args > 0 then
+      redis.call('HSET', key, unpack(args))
+    end
     if at then
       redis.call('PEXPIREAT', key, int(at))
-    elseif rule and rule[1] == 's' then
-      redis.call('PEXPIRE', key, int(rule[2]))
+    elseif rule == 's' then
+      redis.call('PEXPIRE', key, int(p[-1]))
     end
   end
   PEND, PORDER = {}, {}
