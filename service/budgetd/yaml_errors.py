@@ -129,30 +129,34 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 def _bound_aliases(root: yaml.Node, filename: str, error_type: type[Exception]) -> None:
     """Refuse a document whose aliases repeat more than ``MAX_ALIASED_NODES`` nodes, or refer
-    to a node that contains them; linear in the document's own nodes (sizes are memoized)."""
-    sizes: dict[int, int] = {}  # node id → its size as expanded; -1 while being measured
-
-    def size(node: yaml.Node) -> int:
-        known = sizes.get(id(node))
-        if known == -1:
-            line = int(node.start_mark.line) + 1
-            raise error_type(
-                f"{filename}:{line}: (YAML syntax): an alias refers to a node that contains it"
-            )
-        if known is not None:
-            return known
-        sizes[id(node)] = -1
-        total = 1 + sum(size(child) for child in _children(node))
-        if total - len(sizes) > MAX_ALIASED_NODES:
-            line = int(node.start_mark.line) + 1
-            raise error_type(
-                f"{filename}:{line}: (YAML syntax): aliases repeat more than "
-                f"{MAX_ALIASED_NODES:,} nodes; write the values out or share fewer"
-            )
-        sizes[id(node)] = total
-        return total
-
-    size(root)
+    to a node that contains them. Linear in the document's own nodes (each node's expanded
+    size is computed once) and iterative (a deep document is refused by the checks after this
+    one, as before, not by this walk's own recursion)."""
+    sizes: dict[int, int] = {}  # node id → its size as expanded
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        line = int(node.start_mark.line) + 1
+        if leaving:
+            ancestors.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[id(node)] - len(sizes) > MAX_ALIASED_NODES:
+                raise error_type(
+                    f"{filename}:{line}: (YAML syntax): aliases repeat more than "
+                    f"{MAX_ALIASED_NODES:,} nodes; write the values out or share fewer"
+                )
+            continue
+        if id(node) in sizes:
+            continue
+        ancestors.add(id(node))
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in ancestors:
+                raise error_type(
+                    f"{filename}:{line}: (YAML syntax): an alias refers to a node that contains it"
+                )
+            stack.append((child, False))
 
 
 def _reject_duplicate_keys(

@@ -164,6 +164,10 @@ async def test_yaml_aliases_cannot_expand_without_bound(admin: Client) -> None:
     # Anchors that share a few values stay fine.
     shared = ACME + "\nx-defaults: &d {limit_usd: 1}\nx-more: [*d, *d]\n"
     assert "alias" not in (await admin.post(PLAN, json={"files": {"a.yaml": shared}})).text
+    # The bound's walk is iterative: a deep document is judged by the loader as before.
+    deep = "a: " + "[" * 900 + "]" * 900
+    r = await admin.post(PLAN, json={"files": {"a.yaml": deep}})
+    assert "unknown key 'a'" in str(_problem(r, 422, "files")["detail"])
 
 
 async def test_redis_down_is_a_503_problem_on_every_report_route(tmp_path: Path) -> None:
