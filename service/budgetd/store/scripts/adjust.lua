@@ -44,9 +44,8 @@ if out_of_bounds() then
   return {'bound', '', spent, period}
 end
 local candidates = usage_events({b}, amount, now, aid)
-touch_markers(tag_prefix, candidates)
+touch_markers(tag_prefix, candidates, events)
 expect(ledger, 'stream')
-expect(events, 'stream')
 
 flush()
 emit_all(events, tag_prefix, candidates)

@@ -655,8 +655,11 @@ local function usage_events(budgets, delta, now, rid)
   return out
 end
 
-local function touch_markers(tag_prefix, candidates)
+-- Before the first write: the event stream is a stream (XADD would fail after writes) and the
+-- markers are read. Only a call with events to emit touches either.
+local function touch_markers(tag_prefix, candidates, events_key)
   if #candidates > 0 then
+    expect(events_key, 'stream')
     EV().touch(tag_prefix, candidates)
   end
 end

@@ -42,9 +42,8 @@ if bad then
   return {'bound', bad}
 end
 local candidates = usage_events(plan.b, cost, now, rid)
-touch_markers(tag_prefix, candidates)
+touch_markers(tag_prefix, candidates, events)
 expect(ledger, 'stream')
-expect(events, 'stream')
 
 flush()
 emit_all(events, tag_prefix, candidates)

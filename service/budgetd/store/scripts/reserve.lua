@@ -86,7 +86,6 @@ for _, t in ipairs(plan.t) do
     end
   end
 end
-expect(events, 'stream')
 local candidates = {}
 if #denials > 0 then
   for _, row in ipairs(denials) do
@@ -98,7 +97,7 @@ if #denials > 0 then
         {'requested_micros', int(amount)})
     end
   end
-  touch_markers(tag_prefix, candidates)
+  touch_markers(tag_prefix, candidates, events)
   flush()
   expire_holds(holds, due, now)
   emit_all(events, tag_prefix, candidates)
@@ -126,7 +125,7 @@ local levels = {}
 for i, tk in ipairs(takes) do
   levels[i] = int(math.floor(tk[3] / SCALE))
 end
-touch_markers(tag_prefix, candidates)
+touch_markers(tag_prefix, candidates, events)
 
 -- Phase 2: every check passed; hold on all of them.
 flush()
