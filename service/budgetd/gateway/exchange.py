@@ -58,7 +58,8 @@ class Exchange:
         except msgspec.ValidationError as exc:
             return errors.error(400, f"budgetd: {exc}")
         try:
-            result = await self.engine.reserve(request, key=self.key)
+            # Only the id is used: the per-scope detail is not built (reserve answer v2).
+            result = await self.engine.reserve(request, key=self.key, with_scopes=False)
         except BudgetdError as exc:
             return errors.from_budgetd(exc)
         if isinstance(result, Denied):

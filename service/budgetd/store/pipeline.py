@@ -157,11 +157,10 @@ class ScriptPipeline:
         protocol = self._protocol
         if protocol is not None and not protocol.closed:
             return protocol
-        loop = asyncio.get_running_loop()
         try:
-            # Connecting (or waiting for another caller's connection) is bounded by the call's
-            # deadline as well as by the connect timeout.
-            async with asyncio.timeout_at(min(deadline, loop.time() + self.connect_timeout_s)):
+            # Waiting for another caller's connection is bounded by the call's deadline; the
+            # connection itself also by the connect timeout (in _connect).
+            async with asyncio.timeout_at(deadline):
                 return await self._connect()
         except NotSent:
             raise
@@ -177,31 +176,32 @@ class ScriptPipeline:
             if self._protocol is not None and not self._protocol.closed:
                 return self._protocol
             loop = asyncio.get_running_loop()
-            _, made = await loop.create_connection(_Protocol, self.host, self.port)
-            # The setup replies are bounded by _connection's timeout, not by a deadline here.
-            never = math.inf
-            setup = []
-            if self.password is not None:
-                auth = (
-                    ("AUTH", self.username, self.password)
-                    if self.username
-                    else ("AUTH", self.password)
-                )
-                setup.append(made.send(_pack(*auth), never))
-            if self.db:
-                setup.append(made.send(_pack("SELECT", self.db), never))
-            # Named, so operators (and tests) can tell it apart in CLIENT LIST. An ACL
-            # user without CLIENT SETNAME still connects: that reply is not checked.
-            named = made.send(_pack("CLIENT", "SETNAME", CONNECTION_NAME), never)
-            try:
-                for reply in await asyncio.gather(*setup):
-                    if isinstance(reply, hiredis.ReplyError):
-                        raise NotSent(f"redis refused the connection: {reply}")
-                await named
-            except BaseException:
-                if made.transport is not None:  # a failed setup leaves no connection open
-                    made.transport.close()
-                raise
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, made = await loop.create_connection(_Protocol, self.host, self.port)
+                # The setup replies are bounded by the timeouts around them, not by a deadline.
+                never = math.inf
+                setup = []
+                if self.password is not None:
+                    auth = (
+                        ("AUTH", self.username, self.password)
+                        if self.username
+                        else ("AUTH", self.password)
+                    )
+                    setup.append(made.send(_pack(*auth), never))
+                if self.db:
+                    setup.append(made.send(_pack("SELECT", self.db), never))
+                # Named, so operators (and tests) can tell it apart in CLIENT LIST. An ACL
+                # user without CLIENT SETNAME still connects: that reply is not checked.
+                named = made.send(_pack("CLIENT", "SETNAME", CONNECTION_NAME), never)
+                try:
+                    for reply in await asyncio.gather(*setup):
+                        if isinstance(reply, hiredis.ReplyError):
+                            raise NotSent(f"redis refused the connection: {reply}")
+                    await named
+                except BaseException:
+                    if made.transport is not None:  # a failed setup leaves no connection open
+                        made.transport.close()
+                    raise
             self._protocol = made
             return made
 
