@@ -23,6 +23,7 @@ class Spend(msgspec.Struct, frozen=True, kw_only=True):
     teams: tuple[str, ...] = ()
     key: str = ""
     tags: tuple[str, ...] = ()
+    session: str = ""
 
 
 def parse(entry_id: str, fields: dict[str, str]) -> Spend:
@@ -37,6 +38,7 @@ def parse(entry_id: str, fields: dict[str, str]) -> Spend:
         teams=who.teams,
         key=who.key,
         tags=who.tags,
+        session=who.session,
     )
 
 
@@ -56,8 +58,8 @@ async def since(
 def entities_of(spend: Spend, rule: BudgetRule, policy: OrgPolicy) -> tuple[str, ...]:
     """The entities whose counters of ``rule`` a ledger entry counted for: resolved as the
     reserve resolves them (the rule's feature filter, globs and overrides' teams), from the
-    teams, key and tags the entry recorded. Several for a user in several teams or a call with
-    several matching tags; none when the rule did not apply."""
+    teams, key, tags and session the entry recorded. Several for a user in several teams or
+    a call with several matching tags; none when the rule did not apply."""
     subject = Subject(
         org=policy.org,
         user=spend.user or None,
@@ -65,6 +67,7 @@ def entities_of(spend: Spend, rule: BudgetRule, policy: OrgPolicy) -> tuple[str,
         key=spend.key or None,
         tags=spend.tags,
         teams=spend.teams,
+        session=spend.session or None,
     )
     return tuple(applied.entity for applied in applied_budgets(policy, rule, subject))
 
