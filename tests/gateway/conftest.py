@@ -38,6 +38,7 @@ budgets:
   - {name: org-month, scope: org, limit_usd: 1000, period: month}
   - {name: user-day, scope: user, limit_usd: 100, period: day}
   - {name: feature-day, scope: feature, limit_usd: 100, period: day}
+  - {name: per-run, scope: session, limit_usd: 0.05, period: session, idle: 30m}
 """
 GW_KEYED = """
 org: gw-keyed
