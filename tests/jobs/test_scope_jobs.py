@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from budgetd.clock import FrozenClock
-from budgetd.contract import UsageRequest
+from budgetd.contract import CommitRequest, Grant, ReserveRequest, UsageRequest
 from budgetd.engine import Engine
 from budgetd.jobs.forecast import forecast
 from budgetd.jobs.period_close import close_periods
@@ -134,3 +134,28 @@ async def test_period_close_ranks_teams_keys_and_tags(
         '[["project:search",3000],["project:chat",2000]]'
     )
     assert closes["code-day"]["used_micros"] == "0"
+
+
+async def test_threshold_events_name_the_team_key_and_tag(
+    setup: tuple[Engine, EventQueue], store: ScriptStore
+) -> None:
+    engine, _ = setup
+    # $6 held of each $10 budget (the test table's haiku: $1 per million input tokens).
+    request = ReserveRequest(
+        org="acme",
+        model="claude-haiku-test",
+        input_tokens=6_000_000,
+        max_tokens=1,
+        user="bob",
+        tags=["project:search"],
+        reservation_id="r1",
+    )
+    assert isinstance(await engine.reserve(request, key="search-app"), Grant)
+    await engine.commit(
+        "acme", "r1", CommitRequest(usage=Usage(input_tokens=6_000_000)), key="search-app"
+    )
+    assert await _events(store, "threshold") == [
+        ("key-day", "key", "search-app"),
+        ("project-day", "tag", "project:search"),
+        ("team-day", "team", "search"),
+    ]
