@@ -35,6 +35,7 @@ budgets:
   - {name: key-day, scope: key, limit_usd: 10, period: day}
   - {name: project-day, scope: tag, match: "project:*", limit_usd: 10, period: day}
   - {name: code-day, scope: user, feature: claude-code, limit_usd: 10, period: day}
+  - {name: run, scope: session, limit_usd: 10, period: session, idle: 30m}
 """
 NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -58,6 +59,7 @@ async def _as_written(engine: Engine) -> dict[str, str]:
             user="alice",
             feature="chat",
             tags=["project:search", "env:prod"],
+            session="run-1",
         ),
         key="search-app",
     )
@@ -91,7 +93,8 @@ async def test_spikes_of_team_key_and_tag_budgets(
     await _at(store, alice, NOON - timedelta(minutes=10), 5_000_000)
     assert await detect_spikes(engine, queue, "acme", NOON) == 4
     # Each of alice's teams, her key and her one project tag; not code-day (her feature is
-    # chat) and not env:prod (project-day matches project:*).
+    # chat), not env:prod (project-day matches project:*), and not her session's budget (a
+    # run has too few hours for a baseline).
     assert await _events(store, "spike") == [
         ("key-day", "key", "search-app"),
         ("project-day", "tag", "project:search"),

@@ -22,8 +22,8 @@ async def detect_spikes(engine: Engine, queue: EventQueue, org: str, now: dateti
     hour_id = now.strftime("%Y-%m-%dT%H")
     emitted = 0
     for rule in policy.budgets:
-        if rule.spike_factor is None:
-            continue
+        if rule.spike_factor is None or rule.period.session:
+            continue  # a session (a run) has too few hours for a baseline
         for entity, series in hourly(spends, rule, policy, now_ms, hours).items():
             current, trailing = series[-1], series[:-1]
             if not any(trailing):
