@@ -26,6 +26,7 @@ budgets:
   - {name: key-day, scope: key, limit_usd: 50, period: day}
   - {name: project-day, scope: tag, match: "project:*", limit_usd: 20, period: day}
   - {name: code-day, scope: user, feature: claude-code, limit_usd: 5, period: day}
+  - {name: run, scope: session, limit_usd: 5, period: session, idle: 30m}
 """
 MOVED = POLICY.replace("platform: {users: [alice]", "platform: {users: []")
 CALL = {"org": "acme", "model": "claude-haiku-test", "input_tokens": 100, "max_tokens": 100}
@@ -43,7 +44,12 @@ async def test_reports_group_by_team_key_and_tag_as_charged(tmp_path: Path, redi
     as_app = {"Authorization": f"Bearer {app_key}"}
     as_admin = {"Authorization": f"Bearer {admin}"}
     async with asgi_client(app) as client:
-        reserve = {**CALL, "user": "alice", "tags": ["project:search", "env:prod"]}
+        reserve = {
+            **CALL,
+            "user": "alice",
+            "tags": ["project:search", "env:prod"],
+            "session": "run-1",
+        }
         granted = await client.post(
             "/v1/reservations", json={**reserve, "reservation_id": "r1"}, headers=as_app
         )
@@ -114,6 +120,7 @@ async def test_reports_group_by_team_key_and_tag_as_charged(tmp_path: Path, redi
             ("code-day", "alice"): 0,
             ("code-day", "carol"): 0,
             ("code-day", "bob"): 0,
+            ("run", "run-1"): alice,
         }
 
         # A plan that lowers the team budget below what the teams spent names both.

@@ -48,6 +48,7 @@ budgets:
   - {name: team-day, scope: team, limit_usd: 20, period: day}
   - {name: key-day, scope: key, limit_usd: 20, period: day}
   - {name: project-day, scope: tag, match: "project:*", limit_usd: 20, period: day}
+  - {name: run, scope: session, limit_usd: 20, period: session, idle: 30m}
 """
 ALICE_TAGS = ["project:web"]
 """Alice's calls carry a project tag (the app key, named ``web``, makes every call)."""

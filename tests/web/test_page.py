@@ -52,13 +52,14 @@ def test_org_page_shows_the_right_numbers(browser: Browser, service: Service) ->
     bob = page.locator('.budget[data-budget="user-day"][data-entity="bob"]')
     assert bob.locator("b.spent").inner_text() == usd(service.costs["bob"])
 
-    # Team, key and tag budgets, each with what its members, key or tag spent; and their
-    # views.
+    # Team, key, tag and session budgets, each with what its members, key, tag or session
+    # spent; and their views.
     chatters = service.costs["alice"] + service.costs["carol"]
     for budget, entity, spent in (
         ("team-day", "chatters", chatters),
         ("key-day", "web", total),
         ("project-day", "project:web", service.costs["alice"]),
+        ("run", "carol-run", service.costs["carol"]),
     ):
         bar = page.locator(f'.budget[data-budget="{budget}"][data-entity="{entity}"]')
         assert bar.locator("b.spent").inner_text() == usd(spent), budget
