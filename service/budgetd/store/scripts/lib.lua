@@ -119,22 +119,24 @@ local function load()
 end
 
 -- A field's value before this call (0 when absent), and whether it was there. Asking about a
--- field that was not loaded is a bug, refused loudly rather than read after a write.
-local function loaded(key, field)
-  local v, w = VAL[key], WANT[key]
-  local i = v and w[field]
-  if not i then
-    error('budgetd: ' .. key .. ' ' .. field .. ' was not read before the writes')
-  end
-  return v[i]
+-- field that was not loaded is a bug, refused loudly rather than read after a write. (The hot
+-- helpers below do their lookups inline: a Lua function call costs about what a table does.)
+local function unread(key, field)
+  error('budgetd: ' .. key .. ' ' .. field .. ' was not read before the writes')
 end
 
 local function val(key, field)
-  return loaded(key, field) or 0
+  local v = VAL[key]
+  local i = v and WANT[key][field]
+  if not i then unread(key, field) end
+  return v[i] or 0
 end
 
 local function present(key, field)
-  return loaded(key, field) ~= false
+  local v = VAL[key]
+  local i = v and WANT[key][field]
+  if not i then unread(key, field) end
+  return v[i] ~= false
 end
 
 -- Writes, decided first: per hash written, one table: the fields in order (array) and their new
@@ -156,14 +158,18 @@ end
 -- The value a field will have after the writes decided so far.
 local function cur(key, field)
   local p = PEND[key]
-  if p and p[field] ~= nil then
-    return p[field]
+  local n = p and p[field]
+  if n ~= nil then
+    return n
   end
-  return val(key, field)
+  local v = VAL[key]
+  local i = v and WANT[key][field]
+  if not i then unread(key, field) end
+  return v[i] or 0
 end
 
 local function put(key, field, value)
-  local p = pending(key)
+  local p = PEND[key] or pending(key)
   if p[field] == nil then
     p[#p + 1] = field
   end
@@ -171,11 +177,20 @@ local function put(key, field, value)
 end
 
 local function add(key, field, delta)
-  put(key, field, cur(key, field) + delta)
+  local p = PEND[key] or pending(key)
+  local n = p[field]
+  if n == nil then
+    local v = VAL[key]
+    local i = v and WANT[key][field]
+    if not i then unread(key, field) end
+    n = v[i] or 0
+    p[#p + 1] = field
+  end
+  p[field] = n + delta
 end
 
 local function expire_rule(key, kind, n)
-  local p = pending(key)
+  local p = PEND[key] or pending(key)
   if not p[0] then
     p[0], p[-1] = kind, n
   elseif n > p[-1] then
