@@ -7,7 +7,7 @@ drives ``budgetd.engine.Engine`` directly (no HTTP: only the Redis side is measu
 policies:
 
   * ``bench``: the policy of ``bench/reserve_commit.py`` (3 budgets, 2 rate limits × 3 kinds: 9
-    scopes per call), model ``claude-sonnet-4-5``;
+    scopes per call), model ``claude-sonnet-5-5`` (the bench's ``MODEL``);
   * ``example``: the shipped ``policies/example.yaml``, a ``claude-haiku-5-5`` call of a user of
     feature ``chat`` (4 budgets, one a rolling 24h window, and 2 rate limits).
 
