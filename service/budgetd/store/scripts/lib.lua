@@ -299,7 +299,9 @@ local function read_plan(T, i)
     local nk = tonumber(T[i + 1])
     i = i + 2
     for q = 1, nk do
-      t.kinds[q] = {q = T[i], r = tonumber(T[i + 1]), c = tonumber(T[i + 2]), e = T[i + 3] == '1'}
+      local kind = T[i]
+      t.kinds[q] = {q = kind, r = tonumber(T[i + 1]), c = tonumber(T[i + 2]), e = T[i + 3] == '1',
+        ft = kind .. '.t', fm = kind .. '.ms'}
       i = i + 4
     end
     plan.t[j] = t
@@ -424,8 +426,8 @@ end
 local function want_buckets(buckets)
   for _, t in ipairs(buckets) do
     for _, q in ipairs(t.kinds) do
-      want(t.k, q.q .. '.t', 'x')
-      want(t.k, q.q .. '.ms', 'x')
+      want(t.k, q.ft, 'x')
+      want(t.k, q.fm, 'x')
     end
   end
 end
@@ -434,9 +436,20 @@ end
 -- writes decided so far leave it). A clock that ran backwards refills nothing.
 local function bucket_level(key, q, now)
   local cap = q.c * SCALE
-  local level, last = cur(key, q.q .. '.t'), cur(key, q.q .. '.ms')
-  if not present(key, q.q .. '.t') and not (PEND[key] and PEND[key][q.q .. '.t']) then
-    return cap, now
+  local level, last
+  local p = PEND[key]
+  if p and p[q.ft] ~= nil then
+    level, last = p[q.ft], p[q.fm]
+  else
+    local v = VAL[key]
+    local w = v and WANT[key]
+    local i, j = w and w[q.ft], w and w[q.fm]
+    if not (i and j) then unread(key, q.ft) end
+    level, last = v[i], v[j]
+    if not level then
+      return cap, now
+    end
+    last = last or 0
   end
   if now > last then
     level = level + (now - last) * q.r
@@ -454,8 +467,8 @@ local function bucket_set(key, q, level, at)
   if level < -q.c * SCALE then
     level = -q.c * SCALE
   end
-  put(key, q.q .. '.t', level)
-  put(key, q.q .. '.ms', at)
+  put(key, q.ft, level)
+  put(key, q.fm, at)
   local ttl = 86400000
   if q.r > 0 then
     ttl = math.ceil((q.c * SCALE - level) / q.r) + 60000
