@@ -3,13 +3,26 @@ call's ``x-budgetd-tags`` header add up on the reservation, and never go upstrea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anthropic
+import pytest
 from budgetd_client import AsyncBudgetdClient, guard, scope
 from budgetd_client.core import Attribution, plan_call
+from litestar import Litestar
 
-from conftest import HAIKU, FakeMessagesAPI, Recorder
+from conftest import COST, HAIKU, POLICY, FakeMessagesAPI, Recorder, make_app
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Litestar:
+    """The conftest's policy with a budget per project tag."""
+    per_project = (
+        '  - {name: per-project, scope: tag, match: "project:*", limit_usd: 1, period: day}\n'
+    )
+    return make_app(tmp_path, policy=POLICY + per_project)
 
 
 async def test_guard_scope_and_header_tags_add_up(
@@ -30,6 +43,9 @@ async def test_guard_scope_and_header_tags_add_up(
     assert first["tags"] == ["env:prod"]
     assert second["tags"] == ["env:prod", "project:search", "team:a"]
     assert not any(k.startswith("x-budgetd") for k in fake_api.headers[1])
+    view = await budgetd.budgets(org="acme", tags=["project:search", "project:other"])
+    tagged = view.budget("per-project")
+    assert (tagged.entity, tagged.spent_micros, tagged.held_micros) == ("project:search", COST, 0)
 
 
 def test_the_core_reads_the_tags_header() -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -453,10 +453,18 @@ class Base:
         feature: str | None = None,
         model: str | None = None,
         session: str | None = None,
+        tags: Sequence[str] = (),
     ) -> Flow[BudgetsResult]:
-        """Each limit that applies to the scope: limit, spent, held, remaining, period."""
+        """Each limit that applies to the scope: limit, spent, held, remaining, period;
+        ``tags``: the tag budgets these tags count in."""
         params = {"org": self._org(org)}
-        named = (("user", user), ("feature", feature), ("model", model), ("session", session))
+        named = (
+            ("user", user),
+            ("feature", feature),
+            ("model", model),
+            ("session", session),
+            ("tags", ",".join(tags)),
+        )
         params.update({k: v for k, v in named if v})
         budgets: BudgetsResult = yield Http("GET", "/v1/budgets", BudgetsResult, params=params)
         return budgets
