@@ -127,7 +127,11 @@ def create_app(
         registry = PolicyRegistry(settings.policy_dir, settings.pricing_file)
     if store is None:
         store = (
-            redis_store(settings.redis_url, timeout_s=settings.redis_timeout_s)
+            redis_store(
+                settings.redis_url,
+                timeout_s=settings.redis_timeout_s,
+                coalesce=settings.redis_coalesce,
+            )
             if settings.redis_url
             else embedded_store()
         )

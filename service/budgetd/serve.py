@@ -18,7 +18,11 @@ async def _check_store(settings: Settings) -> None:
     """Strict durability on a server that cannot confirm fsyncs is a start-up error."""
     if settings.redis_url is None or settings.durability != "strict":
         return
-    store = redis_store(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    store = redis_store(
+        settings.redis_url,
+        timeout_s=settings.redis_timeout_s,
+        coalesce=settings.redis_coalesce,
+    )
     store.durability = settings.durability
     try:
         await store.check_durability()

@@ -29,6 +29,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """strict: acknowledge writes only after WAITAOF confirms them on disk (Redis 7.2+)."""
     redis_timeout_s: float = 0.5
     """Bound on every store call; past it fail-closed budgets answer 503."""
+    redis_coalesce: bool = False
+    """Write coalescing on the pipelined Redis connection: calls made while others are in
+    flight are written together once per event-loop turn (docs/performance.md)."""
     policy_poll_s: float = 5.0
     """How often the policy directory is checked for changes (0: never)."""
     sweep_interval_s: float = 5.0
@@ -143,6 +146,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         workers=n.int("BUDGETD_WORKERS", defaults.workers),
         durability=_durability(e.get("BUDGETD_DURABILITY", defaults.durability)),
         redis_timeout_s=n.seconds("BUDGETD_REDIS_TIMEOUT_S", defaults.redis_timeout_s),
+        redis_coalesce=_flag(
+            "BUDGETD_REDIS_COALESCE",
+            e.get("BUDGETD_REDIS_COALESCE", str(defaults.redis_coalesce).lower()),
+        ),
         policy_poll_s=n.seconds("BUDGETD_POLICY_POLL_S", defaults.policy_poll_s),
         sweep_interval_s=n.seconds("BUDGETD_SWEEP_INTERVAL_S", defaults.sweep_interval_s),
         clock_sync_s=n.seconds("BUDGETD_CLOCK_SYNC_S", defaults.clock_sync_s),

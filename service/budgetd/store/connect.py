@@ -69,8 +69,11 @@ class QueuingCluster(RedisCluster):
                 delay = min(delay * 2, 0.1)
 
 
-def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> ScriptStore:
-    """``redis://``/``rediss://`` for one server; ``redis+cluster://`` for a Redis Cluster."""
+def redis_store(
+    url: str, *, timeout_s: float = 1.0, max_connections: int = 64, coalesce: bool = False
+) -> ScriptStore:
+    """``redis://``/``rediss://`` for one server; ``redis+cluster://`` for a Redis Cluster.
+    ``coalesce``: the pipelined connections' write coalescing (``store/pipeline.py``)."""
     common = {
         "decode_responses": True,
         "socket_timeout": timeout_s,
@@ -94,7 +97,7 @@ def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) 
                 cluster,
                 description=f"redis cluster {plain}",
                 timeout_s=timeout_s,
-                node_pipelines=_node_pipelines(cluster, plain, timeout_s),
+                node_pipelines=_node_pipelines(cluster, plain, timeout_s, coalesce),
             )
     # A blocking pool: past ``max_connections`` a call waits (within its timeout) for a free
     # connection instead of failing, so a burst of requests queues rather than erroring.
@@ -103,11 +106,14 @@ def redis_store(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) 
     )
     client = Redis(connection_pool=pool)
     return ScriptStore(
-        client, description=f"redis {url}", timeout_s=timeout_s, pipeline=_pipeline(url, timeout_s)
+        client,
+        description=f"redis {url}",
+        timeout_s=timeout_s,
+        pipeline=_pipeline(url, timeout_s, coalesce),
     )
 
 
-def _pipeline(url: str, timeout_s: float) -> ScriptPipeline | None:
+def _pipeline(url: str, timeout_s: float, coalesce: bool) -> ScriptPipeline | None:
     """The pipelined hot path for ``redis://host:port/db`` (TLS and sockets stay on redis-py)."""
     parsed = urlsplit(url)
     if parsed.scheme != "redis" or not parsed.hostname:
@@ -119,10 +125,13 @@ def _pipeline(url: str, timeout_s: float) -> ScriptPipeline | None:
         username=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
         connect_timeout_s=timeout_s,
+        coalesce=coalesce,
     )
 
 
-def _node_pipelines(cluster: RedisCluster, url: str, timeout_s: float) -> NodePipelines | None:
+def _node_pipelines(
+    cluster: RedisCluster, url: str, timeout_s: float, coalesce: bool
+) -> NodePipelines | None:
     """The pipelined hot path per primary, for plain-TCP clusters (TLS stays on redis-py)."""
     parsed = urlsplit(url)
     if parsed.scheme != "redis":
@@ -132,6 +141,7 @@ def _node_pipelines(cluster: RedisCluster, url: str, timeout_s: float) -> NodePi
         username=unquote(parsed.username) if parsed.username else None,
         password=unquote(parsed.password) if parsed.password else None,
         connect_timeout_s=timeout_s,
+        coalesce=coalesce,
     )
 
 

@@ -38,8 +38,10 @@ class NodePipelines:
         username: str | None = None,
         password: str | None = None,
         connect_timeout_s: float = 1.0,
+        coalesce: bool = False,
     ) -> None:
         self.cluster = cluster
+        self.coalesce = coalesce
         self.username, self.password = username, password
         self.connect_timeout_s = connect_timeout_s
         self._pipelines: dict[str, ScriptPipeline] = {}
@@ -61,6 +63,7 @@ class NodePipelines:
                 username=self.username,
                 password=self.password,
                 connect_timeout_s=self.connect_timeout_s,
+                coalesce=self.coalesce,
             )
             self._pipelines[node.name] = pipeline
         if self._cooling and self._cooling.get(pipeline, 0.0) > time.monotonic():

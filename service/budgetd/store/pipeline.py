@@ -9,10 +9,14 @@ connection's commands in order), so a FIFO of futures pairs each reply with its 
 costs one round trip at most, and several in flight share the reads.
 
 Writing at once, rather than gathering a loop turn's calls into one write, lets Redis run the
-first script while the service still prepares the next: with 8 requests in flight, gathering made
-them travel as a convoy (the service idle while Redis ran all eight, then Redis idle), and
-``bench/reserve_commit.py`` did 1,300 pairs/s against 1,690 writing at once, at the same CPU
-per request.
+first script while the service still prepares the next: with 8 requests in flight, gathering
+every call made them travel as a convoy (the service idle while Redis ran all eight, then Redis
+idle), and ``bench/reserve_commit.py`` did 1,300 pairs/s against 1,690 writing at once, at the
+same CPU per request. Write coalescing (``coalesce=True``, ``BUDGETD_REDIS_COALESCE``) keeps
+that first write: a call on a connection with nothing in flight is written at once; a call
+while others are in flight (Redis is busy with them) waits in a buffer written once at the end
+of the loop turn (``loop.call_soon``), or at once when the buffer passes ``COALESCE_MAX_BYTES``.
+Fewer, larger writes cost Redis fewer reads (docs/performance.md, "Write coalescing").
 
 Every call carries a deadline (the store timeout, on the loop's clock). The FIFO keeps each
 call's deadline next to its future, and one timer per connection (``loop.call_at``) fails the
@@ -45,6 +49,8 @@ import redis.exceptions
 from budgetd.store.base import StoreUnavailable
 
 CONNECTION_NAME = "budgetd-pipeline"
+COALESCE_MAX_BYTES = 64 * 1024
+"""A coalescing buffer this large is written at once rather than at the end of the turn."""
 EARLY_S = 0.001
 """A deadline this close counts as passed when the timer fires: uvloop rounds a timer's delay
 to whole milliseconds, so it may fire a little before the deadline it was armed for."""
@@ -57,8 +63,12 @@ def _pack(*parts: Any) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, coalesce: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
+        self.coalesce = coalesce
+        self._buffer: list[bytes] = []
+        """Packed calls not yet written (coalescing): the last ``len`` entries of ``waiting``."""
+        self._buffered_bytes = 0
         self.reader = hiredis.Reader(encoding="utf-8")
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         """Calls in flight, in the order Redis answers them, each with its deadline."""
@@ -81,9 +91,16 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._disarm()
+        reason = exc or "closed by server"
+        # The calls still in the buffer (the FIFO's tail) never left: they did not run.
+        unsent = NotSent(f"redis connection lost before the call was written: {reason}")
+        for _ in range(len(self._buffer)):
+            future = self.waiting.pop()[0]
+            if not future.done():
+                future.set_exception(unsent)
+        self._buffer.clear()
         error = StoreUnavailable(
-            f"redis connection lost with calls in flight (they may have run): "
-            f"{exc or 'closed by server'}"
+            f"redis connection lost with calls in flight (they may have run): {reason}"
         )
         while self.waiting:
             future = self.waiting.popleft()[0]
@@ -97,11 +114,28 @@ class _Protocol(asyncio.Protocol):
         if self.closed or self.transport is None or self.transport.is_closing():
             future.set_exception(NotSent("redis connection closed before the call was sent"))
             return future
+        if not self.coalesce or not self.waiting:
+            self.transport.write(packed)  # nothing in flight: Redis is idle, no reason to wait
+        else:
+            if not self._buffer:
+                self.loop.call_soon(self._flush)
+            self._buffer.append(packed)
+            self._buffered_bytes += len(packed)
+            if self._buffered_bytes >= COALESCE_MAX_BYTES:
+                self._flush()
         self.waiting.append((future, deadline))
-        self.transport.write(packed)
         if deadline < self._timer_at:  # the common case (a timer already armed) skips this
             self._arm(deadline)
         return future
+
+    def _flush(self) -> None:
+        """Write the buffered calls in one write (a no-op if already written, or lost)."""
+        transport = self.transport
+        if not self._buffer or transport is None or transport.is_closing():
+            return  # a closing connection fails the buffered calls as never sent
+
+        buffered, self._buffer, self._buffered_bytes = self._buffer, [], 0
+        transport.write(b"".join(buffered))
 
     def _arm(self, at: float) -> None:
         self._disarm()
@@ -146,8 +180,10 @@ class ScriptPipeline:
         username: str | None = None,
         password: str | None = None,
         connect_timeout_s: float = 1.0,
+        coalesce: bool = False,
     ) -> None:
         self.host, self.port, self.db = host, port, db
+        self.coalesce = coalesce
         self.username, self.password = username, password
         self.connect_timeout_s = connect_timeout_s
         self._protocol: _Protocol | None = None
@@ -177,7 +213,9 @@ class ScriptPipeline:
                 return self._protocol
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(self.connect_timeout_s):
-                _, made = await loop.create_connection(_Protocol, self.host, self.port)
+                _, made = await loop.create_connection(
+                    lambda: _Protocol(self.coalesce), self.host, self.port
+                )
                 # The setup replies are bounded by the timeouts around them, not by a deadline.
                 never = math.inf
                 setup = []
