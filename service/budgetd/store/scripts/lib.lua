@@ -226,20 +226,23 @@ end
 -- moves), then the expiry. None of these can fail: every hash was read (its type checked) and
 -- every value bounded before.
 local function flush()
+  local args = {} -- reused for every hash: its first n items are this hash's HSET
   for _, key in ipairs(PORDER) do
     local p = PEND[key]
-    local args = {}
+    local n = 0
     for _, f in ipairs(p) do
-      args[#args + 1] = f
-      args[#args + 1] = int(p[f])
+      args[n + 1] = f
+      args[n + 2] = int(p[f])
+      n = n + 2
     end
     local rule, at = p[0], nil
     if rule == 'a' then
       local need = keep_until(p[-1])
       if VAL[key][1] < need then
         at = need
-        args[#args + 1] = '_x'
-        args[#args + 1] = int(at)
+        args[n + 1] = '_x'
+        args[n + 2] = int(at)
+        n = n + 2
       end
     elseif rule == 'b' then
       -- A bucket hash must live until its emptiest bucket has refilled (plus a minute). Its
@@ -248,12 +251,13 @@ local function flush()
       local ttl = p[-1]
       if VAL[key][1] < now_ms() + ttl then
         at = now_ms() + ttl + math.min(ttl, 3600000)
-        args[#args + 1] = 'x'
-        args[#args + 1] = int(at)
+        args[n + 1] = 'x'
+        args[n + 2] = int(at)
+        n = n + 2
       end
     end
-    if #args > 0 then
-      redis.call('HSET', key, unpack(args))
+    if n > 0 then
+      redis.call('HSET', key, unpack(args, 1, n))
     end
     if at then
       redis.call('PEXPIREAT', key, int(at))
@@ -262,6 +266,15 @@ local function flush()
     end
   end
   PEND, PORDER = {}, {}
+end
+
+-- A bucket kind's level and time fields (literals for the known kinds: no string built per call).
+local function kind_fields(kind)
+  if kind == 'requests' then return 'requests.t', 'requests.ms' end
+  if kind == 'input' then return 'input.t', 'input.ms' end
+  if kind == 'output' then return 'output.t', 'output.ms' end
+  if kind == 'cost' then return 'cost.t', 'cost.ms' end
+  return kind .. '.t', kind .. '.ms'
 end
 
 -- The plan: tokens from index i of T (ARGV, or a stored plan split by split_plan).
@@ -278,8 +291,10 @@ local function read_plan(T, i)
   end
   i = i + 5
   for j = 1, nb do
-    local b = {f = T[i], s = T[i + 1], l = tonumber(T[i + 2]), m = T[i + 3], th = T[i + 4],
-      pe = tonumber(T[i + 5]), k = T[i + 6]}
+    -- fs, fh: the entry's spent and held field, named once per call (not per use)
+    local f = T[i]
+    local b = {f = f, s = T[i + 1], l = tonumber(T[i + 2]), m = T[i + 3], th = T[i + 4],
+      pe = tonumber(T[i + 5]), k = T[i + 6], fs = f .. '|s', fh = f .. '|h'}
     if b.k == 'R' then
       b.base, b.w, b.xo, b.idx = T[i + 7], tonumber(T[i + 8]), tonumber(T[i + 9]),
         tonumber(T[i + 10])
@@ -300,8 +315,9 @@ local function read_plan(T, i)
     i = i + 2
     for q = 1, nk do
       local kind = T[i]
+      local ft, fm = kind_fields(kind)
       t.kinds[q] = {q = kind, r = tonumber(T[i + 1]), c = tonumber(T[i + 2]), e = T[i + 3] == '1',
-        ft = kind .. '.t', fm = kind .. '.ms'}
+        ft = ft, fm = fm}
       i = i + 4
     end
     plan.t[j] = t
@@ -333,7 +349,7 @@ local function charge_slot(b)
     local chunk_end = (math.floor(b.idx / ROLLING_CHUNK) + 1) * ROLLING_CHUNK * b.w
     return key, field, chunk_end + b.xo
   end
-  return b.c, b.f .. '|s', b.x
+  return b.c, b.fs, b.x
 end
 
 -- A rolling budget entry as of `clock_ms` (the service's period clock): charged to the
@@ -358,8 +374,15 @@ local function window(b)
   if not b.wk then
     local wk, wf = {}, {}
     local prefix = b.f .. '|'
+    -- The window spans at most two chunk hashes: each name is built once.
+    local chunk = math.floor((b.idx - 24) / ROLLING_CHUNK)
+    local key = b.base .. chunk
     for i = b.idx - 24, b.idx do
-      wk[#wk + 1] = b.base .. math.floor(i / ROLLING_CHUNK)
+      if math.floor(i / ROLLING_CHUNK) ~= chunk then
+        chunk = math.floor(i / ROLLING_CHUNK)
+        key = b.base .. chunk
+      end
+      wk[#wk + 1] = key
       wf[#wf + 1] = prefix .. i .. '|s'
     end
     b.wk, b.wf = wk, wf
@@ -375,15 +398,15 @@ local function want_budget(b)
       want(wk[i], wf[i])
     end
   else
-    want(b.c, b.f .. '|s')
+    want(b.c, b.fs)
   end
-  want(b.h, b.f .. '|h')
+  want(b.h, b.fh)
 end
 
 -- What a budget entry has spent in its whole window, before this call.
 local function budget_spent(b)
   if b.k ~= 'R' then
-    return val(b.c, b.f .. '|s')
+    return val(b.c, b.fs)
   end
   local wk, wf = window(b)
   local spent = 0
@@ -395,7 +418,7 @@ end
 
 -- Decides: add `delta` to an entry's held amount.
 local function hold(b, delta)
-  add(b.h, b.f .. '|h', delta)
+  add(b.h, b.fh, delta)
   if b.k == 'R' then
     expire_rule(b.h, 'a', b.hx)
   elseif b.k == 'S' then
@@ -526,7 +549,7 @@ local function due_holds(holds_key, reservation_prefix, now, limit)
     if fields[1] == 'held' and not legacy then
       plan = read_plan(split_plan(fields[2]), 1)
       for _, b in ipairs(plan.b) do
-        want(b.h, b.f .. '|h')
+        want(b.h, b.fh)
       end
     end
     if not legacy then
@@ -677,7 +700,7 @@ end
 local function usage_events(budgets, delta, now, rid)
   local out = {}
   for _, b in ipairs(budgets) do
-    local used = budget_spent(b) + val(b.h, b.f .. '|h')
+    local used = budget_spent(b) + val(b.h, b.fh)
     budget_events(out, b, used, used + delta, now, rid)
   end
   return out

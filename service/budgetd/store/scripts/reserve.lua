@@ -59,23 +59,24 @@ if prior[1] then
 end
 
 -- Phase 1: check everything; write nothing.
-local used, denials, shadow = {}, {}, {}
+-- (parallel arrays, not a table per budget or bucket kind: tables are what a script costs)
+local spents, helds, denials, shadow = {}, {}, {}, {}
 for i, b in ipairs(plan.b) do
   local spent = budget_spent(b)
-  local held = cur(b.h, b.f .. '|h')
-  used[i] = {spent, held}
+  local held = cur(b.h, b.fh)
+  spents[i], helds[i] = spent, held
   if spent + held + amount > b.l then
     local row = {'b', i, int(spent), int(held)}
     if b.m == 'b' then table.insert(denials, row) else table.insert(shadow, row) end
   end
 end
-local takes, n = {}, 0
+local take_key, take_kind, take_level, take_at, n = {}, {}, {}, {}, 0
 for _, t in ipairs(plan.t) do
   for _, q in ipairs(t.kinds) do
     n = n + 1
     local need = kind_amount(plan, q)
     local level, at = bucket_level(t.k, q, now)
-    takes[n] = {t.k, q, level - need * SCALE, at}
+    take_key[n], take_kind[n], take_level[n], take_at[n] = t.k, q, level - need * SCALE, at
     if level < need * SCALE then
       local wait = -1
       if need <= q.c and q.r > 0 then
@@ -92,7 +93,7 @@ if #denials > 0 then
     -- The period's hard-limit event is for a budget this request finds full, not for a request
     -- larger than the whole limit (that denial says so itself, and must not use up the event).
     if row[1] == 'b' and amount <= plan.b[row[2]].l then
-      local u = used[row[2]][1] + used[row[2]][2]
+      local u = spents[row[2]] + helds[row[2]]
       budget_events(candidates, plan.b[row[2]], u, u, now, rid,
         {'requested_micros', int(amount)})
     end
@@ -108,8 +109,8 @@ end
 for _, b in ipairs(plan.b) do
   hold(b, amount)
 end
-for _, tk in ipairs(takes) do
-  bucket_set(tk[1], tk[2], tk[3], tk[4])
+for i = 1, n do
+  bucket_set(take_key[i], take_kind[i], take_level[i], take_at[i])
 end
 local bad = out_of_bounds()
 if bad then
@@ -117,13 +118,13 @@ if bad then
 end
 local parts = {}
 for i, b in ipairs(plan.b) do
-  local before = used[i][1] + used[i][2]
+  local before = spents[i] + helds[i]
   budget_events(candidates, b, before, before + amount, now, rid)
-  parts[i] = int(used[i][1]) .. ',' .. int(used[i][2] + amount)
+  parts[i] = int(spents[i]) .. ',' .. int(helds[i] + amount)
 end
 local levels = {}
-for i, tk in ipairs(takes) do
-  levels[i] = int(math.floor(tk[3] / SCALE))
+for i = 1, n do
+  levels[i] = int(math.floor(take_level[i] / SCALE))
 end
 touch_markers(tag_prefix, candidates, events)
 

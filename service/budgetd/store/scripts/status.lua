@@ -15,7 +15,7 @@ load()
 local out = {now}
 for _, b in ipairs(plan.b) do
   table.insert(out, int(budget_spent(b)))
-  table.insert(out, int(val(b.h, b.f .. '|h')))
+  table.insert(out, int(val(b.h, b.fh)))
 end
 for _, t in ipairs(plan.t) do
   for _, q in ipairs(t.kinds) do
