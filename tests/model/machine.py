@@ -58,6 +58,14 @@ T = TypeVar("T")
 SCALE = 60_000
 """lib.lua keeps a bucket's level in tokens × 60,000."""
 
+SESSION_IDLE_S = 8 * 86_400
+"""Session budgets' idle TTL in the base policies: longer than any example (MAX_ELAPSED_MS plus
+one clock move), so a session counter never expires there; the session-expiry family shortens
+it."""
+SESSION_EXPIRY_IDLE_S = {"acme": 90, "beta": 45}
+"""The session-expiry family's idle TTLs: at least each org's hold_ttl_s (the policy requires
+it), short enough that clock moves (STEPS_S) pass them often."""
+
 ACME = OrgDef(
     org="acme",
     tz="America/New_York",
@@ -69,6 +77,7 @@ ACME = OrgDef(
         BudgetDef("team-day", "team", "day", 70_000),
         BudgetDef("key-hour", "key", "hour", 45_000),
         BudgetDef("project-day", "tag", "day", 40_000, match="project:*"),
+        BudgetDef("run", "session", "session", 35_000, idle_s=SESSION_IDLE_S),
     ),
     rate=RateDef("user-rate", requests=20, input_tokens=20_000, output_tokens=8_000),
     teams=(("red", ("alice",)), ("blue", ("alice", "bob"))),
@@ -82,19 +91,25 @@ BETA = OrgDef(
         BudgetDef("feature-day", "feature", "day", 40_000),
         BudgetDef("key-day", "key", "day", 30_000),
         BudgetDef("project-day", "tag", "day", 30_000, match="project:*"),
+        BudgetDef("run", "session", "session", 25_000, idle_s=SESSION_IDLE_S),
     ),
     fail_open=True,
 )
 ACME_ROLLING = replace(ACME, budgets=(*ACME.budgets, BudgetDef("user-roll", "user", "1h", 40_000)))
 ORGS = {o.org: o for o in (ACME, BETA)}
 FAMILIES = frozenset({"rolling", "huge", "deg-ids", "script-error", "stalled-commit"})
+EXTRA_FAMILIES = frozenset({"session-expiry"})
+"""Families known but not (yet) on in CI; bench/soak_model.py can run them."""
 """Rule families beyond the base ones; each is switched on in CI once main has the fix it
 needs (issue 9), so CI never lands red:
 * rolling: a rolling-hour budget, leases up to a day, commits late in the window (item 4);
 * huge: token counts and reported costs far past 2^53 and 2^63 (items 1, 2);
 * deg-ids: client ids starting with ``deg.`` (item 5);
 * script-error: the org's ledger key of the wrong type while a commit runs (item 3);
-* stalled-commit: a commit while Redis is stalled, on either replica (item 11)."""
+* stalled-commit: a commit while Redis is stalled, on either replica (item 11);
+* session-expiry: session budgets with an idle TTL that clock moves pass, so counters expire
+  under the model and session ids are reused after (issue 14). Not in FAMILIES: see
+  docs/decisions.md (model-test section) for what it finds on main."""
 MAX_SAFE = 2**53
 HUGE = {
     "commit 2e18 output tokens": (0, 2 * 10**18),
@@ -134,6 +149,8 @@ users = st.sampled_from([None, "alice", "bob"])
 features = st.sampled_from([None, "chat", "search"])
 api_keys = st.sampled_from([None, "app-a", "app-b"])
 """The caller's key name (None: authentication off), as the HTTP API passes it."""
+sessions = st.sampled_from([None, "s1", "s2"])
+"""The call's session id: a small set, so sessions fill up, idle out and are reused."""
 tag_lists = st.lists(st.sampled_from(["project:x", "project:y", "env:prod"]), max_size=3)
 picks = st.integers(min_value=0, max_value=1 << 16)
 replicas = st.integers(min_value=0, max_value=1)
@@ -159,9 +176,11 @@ class EngineModel(RuleBasedStateMachine):
         self.dirs: list[Path] = []
         self.stores: tuple[ScriptStore, ScriptStore] | None = None
         self.next_id = 0
-        self.degraded: list[tuple[str, str, str | None, str | None, tuple[str, ...]]] = []
-        """Degraded grants (org, id, user, feature, tags): committable later, the spend is
-        recorded (on the committing caller's key)."""
+        self.degraded: list[
+            tuple[str, str, str | None, str | None, tuple[str, ...], str | None]
+        ] = []
+        """Degraded grants (org, id, user, feature, tags, session): committable later, the
+        spend is recorded (on the committing caller's key)."""
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -192,6 +211,19 @@ class EngineModel(RuleBasedStateMachine):
         self.stores = self.run(self.backend.stores())
         acme = ACME_ROLLING if "rolling" in self.families else ACME
         self.orgs = {"acme": acme, "beta": BETA}
+        if "session-expiry" in self.families:
+            self.orgs = {
+                name: replace(
+                    org,
+                    budgets=tuple(
+                        replace(b, idle_s=SESSION_EXPIRY_IDLE_S[name])
+                        if b.period == "session"
+                        else b
+                        for b in org.budgets
+                    ),
+                )
+                for name, org in self.orgs.items()
+            }
         self.model = Reference(now_ms=start_ms, policies=[dict(self.orgs), dict(self.orgs)])
         self.engines: list[Engine] = []
         for i in range(2):
@@ -229,6 +261,7 @@ class EngineModel(RuleBasedStateMachine):
         ttl: int | None,
         rid: str,
         tags: tuple[str, ...] = (),
+        session: str | None = None,
     ) -> ReserveRequest:
         return ReserveRequest(
             org=org,
@@ -240,6 +273,7 @@ class EngineModel(RuleBasedStateMachine):
             reservation_id=rid,
             ttl_s=ttl,
             tags=list(tags),
+            session=session,
         )
 
     def _reserve(self, replica: int, request: ReserveRequest, key: str | None = None) -> None:
@@ -250,7 +284,9 @@ class EngineModel(RuleBasedStateMachine):
         before_buckets = self.run(self._buckets(org))
         expired = m.expire_due(org, 8)
         tags = tuple(request.tags)
-        entries = m.entries(replica, org, request.user, request.feature, m.now_ms, key, tags)
+        entries = m.entries(
+            replica, org, request.user, request.feature, m.now_ms, key, tags, request.session
+        )
         amount = price(request.input_tokens, request.max_tokens)
         rolling = {(e.budget.name, e.entity) for e in entries if e.rolling}
         short = {
@@ -321,6 +357,7 @@ class EngineModel(RuleBasedStateMachine):
         deg=st.sampled_from((False,) * 4 + (True,)),
         key=api_keys,
         tags=tag_lists,
+        session=sessions,
     )
     def reserve(
         self,
@@ -335,13 +372,14 @@ class EngineModel(RuleBasedStateMachine):
         deg: bool,
         key: str | None = None,
         tags: list[str] | tuple[str, ...] = (),
+        session: str | None = None,
     ) -> None:
         """A reserve on either replica; one in ten while Redis is stalled (a real server)."""
         if "rolling" not in self.families and ttl is not None and ttl > 30:
             ttl = 30  # leases past the policy's are the rolling family's
         prefix = "deg." if deg and "deg-ids" in self.families else "r"
         rid = self.fresh_id(prefix)
-        request = self._request(org, user, feature, est, max_tokens, ttl, rid, tuple(tags))
+        request = self._request(org, user, feature, est, max_tokens, ttl, rid, tuple(tags), session)
         if stall and self.backend.can_stall:
             self._reserve_stalled(replica, request, key)
         else:
@@ -474,6 +512,7 @@ class EngineModel(RuleBasedStateMachine):
         again=st.sampled_from(["no", "same", "other"]),
         key=api_keys,
         tags=tag_lists,
+        session=sessions,
     )
     def record(
         self,
@@ -485,6 +524,7 @@ class EngineModel(RuleBasedStateMachine):
         again: str,
         key: str | None = None,
         tags: list[str] | tuple[str, ...] = (),
+        session: str | None = None,
     ) -> None:
         m = self.model
         rid = self.fresh_id("u")
@@ -496,11 +536,13 @@ class EngineModel(RuleBasedStateMachine):
             feature=feature,
             record_id=rid,
             tags=list(tags),
+            session=session,
         )
         cost = price(*tokens)
         answer = self.run(self.engines[replica].record(request, key))
         assert (answer.cost_micros, answer.replayed) == (cost, False)
-        m.record(m.entries(replica, org, user, feature, m.now_ms, key, tuple(tags)), org, cost)
+        entries = m.entries(replica, org, user, feature, m.now_ms, key, tuple(tags), session)
+        m.record(entries, org, cost)
         if again == "same":
             replay = self.run(self.engines[1 - replica].record(request, key))
             assert (replay.ledger_id, replay.replayed) == (answer.ledger_id, True)
@@ -521,6 +563,8 @@ class EngineModel(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from(STEPS_S))
     def advance(self, seconds: int) -> None:
         self.model.now_ms += seconds * 1000
+        if self.model.expire_sessions():
+            event("session counter expired")
         self.backend.set_ms(self.model.now_ms)
         self.clock.set(datetime.fromtimestamp(self.model.now_ms / 1000, tz=UTC))
 
@@ -569,7 +613,7 @@ class EngineModel(RuleBasedStateMachine):
         rid = request.reservation_id
         assert rid is not None
         tags = tuple(request.tags)
-        entries = m.entries(replica, org, user, feature, m.now_ms, key, tags)
+        entries = m.entries(replica, org, user, feature, m.now_ms, key, tags, request.session)
         amount = price(request.input_tokens, request.max_tokens)
         result = self._stalled(replica, self.engines[replica].reserve(request, key))
         if isinstance(result, InvalidRequest):
@@ -579,7 +623,7 @@ class EngineModel(RuleBasedStateMachine):
         if self.orgs[org].fail_open:
             assert isinstance(result, Grant) and result.degraded, result
             assert result.held_micros == 0
-            self.degraded.append((org, result.reservation_id, user, feature, tags))
+            self.degraded.append((org, result.reservation_id, user, feature, tags, request.session))
         else:
             assert isinstance(result, StoreDown), result
         self._adopt_expiries(org)
@@ -618,14 +662,14 @@ class EngineModel(RuleBasedStateMachine):
         """A degraded grant's commit, once Redis is back, records the spend (on any replica),
         in the period it is committed in: nothing was held. It counts on the committing
         caller's key and the tags the call was granted with."""
-        org, rid, user, feature, tags = self.degraded.pop(pick % len(self.degraded))
+        org, rid, user, feature, tags, session = self.degraded.pop(pick % len(self.degraded))
         m = self.model
         usage = Usage(input_tokens=tokens[0], output_tokens=tokens[1])
         body = CommitRequest(usage=usage)
         answer = self.run(self.engines[replica].commit(org, rid, body, key=key))
         cost = price(*tokens)
         assert (answer.cost_micros, answer.released_micros, answer.overrun) == (cost, 0, True)
-        m.record(m.entries(replica, org, user, feature, m.now_ms, key, tags), org, cost)
+        m.record(m.entries(replica, org, user, feature, m.now_ms, key, tags, session), org, cost)
 
     def _commit_stalled(self, replica: int, r: Reservation) -> None:
         """A commit during a stall answers 503 (clients retry those), on the replica that

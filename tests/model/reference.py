@@ -23,10 +23,11 @@ MODEL = "claude-haiku-test"
 INPUT_MICROS, OUTPUT_MICROS = 1, 5
 """The test price table's haiku: $1 and $5 per million tokens = 1 and 5 µ$ per token."""
 
-Period = Literal["hour", "day", "week", "month", "1h"]
-"""Calendar periods, and one rolling window (an hour, in 24 sub-buckets of 150 s)."""
+Period = Literal["hour", "day", "week", "month", "1h", "session"]
+"""Calendar periods, one rolling window (an hour, in 24 sub-buckets of 150 s), and sessions (no
+calendar: one counter hash per session id, which expires ``idle`` after its last write)."""
 ROLLING_MS = {"1h": 3_600_000}
-Scope = Literal["org", "user", "feature", "team", "key", "tag"]
+Scope = Literal["org", "user", "feature", "team", "key", "tag", "session"]
 State = Literal["held", "committed", "released", "expired"]
 LAZY_EXPIRY = 8
 """Due holds a reserve reclaims first (DESIGN: stale holds never deny a request)."""
@@ -41,6 +42,8 @@ class BudgetDef:
     """µ$"""
     match: str = "*"
     """Tag budgets: a glob on the call's tags (each matching tag is its own counter)."""
+    idle_s: int = 0
+    """Session budgets: the idle TTL (the counter expires this long after its last write)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class OrgDef:
         for b in self.budgets:
             usd = f"{b.limit // 1_000_000}.{b.limit % 1_000_000:06d}"
             match = "" if b.match == "*" else f', match: "{b.match}"'
+            if b.period == "session":
+                match += f", idle: {b.idle_s}s"
             lines.append(
                 f"  - {{name: {b.name}, scope: {b.scope}, limit_usd: {usd}, period: {b.period}"
                 f"{match}}}"
@@ -122,15 +127,17 @@ def entities(
     feature: str | None,
     key: str | None,
     tags: tuple[str, ...],
+    session: str | None = None,
 ) -> tuple[str, ...]:
     """The counters of budget ``b`` a call counts on (docs/decisions.md, issue 14): the org;
-    the user, feature or key the call names; each team the user is in; each tag matching the
-    budget's glob, once."""
+    the user, feature, key or session the call names; each team the user is in; each tag
+    matching the budget's glob, once."""
     if b.scope == "team":
         return tuple(name for name, users in policy.teams if user in users)
     if b.scope == "tag":
         return tuple(t for t in dict.fromkeys(tags) if fnmatch.fnmatchcase(t, b.match))
-    entity = {"org": policy.org, "user": user, "feature": feature, "key": key}[b.scope]
+    named = {"org": policy.org, "user": user, "feature": feature, "key": key, "session": session}
+    entity = named[b.scope]
     return () if entity is None else (entity,)
 
 
@@ -199,6 +206,11 @@ class Reference:
     """Ledger entries per org."""
     rolling: dict[tuple[str, str], list[tuple[int, Charge]]] = field(default_factory=dict)
     """Per rolling budget and entity's held key: (when, charge) of every spend, by time."""
+    sessions: dict[str, int] = field(default_factory=dict)
+    """Per live session counter hash: when it expires (its last write + idle, ms). Redis drops
+    a key once its time is past that instant (now > expiry), on both stores."""
+    session_undo: dict[str, int | None] = field(default_factory=dict)
+    """What the last ``expire_due`` changed in ``sessions`` (``unexpire`` puts it back)."""
 
     # -- what applies ----------------------------------------------------------------------
 
@@ -211,11 +223,12 @@ class Reference:
         at_ms: int,
         key: str | None = None,
         tags: tuple[str, ...] = (),
+        session: str | None = None,
     ) -> tuple[Entry, ...]:
         policy = self.policies[engine][org]
         out = []
         for b in policy.budgets:
-            for entity in entities(policy, b, user, feature, key, tags):
+            for entity in entities(policy, b, user, feature, key, tags, session):
                 out.append(self._entry(policy, b, entity, at_ms))
         return tuple(out)
 
@@ -224,6 +237,9 @@ class Reference:
         if b.period in ROLLING_MS:
             held = keys.rolling_held(org)
             return Entry(b, entity, keys.charged(held, keys.budget_field(b.name, entity)))
+        if b.period == "session":
+            session = keys.session_counters(org, entity)
+            return Entry(b, entity, keys.charged(session, keys.budget_field(b.name, entity)))
         counters = keys.counters(org, period_id(b.period, policy.tz, at_ms))
         return Entry(b, entity, keys.charged(counters, keys.budget_field(b.name, entity)))
 
@@ -232,7 +248,30 @@ class Reference:
         how budgetd splits it; the window bound is checked on commit times instead)."""
         return self.spent[entry.key] + self.held[entry.key]
 
+    # -- sessions --------------------------------------------------------------------------
+
+    def _touch(self, e: Entry) -> None:
+        """A write to a session's counter: its expiry slides to now + idle."""
+        if e.budget.period == "session":
+            hash_key = e.key.partition("#")[0]
+            self.session_undo.setdefault(hash_key, self.sessions.get(hash_key))
+            self.sessions[hash_key] = self.now_ms + e.budget.idle_s * 1000
+
+    def expire_sessions(self) -> list[str]:
+        """Session counters idle past their TTL at ``now_ms`` are gone: a session id used
+        again starts at zero (its earlier spend was checked against the limit while it lived)."""
+        gone = [h for h, at in self.sessions.items() if self.now_ms > at]
+        for hash_key in gone:
+            del self.sessions[hash_key]
+            prefix = hash_key + "#"
+            for counter in (self.spent, self.held):
+                for k in [k for k in counter if k.startswith(prefix)]:
+                    del counter[k]
+            self.charges = [c for c in self.charges if not c.key.startswith(prefix)]
+        return gone
+
     def _charge(self, e: Entry, cost: int, excused: int) -> None:
+        self._touch(e)
         charge = Charge(e.key, cost, excused, e.budget.limit)
         if e.rolling:
             self.rolling.setdefault(e.key, []).append((self.now_ms, charge))
@@ -252,6 +291,7 @@ class Reference:
 
     def _void(self, r: Reservation, state: State) -> None:
         for e in r.entries:
+            self._touch(e)
             self.held[e.key] -= r.amount
         r.state = state
 
@@ -260,6 +300,11 @@ class Reference:
 
     def unexpire(self, org: str, rids: list[str]) -> None:
         """Undo ``expire_due`` for a call that never reached the store."""
+        for hash_key, at in self.session_undo.items():
+            if at is None:
+                self.sessions.pop(hash_key, None)
+            else:
+                self.sessions[hash_key] = at
         for rid in rids:
             r = self.reservations[(org, rid)]
             for e in r.entries:
@@ -275,6 +320,7 @@ class Reference:
         )
         if limit is not None:
             due = due[:limit]
+        self.session_undo = {}
         for r in due:
             self._void(r, "expired")
         return [r.rid for r in due]
@@ -282,6 +328,7 @@ class Reference:
     def grant(self, r: Reservation) -> None:
         self.reservations[(r.org, r.rid)] = r
         for e in r.entries:
+            self._touch(e)
             self.held[e.key] += r.amount
 
     def commit(
