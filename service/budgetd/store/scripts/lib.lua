@@ -374,16 +374,29 @@ local function window(b)
   if not b.wk then
     local wk, wf = {}, {}
     local prefix = b.f .. '|'
-    -- The window spans at most two chunk hashes: each name is built once.
+    -- The window spans at most two chunk hashes: each name is built once. A field name is
+    -- "<prefix><i>|s": a number turned into a string costs ~3 concatenations of strings, so
+    -- <i>'s decimal digits but the last are made once per ten sub-buckets, the last digit
+    -- is a literal.
     local chunk = math.floor((b.idx - 24) / ROLLING_CHUNK)
     local key = b.base .. chunk
+    local digits = {'0', '1', '2', '3', '4', '5', '6', '7', '8', '9'}
+    local tens, head = nil, nil
     for i = b.idx - 24, b.idx do
       if math.floor(i / ROLLING_CHUNK) ~= chunk then
         chunk = math.floor(i / ROLLING_CHUNK)
         key = b.base .. chunk
       end
       wk[#wk + 1] = key
-      wf[#wf + 1] = prefix .. i .. '|s'
+      if i < 10 then
+        wf[#wf + 1] = prefix .. i .. '|s'
+      else
+        local t = math.floor(i / 10)
+        if t ~= tens then
+          tens, head = t, prefix .. t
+        end
+        wf[#wf + 1] = head .. digits[i - t * 10 + 1] .. '|s'
+      end
     end
     b.wk, b.wf = wk, wf
   end
