@@ -9,7 +9,7 @@ import csv
 import io
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -205,6 +205,66 @@ async def archive(store: ScriptStore, org: str, before_ms: int, path: Path) -> i
     return await trim(store, org, before_ms)
 
 
+class _SessionLedger:
+    """What reconcile expects of session counter hashes (issue 14). Such a hash slides: it is
+    gone once idle (expired, not compared: its spend was checked while it lived), and an id
+    used again starts a new hash with another generation (its ``g``: the Redis ms it was
+    created at). A hash's ``spent`` is the sum of the ledger entries charged to it at or after
+    its generation; its ``held`` that of the open holds made on that generation (a hold on an
+    earlier one frees nothing: lib.lua, ``void_hold``). Archive sums cannot be told apart by
+    generation: not compared (trimmed entries are older than any live session's start, unless
+    ``idle`` outlasts the trim age)."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, list[tuple[int, int]]] = {}
+        self.held: list[tuple[str, int | None, int]] = []
+        self.seen: set[str] = set()
+
+    def expect(
+        self, key: str, values: dict[str, str], spent: Counter[str], held: Counter[str]
+    ) -> None:
+        """Adds to ``spent`` and ``held`` what the live hash ``key`` must hold."""
+        generation = int(values.get("g", 0))
+        for field in values:
+            counter = keys.charged(key, str(field))
+            self.seen.add(counter)
+            if counter in self.spent:
+                spent[counter] += sum(c for at, c in self.spent[counter] if at >= generation)
+        for counter, gen, micros in self.held:
+            if counter.partition("#")[0] == key and gen in (None, generation):
+                held[counter] += micros
+
+    def gone(self) -> list[str]:
+        """Session counters the ledger charged whose hash is gone (or has no such field)."""
+        return [c for c in self.spent if c not in self.seen]
+
+
+async def _open_holds(
+    store: ScriptStore, org: str, now_named: Callable[[str, bool], str], sessions: _SessionLedger
+) -> tuple[Counter[str], int]:
+    """The held amount each counter must have (a session hash's: into ``sessions``), and how
+    many holds are open."""
+    session_prefix = keys.session_counters(org, "")
+    held: Counter[str] = Counter()
+    open_ids: Any = await store.client.zrange(keys.holds(org), 0, -1)
+    open_holds = 0
+    for rid in open_ids:
+        state, plan, sg = await store.client.hmget(keys.reservation(org, rid), ["st", "plan", "sg"])
+        if state != "held" or plan is None:
+            continue
+        open_holds += 1
+        generations = iter(str(sg or "").split())
+        for key, field, micros in held_fields(str(plan)):
+            legacy = field == "held"  # a plan stored before the layout: old key, field held
+            if key.startswith(session_prefix) and not legacy:
+                generation = next(generations, None)
+                gen = None if generation is None else int(generation)
+                sessions.held.append((keys.charged(key, field), gen, micros))
+            else:
+                held[now_named(key, True) if legacy else keys.charged(key, field)] += micros
+    return held, open_holds
+
+
 async def reconcile(
     store: ScriptStore, org: str, expiry: CounterExpiry | None = None
 ) -> Reconciliation:
@@ -220,31 +280,31 @@ async def reconcile(
             return expiry.current(counter, held)
         return current(org, counter, {}, held)
 
+    session_prefix = keys.session_counters(org, "")
     archived = await store.client.hgetall(keys.ledger_archive(org))
     spent: Counter[str] = Counter()
     for k, v in archived.items():
-        spent[now_named(str(k))] += int(v)
+        if not str(k).startswith(session_prefix):  # see _SessionLedger
+            spent[now_named(str(k))] += int(v)
+    sessions = _SessionLedger()
     count, first_ms = 0, None
     async for entry_id, fields in entries(store, org):
         count += 1
         first_ms = first_ms if first_ms is not None else int(entry_id.split("-")[0])
+        at_ms = int(fields.get("at_ms", entry_id.split("-")[0]))
         for counter in fields.get("charged", "").split():
-            spent[now_named(counter)] += int(fields.get("cost_micros", "0"))
-    held: Counter[str] = Counter()
-    open_ids: Any = await store.client.zrange(keys.holds(org), 0, -1)
-    open_holds = 0
-    for rid in open_ids:
-        state, plan = await store.client.hmget(keys.reservation(org, rid), ["st", "plan"])
-        if state != "held" or plan is None:
-            continue
-        open_holds += 1
-        for key, field, micros in held_fields(str(plan)):
-            legacy = field == "held"  # a plan stored before the layout: old key, field held
-            held[now_named(key, held=True) if legacy else keys.charged(key, field)] += micros
+            cost = int(fields.get("cost_micros", "0"))
+            if counter.startswith(session_prefix):
+                sessions.spent.setdefault(counter, []).append((at_ms, cost))
+            else:
+                spent[now_named(counter)] += cost
+    held, open_holds = await _open_holds(store, org, now_named, sessions)
     differences: list[Difference] = []
     counters = 0
     async for key in store.client.scan_iter(match=f"{keys.tag(org)}:c:*", count=1000):
         values: Any = await store.client.hgetall(key)
+        if str(key).startswith(session_prefix):
+            sessions.expect(str(key), values, spent, held)
         for field, raw in values.items():
             kind: Literal["spent", "held"] | None = (
                 "spent" if field.endswith("|s") else "held" if field.endswith("|h") else None
@@ -262,6 +322,7 @@ async def reconcile(
     # Ledger entries or holds pointing at counters that no longer exist (expired, or lost).
     now_ms = int(await store.server_time() * 1000)
     expired: list[str] = []
+    expired.extend(sessions.gone())
     for counter, value in spent.items():
         due = expiry(counter) if expiry is not None else None
         if due is not None and due <= now_ms:

@@ -192,6 +192,54 @@ async def test_a_sessions_counter_lives_idle_after_its_last_call_then_starts_ove
         assert (state["spent_micros"], state["held_micros"]) == (0, 3_000_025)
 
 
+async def _idle_out(store: ScriptStore, key: str) -> None:
+    """The session's counter idles out (its expiry passes), as if `idle` went by unused."""
+    await store.client.pexpire(key, 1)
+    deadline = asyncio.get_running_loop().time() + 10
+    while await store.client.exists(key):
+        assert asyncio.get_running_loop().time() < deadline, "the counter never expired"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_hold_voided_after_its_session_idled_out_frees_nothing_there(
+    client_for: ClientFactory, store: ScriptStore
+) -> None:
+    """A release of a hold whose session counter idled out (and whose id is used again since)
+    frees nothing on the new session: no negative `held`, no room past the budget."""
+    redis = store.client
+    key = keys.session_counters("acme", "run-1")
+    async with client_for(IDLE, store=store) as client:
+        run = {**THREE, "session": "run-1"}
+        old = await client.post("/v1/reservations", json=run)
+        assert old.status_code == 201, old.text
+        await _idle_out(store, key)
+        # Gone: releasing the old hold does not bring the counter back with a negative `held`.
+        freed = await client.post(
+            f"/v1/reservations/{old.json()['reservation_id']}/release", params={"org": "acme"}
+        )
+        assert freed.status_code == 200, freed.text
+        assert not await redis.exists(key)
+        late = await client.post("/v1/reservations", json=run)
+        assert late.status_code == 201, late.text
+        await _idle_out(store, key)
+        # The id used again: a new session, whose hold the old one must not free.
+        new = await client.post("/v1/reservations", json=run)
+        assert new.status_code == 201, new.text
+        done = await client.post(
+            f"/v1/reservations/{late.json()['reservation_id']}/commit",
+            params={"org": "acme"},
+            json={"usage": {"input_tokens": 0}},
+        )
+        assert done.status_code == 200, done.text
+        view = await client.get("/v1/budgets", params={"org": "acme", "session": "run-1"})
+        (state,) = view.json()["scopes"]
+        assert (state["spent_micros"], state["held_micros"]) == (0, 3_000_025)
+        # Still full for a second $3 hold: the late commit freed nothing of the new one.
+        assert denied_by(await client.post("/v1/reservations", json=run)) == [
+            ("agent-run", "run-1")
+        ]
+
+
 VELOCITY = """
 org: acme
 timezone: UTC

@@ -178,6 +178,8 @@ class Reservation:
     """(cost, released, overrun, late, ledger id) of the first commit."""
     grant_answer: tuple[int, int] | None = None
     """(held micros, expires-at ms) of the first grant."""
+    generations: dict[str, int] = field(default_factory=dict)
+    """Per session counter hash it holds on: that hash's generation when it was granted."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,9 @@ class Reference:
     a key once its time is past that instant (now > expiry), on both stores."""
     session_undo: dict[str, int | None] = field(default_factory=dict)
     """What the last ``expire_due`` changed in ``sessions`` (``unexpire`` puts it back)."""
+    generation: dict[str, int] = field(default_factory=dict)
+    """Per session counter hash: when it was (last) created (ms): a hold voided after its hash
+    idled out (gone, or created again) frees nothing there."""
 
     # -- what applies ----------------------------------------------------------------------
 
@@ -255,7 +260,17 @@ class Reference:
         if e.budget.period == "session":
             hash_key = e.key.partition("#")[0]
             self.session_undo.setdefault(hash_key, self.sessions.get(hash_key))
+            if hash_key not in self.sessions:
+                self.generation[hash_key] = self.now_ms
             self.sessions[hash_key] = self.now_ms + e.budget.idle_s * 1000
+
+    def _holds_on(self, r: Reservation, e: Entry) -> bool:
+        """Whether ``r``'s hold is still on ``e``'s counter (a session hash of its generation)."""
+        if e.budget.period != "session":
+            return True
+        hash_key = e.key.partition("#")[0]
+        live = hash_key in self.sessions
+        return live and r.generations.get(hash_key) == self.generation.get(hash_key)
 
     def expire_sessions(self) -> list[str]:
         """Session counters idle past their TTL at ``now_ms`` are gone: a session id used
@@ -291,8 +306,9 @@ class Reference:
 
     def _void(self, r: Reservation, state: State) -> None:
         for e in r.entries:
-            self._touch(e)
-            self.held[e.key] -= r.amount
+            if self._holds_on(r, e):
+                self._touch(e)
+                self.held[e.key] -= r.amount
         r.state = state
 
     def expire_one(self, r: Reservation) -> None:
@@ -308,7 +324,8 @@ class Reference:
         for rid in rids:
             r = self.reservations[(org, rid)]
             for e in r.entries:
-                self.held[e.key] += r.amount
+                if self._holds_on(r, e):
+                    self.held[e.key] += r.amount
             r.state = "held"
 
     def expire_due(self, org: str | None, limit: int | None = None) -> list[str]:
@@ -330,6 +347,9 @@ class Reference:
         for e in r.entries:
             self._touch(e)
             self.held[e.key] += r.amount
+            if e.budget.period == "session":
+                hash_key = e.key.partition("#")[0]
+                r.generations[hash_key] = self.generation[hash_key]
 
     def commit(
         self, r: Reservation, input_tokens: int, output_tokens: int

@@ -23,7 +23,8 @@ def counters(org: str, period_key: str) -> str:
     (spent) and ``|h`` (held), and ``_x`` (the expiry last set on the hash). ``period_key``: a
     calendar period id (``2026-11``, ``2026-11-29``, ``2026-W48``, ``2026-11-29T23+0000``),
     ``r<width s>:<chunk>`` for rolling sub-buckets (fields ``<budget>|<entity>|<index>|s``),
-    ``held`` for the held amounts of rolling budgets, ``s:<session id>`` for sessions."""
+    ``held`` for the held amounts of rolling budgets, ``s:<session id>`` for sessions (no
+    ``_x``: ``g``, the hash's generation, the Redis ms it was created at; lib.lua)."""
     return f"{tag(org)}:c:{period_key}"
 
 

@@ -22,7 +22,7 @@ local rid, cost, cfp = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local keep = tonumber(ARGV[4])
 local now = now_ms()
 
-local r = redis.call('HMGET', rkey, 'st', 'plan', 'dl', 'cfp', 'cres', 'meta')
+local r = redis.call('HMGET', rkey, 'st', 'plan', 'dl', 'cfp', 'cres', 'meta', 'sg')
 local state = r[1]
 if not state then
   return {'missing', 0, 0, 0, 0, '', '', ''}
@@ -66,7 +66,7 @@ end
 local freed = 0
 if holding then
   freed = plan.a
-  void_hold(plan)
+  void_hold(plan, r[7])
 end
 local charged = charge(budgets, cost)
 if refunding then

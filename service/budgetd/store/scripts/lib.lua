@@ -6,7 +6,10 @@
 --   * Counters live in one hash per org and period (store/keys.py, `counters`): fields
 --     `<budget>|<entity>|s` (spent) and `<budget>|<entity>|h` (held); a rolling budget's
 --     spend in hashes of 25 sub-buckets (`<budget>|<entity>|<index>|s`), its held amount in
---     the org's `held` hash. `_x` is the expiry last set on a counter hash.
+--     the org's `held` hash. `_x` is the expiry last set on a counter hash. A sliding
+--     (session) hash has no `_x`: its sentinel is `g`, its generation (the Redis ms it was
+--     created at). A hold on it keeps that generation (the reservation's `sg`); voiding it
+--     frees nothing when the hash idled out since (gone, or created again: another `g`).
 --   * A rate-limit rule's buckets for one entity share one hash: `<kind>.t` = level * 60000,
 --     `<kind>.ms` = time of that level, `x` = the expiry last set. A bucket refills at
 --     `per_minute` scaled units per millisecond, so integer arithmetic stays exact in doubles.
@@ -244,6 +247,11 @@ local function flush()
         args[n + 2] = int(at)
         n = n + 2
       end
+    elseif rule == 's' and VAL[key][1] == 0 then
+      -- A sliding hash created by this call (or one from before generations): its generation.
+      args[n + 1] = 'g'
+      args[n + 2] = int(now_ms())
+      n = n + 2
     elseif rule == 'b' then
       -- A bucket hash must live until its emptiest bucket has refilled (plus a minute). Its
       -- expiry is moved only when the one it has falls short, and then that far again (at
@@ -411,9 +419,31 @@ local function want_budget(b)
       want(wk[i], wf[i])
     end
   else
-    want(b.c, b.fs)
+    want(b.c, b.fs, b.k == 'S' and 'g' or nil)
   end
-  want(b.h, b.fh)
+  want(b.h, b.fh, b.k == 'S' and 'g' or nil)
+end
+
+-- A sliding entry's generation after this call's writes (its hash's `g`; now for a hash this
+-- call creates). Only for an entry whose hash this call writes.
+local function generation(b)
+  local g = VAL[b.h][1]
+  if g == 0 then
+    return now_ms()
+  end
+  return g
+end
+
+-- The generations of a plan's sliding entries, as a reservation keeps them (`sg`), or nil.
+local function generations(plan)
+  local out = nil
+  for _, b in ipairs(plan.b) do
+    if b.k == 'S' then
+      out = out or {}
+      out[#out + 1] = int(generation(b))
+    end
+  end
+  return out and table.concat(out, ' ')
 end
 
 -- What a budget entry has spent in its whole window, before this call.
@@ -553,7 +583,7 @@ local function due_holds(holds_key, reservation_prefix, now, limit)
   local out = {}
   for i, rid in ipairs(due) do
     local rkey = reservation_prefix .. rid
-    local fields = redis.call('HMGET', rkey, 'st', 'plan')
+    local fields = redis.call('HMGET', rkey, 'st', 'plan', 'sg')
     local plan = nil
     -- A hold made before the layout upgrade (a JSON plan) waits for `budgetd store migrate`,
     -- which rewrites its plan; it is left in the index, untouched.
@@ -562,20 +592,42 @@ local function due_holds(holds_key, reservation_prefix, now, limit)
     if fields[1] == 'held' and not legacy then
       plan = read_plan(split_plan(fields[2]), 1)
       for _, b in ipairs(plan.b) do
-        want(b.h, b.fh)
+        want(b.h, b.fh, b.k == 'S' and 'g' or nil)
       end
     end
     if not legacy then
-      out[#out + 1] = {rid = rid, rkey = rkey, plan = plan}
+      out[#out + 1] = {rid = rid, rkey = rkey, plan = plan, sg = fields[3]}
     end
   end
   return out
 end
 
--- Decides: free a plan's hold on every budget.
-local function void_hold(plan)
+-- Decides: free a plan's hold on every budget. `sg`: the reservation's generations of its
+-- sliding entries. A sliding hash that idled out since the hold (gone, or created again with
+-- another generation) holds nothing of it: that entry is left as it is (not re-created with a
+-- negative `held`, nor a reused id's hold freed). A hold made before generations (no `sg`)
+-- frees only a `held` that is there.
+local function void_hold(plan, sg)
+  local j, gens = 0, nil
   for _, b in ipairs(plan.b) do
-    hold(b, -plan.a)
+    local live = true
+    if b.k == 'S' then
+      j = j + 1
+      if sg then
+        gens = gens or {}
+        if j == 1 then
+          for g in string.gmatch(sg, '%d+') do
+            gens[#gens + 1] = tonumber(g)
+          end
+        end
+        live = gens[j] == VAL[b.h][1]
+      else
+        live = present(b.h, b.fh)
+      end
+    end
+    if live then
+      hold(b, -plan.a)
+    end
   end
 end
 
@@ -583,7 +635,7 @@ end
 local function expiry_decisions(due)
   for _, d in ipairs(due) do
     if d.plan then
-      void_hold(d.plan)
+      void_hold(d.plan, d.sg)
     end
   end
 end

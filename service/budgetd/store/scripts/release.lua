@@ -10,7 +10,7 @@
 
 local rkey, holds, events = KEYS[1], KEYS[2], KEYS[3]
 local now = now_ms()
-local r = redis.call('HMGET', rkey, 'st', 'plan', 'dl')
+local r = redis.call('HMGET', rkey, 'st', 'plan', 'dl', 'sg')
 local state = r[1]
 if not state then
   return {'missing', 0, ''}
@@ -30,14 +30,14 @@ load()
 expect(holds, 'zset')
 if expired then
   -- Race: the lease ran out first; the hold expires and is not refunded as a release.
-  void_hold(plan)
+  void_hold(plan, r[4])
   assert_in_bounds()
   flush()
   redis.call('HSET', rkey, 'st', 'expired', 'rt', int(now))
   redis.call('ZREM', holds, ARGV[1])
   return {'resolved', 0, 'expired'}
 end
-void_hold(plan)
+void_hold(plan, r[4])
 -- Token and cost estimates go back to their buckets (the call never ran).
 buckets_give(plan.t, function(q)
   if q.q == 'requests' then return 0 end

@@ -127,6 +127,7 @@ for i = 1, n do
   levels[i] = int(math.floor(take_level[i] / SCALE))
 end
 touch_markers(tag_prefix, candidates, events)
+local sg = generations(plan)
 
 -- Phase 2: every check passed; hold on all of them.
 flush()
@@ -134,8 +135,12 @@ expire_holds(holds, due, now)
 emit_all(events, tag_prefix, candidates)
 local result = table.concat(parts, ';') .. '|' .. table.concat(levels, ';')
 local deadline = now + lease
+
 redis.call('HSET', rkey, 'st', 'held', 'fp', fp, 'res', result, 'dl', int(deadline),
   'plan', table.concat(ARGV, '\t', 7), 'meta', ARGV[5], 'ct', int(now))
+if sg then
+  redis.call('HSET', rkey, 'sg', sg)
+end
 redis.call('PEXPIRE', rkey, int(lease + keep))
 redis.call('ZADD', holds, int(deadline), rid)
 return {'granted', now, deadline, result, 'held', shadow}
