@@ -26,9 +26,7 @@ import itertools
 import os
 import pstats
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from budgetd.auth import key_line, new_key
 from budgetd.settings import from_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import throwaway_redis
 from reserve_commit import MODEL, ORG, POLICY, PRICING
 
 HOST = "127.0.0.1"
@@ -51,12 +50,6 @@ COMMIT_BODY = (
     b'"ephemeral_1h_input_tokens":0},"output_tokens":412,"service_tier":"standard"}}'
 ) % MODEL.encode()
 USERS, FEATURES = 100, 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def load_average() -> str:
@@ -173,7 +166,6 @@ def main() -> None:
     redis_server = shutil.which("redis-server") or shutil.which("valkey-server")
     if redis_server is None:
         raise SystemExit("redis-server is not installed")
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         policies = Path(tmp) / "policies"
         policies.mkdir()
@@ -183,48 +175,18 @@ def main() -> None:
         (Path(tmp) / "keys.yaml").write_text("keys:\n" + key_line(key, ORG, "app", "bench") + "\n")
         for name in [k for k in os.environ if k.startswith("BUDGETD_")]:
             del os.environ[name]
-        os.environ.update(
-            BUDGETD_REDIS_URL=f"redis://{HOST}:{port}/0",
-            BUDGETD_POLICY_DIR=str(policies),
-            BUDGETD_KEYS_FILE=str(Path(tmp) / "keys.yaml"),
-            BUDGETD_POLICY_POLL_S="0",
-            BUDGETD_SWEEP_INTERVAL_S="0",
-        )
-        server = subprocess.Popen(
-            [
-                redis_server,
-                "--port",
-                str(port),
-                "--bind",
-                HOST,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxmemory-policy",
-                "noeviction",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection((HOST, port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+        with throwaway_redis(redis_server, tmp, "--maxmemory-policy", "noeviction") as port:
+            os.environ.update(
+                BUDGETD_REDIS_URL=f"redis://{HOST}:{port}/0",
+                BUDGETD_POLICY_DIR=str(policies),
+                BUDGETD_KEYS_FILE=str(Path(tmp) / "keys.yaml"),
+                BUDGETD_POLICY_POLL_S="0",
+                BUDGETD_SWEEP_INTERVAL_S="0",
+            )
             print(f"load average {load_average()} at start; {os.cpu_count()} CPUs", flush=True)
             steal0, total0 = steal_and_total()
             figures, stats = uvloop.run(run(args, key))
             steal1, total1 = steal_and_total()
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
     steal_pct = 100 * (steal1 - steal0) / max(1, total1 - total0)
     print(
         f"app CPU per request, {args.pairs} pairs x {args.rounds} rounds at "

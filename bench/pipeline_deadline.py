@@ -25,9 +25,8 @@ import hashlib
 import itertools
 import os
 import shutil
-import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -37,15 +36,12 @@ import uvloop
 
 from budgetd.store.pipeline import ScriptPipeline
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import throwaway_redis
+
 ECHO = "return ARGV[1]"
 SHA = hashlib.sha1(ECHO.encode()).hexdigest()
 TIMEOUT_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def steal_and_total() -> tuple[int, int]:
@@ -114,41 +110,11 @@ def main() -> None:
     redis_server = shutil.which("redis-server") or shutil.which("valkey-server")
     if redis_server is None:
         raise SystemExit("redis-server is not installed")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = subprocess.Popen(
-            [
-                redis_server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            print(f"load average {load_average()} at start; {os.cpu_count()} CPUs", flush=True)
-            steal0, total0 = steal_and_total()
-            figures = uvloop.run(run(port, args.calls, args.concurrency, args.rounds))
-            steal1, total1 = steal_and_total()
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as tmp, throwaway_redis(redis_server, tmp) as port:
+        print(f"load average {load_average()} at start; {os.cpu_count()} CPUs", flush=True)
+        steal0, total0 = steal_and_total()
+        figures = uvloop.run(run(port, args.calls, args.concurrency, args.rounds))
+        steal1, total1 = steal_and_total()
     print(
         f"{args.calls} calls x {args.rounds} rounds per variant, {args.concurrency} in flight "
         f"(client CPU µs per call: median [min–max])"

@@ -29,8 +29,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from budgetd.usage import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import throwaway_redis  # noqa: E402
 from reserve_commit import MODEL as BENCH_MODEL  # noqa: E402
 from reserve_commit import ORG as BENCH_ORG  # noqa: E402
 from reserve_commit import POLICY as BENCH_POLICY  # noqa: E402
@@ -63,12 +62,6 @@ CASES = {
 REPLAYED = 36  # pairs replayed per batch size (3 sizes): all under the example policy's 120
 # requests/min a user
 NOT_SCRIPT_CALLS = {"evalsha", "eval", "info", "config", "script", "ping", "client", "hello"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def steal_and_total() -> tuple[int, int]:
@@ -305,38 +298,8 @@ def main() -> None:
     server = shutil.which("redis-server")
     if not server:
         raise SystemExit("redis-server is not on PATH")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("redis-server did not start") from None
-                    time.sleep(0.05)
-            asyncio.run(main_async(args, port, Path(tmp)))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as tmp, throwaway_redis(server, tmp) as port:
+        asyncio.run(main_async(args, port, Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # tests.servers: the same server helpers as the t
 sys.path.insert(0, str(ROOT / "bench"))
 from tests.servers import start_redis  # noqa: E402
 
+from redis_work import run_slots  # noqa: E402
 from reserve_commit import MODEL, ORG, POLICY  # noqa: E402
 
 KEY = "bench-app"
@@ -99,16 +99,6 @@ def policies(tmp: Path) -> tuple[PolicyRegistry, PolicyRegistry, list[str]]:
     scoped = _loads(tmp / "scoped", scoped_text)
     assert scoped is not None
     return base, scoped, [*added, "no session budget (the policy has none yet)"]
-
-
-async def run_slots(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
-    counter = itertools.count()
-
-    async def slot() -> None:
-        while (i := next(counter)) < n:
-            await one(i)
-
-    await asyncio.gather(*(slot() for _ in range(concurrency)))
 
 
 async def redis_cpu(engine: Engine) -> float:
