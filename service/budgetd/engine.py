@@ -211,8 +211,13 @@ class Engine:
         )
         field = keys.budget_field(name, entity)
         mode = _mode(b)
-        if spec.session:
-            key = keys.session_counters(policy.org, entity)
+        if spec.session or spec.calendar:
+            # One hash holds spent and held; a session's expiry slides (idle_ms: 0 otherwise).
+            key = (
+                keys.session_counters(policy.org, entity)
+                if spec.session
+                else keys.counters(policy.org, win.charge_id)
+            )
             slot = BudgetSlot(
                 field=field,
                 counter_key=key,
@@ -223,18 +228,6 @@ class Engine:
                 label=label,
                 expire_at_ms=_ms(win.expire_at),
                 slide_ms=win.idle_ms,
-            )
-        elif spec.calendar:
-            key = keys.counters(policy.org, win.charge_id)
-            slot = BudgetSlot(
-                field=field,
-                counter_key=key,
-                held_key=key,
-                limit=b.limit,
-                mode=mode,
-                thresholds_pct=b.rule.thresholds_pct,
-                label=label,
-                expire_at_ms=_ms(win.expire_at),
             )
         else:
             slot = BudgetSlot(
