@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from budgetd.clock import FrozenClock
+from budgetd.contract import ReserveRequest
 from budgetd.engine import Engine
 from budgetd.metrics import Metrics
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.store.scripted import ScriptStore
 from tests.conftest import TEST_PRICING
 
+HAIKU = "claude-haiku-test"
 ACME = """
 org: acme
 timezone: America/New_York
@@ -31,6 +33,21 @@ rate_limits:
     input_tokens_per_minute: 100000000
     output_tokens_per_minute: 100000000
 """
+
+
+def reserve_request(rid: str, **kw: object) -> ReserveRequest:
+    """Bob's chat call on acme (100 input tokens, at most 100 out); ``kw`` overrides any field."""
+    base: dict[str, object] = {
+        "org": "acme",
+        "model": HAIKU,
+        "input_tokens": 100,
+        "max_tokens": 100,
+        "user": "bob",
+        "feature": "chat",
+        "reservation_id": rid,
+    }
+    base.update(kw)
+    return ReserveRequest(**base)  # type: ignore[arg-type]
 
 
 def make_registry(tmp_path: Path, *policies: str) -> PolicyRegistry:

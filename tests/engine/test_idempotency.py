@@ -7,28 +7,14 @@ import contextlib
 
 import pytest
 
-from budgetd.contract import CommitRequest, Denied, Grant, ReserveRequest
+from budgetd.contract import CommitRequest, Denied, Grant
 from budgetd.engine import Engine
 from budgetd.errors import BudgetdError, Conflict
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import Usage
-
-HAIKU = "claude-haiku-test"
-
-
-def req(rid: str, **kw: object) -> ReserveRequest:
-    base: dict[str, object] = {
-        "org": "acme",
-        "model": HAIKU,
-        "input_tokens": 100,
-        "max_tokens": 100,
-        "user": "bob",
-        "feature": "chat",
-        "reservation_id": rid,
-    }
-    base.update(kw)
-    return ReserveRequest(**base)  # type: ignore[arg-type]
+from tests.engine.conftest import HAIKU
+from tests.engine.conftest import reserve_request as req
 
 
 async def _budget_totals(engine: Engine) -> list[tuple[int | None, int | None]]:

@@ -11,9 +11,9 @@ from budgetd.engine import Engine
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import Usage
-from tests.engine.conftest import ACME
+from tests.engine.conftest import ACME, HAIKU
+from tests.engine.conftest import reserve_request as req
 
-HAIKU = "claude-haiku-test"
 ROLLING = """
 org: acme
 timezone: UTC
@@ -21,18 +21,6 @@ budgets:
   - {name: org-24h, scope: org, limit_usd: 100, period: 24h}
   - {name: user-day, scope: user, limit_usd: 10, period: day}
 """
-
-
-def req(rid: str) -> ReserveRequest:
-    return ReserveRequest(
-        org="acme",
-        model=HAIKU,
-        input_tokens=100,
-        max_tokens=100,
-        user="bob",
-        feature="chat",
-        reservation_id=rid,
-    )
 
 
 async def counter_keys(store: ScriptStore) -> list[str]:

@@ -15,21 +15,11 @@ from budgetd.jobs.sweep import sweep_expired
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
 from budgetd.usage import Usage
-
-HAIKU = "claude-haiku-test"
+from tests.engine.conftest import HAIKU, reserve_request
 
 
 def req(rid: str, ttl_s: int = 1) -> ReserveRequest:
-    return ReserveRequest(
-        org="acme",
-        model=HAIKU,
-        input_tokens=100,
-        max_tokens=100,
-        user="bob",
-        feature="chat",
-        reservation_id=rid,
-        ttl_s=ttl_s,
-    )
+    return reserve_request(rid, ttl_s=ttl_s)
 
 
 async def _held(engine: Engine) -> list[int | None]:
