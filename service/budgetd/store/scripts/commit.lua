@@ -41,9 +41,9 @@ end
 -- Everything this commit will do is decided before its first write.
 local plan = read_plan(split_plan(r[2]), 1)
 local clock = tonumber(ARGV[8])
-local budgets = {}
-for i, b in ipairs(plan.b) do
-  budgets[i] = entry_now(b, clock)
+local budgets = {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
+for i = 1, #plan.b do
+  budgets[i] = entry_now(plan.b[i], clock)
   want_budget(budgets[i])
 end
 local holding = state == 'held'
@@ -97,23 +97,19 @@ if overrun == 1 then
 end
 touch_markers(ARGV[7], candidates, events)
 expect(holds, 'zset')
-expect(ledger, 'stream')
 
--- Writes.
+-- Writes. The ledger entry first: XADD is the one write that can still fail (the ledger key of
+-- another type), and as the first write it fails with nothing written.
+local at, cost_text = int(now), int(cost)
+local id = redis.call('XADD', ledger, '*', 'kind', 'commit', 'reservation_id', rid,
+  'cost_micros', cost_text, 'charged', charged, 'held_micros', int(plan.a),
+  'overrun', overrun == 1 and '1' or '0', 'late', late == 1 and '1' or '0', 'at_ms', at,
+  'reservation', r[6], unpack(ARGV, 9))
 flush()
 emit_all(events, ARGV[7], candidates)
 redis.call('ZREM', holds, rid)
 
-local fields = {'kind', 'commit', 'reservation_id', rid, 'cost_micros', int(cost),
-  'charged', charged,
-  'held_micros', int(plan.a), 'overrun', int(overrun), 'late', int(late), 'at_ms', int(now),
-  'reservation', r[6]}
-for i = 9, #ARGV do
-  table.insert(fields, ARGV[i])
-end
-local id = redis.call('XADD', ledger, '*', unpack(fields))
-
-redis.call('HSET', rkey, 'st', 'committed', 'cfp', cfp, 'rt', int(now),
-  'cres', int(cost) .. ':' .. int(released) .. ':' .. int(overrun) .. ':' .. int(late) .. ':' .. id)
+redis.call('HSET', rkey, 'st', 'committed', 'cfp', cfp, 'rt', at,
+  'cres', cost_text .. ':' .. int(released) .. ':' .. overrun .. ':' .. late .. ':' .. id)
 redis.call('PEXPIRE', rkey, int(keep))
 return {'committed', cost, released, overrun, late, id, '', 'committed'}

@@ -2,7 +2,10 @@
 --
 -- Conventions shared by all scripts:
 --   * Time is Redis TIME in milliseconds, asked once per script; never taken from the caller.
---   * Numbers handed to redis.call go through int(): Lua's tostring turns 1e12 into "1e+12".
+--   * Numbers handed to redis.call go through int(): Lua's tostring turns 1e15 into "1e+15",
+--     and a number handed as it is costs Redis a %.17g printf, twice what int() costs.
+--   * Strings become numbers by arithmetic (`s + 0`: one strtod; tonumber costs two and a
+--     call), except where a bad value must read as nothing (tonumber, then a default).
 --   * Counters live in one hash per org and period (store/keys.py, `counters`): fields
 --     `<budget>|<entity>|s` (spent) and `<budget>|<entity>|h` (held); a rolling budget's
 --     spend in hashes of 25 sub-buckets (`<budget>|<entity>|<index>|s`), its held amount in
@@ -50,7 +53,7 @@ local function fits(n)
 end
 
 local function int(n)
-  if not fits(n) then
+  if not (n >= -MAX_AMOUNT and n <= MAX_AMOUNT) then
     error('budgetd: ' .. tostring(n) .. ' is out of bounds')
   end
   return string.format('%d', n)
@@ -83,12 +86,16 @@ end
 -- Per hash, one table names the fields (array: HMGET's arguments; field → position) and the
 -- HMGET reply, checked in place, holds the values (false: absent): tables are most of what a
 -- script costs, so none more per hash or field.
-local WANT, ORDER, VAL = {}, {}, {}
+-- ARRAY8: an array presized to 8 by its constructor, `{nil, nil, nil, nil, nil, nil, nil, nil}`:
+-- one built item by item from `{}` is reallocated and rehashed at 1, 2, 4 and 8 items, and
+-- rehashes are a large part of what a script costs (bench/redis_instructions.py). Written out
+-- where used: a constructor cannot be shared.
+local WANT, ORDER, VAL = {}, {nil, nil, nil, nil, nil, nil, nil, nil}, {}
 
 local function want(key, field, sentinel)
   local w = WANT[key]
   if not w then
-    w = {sentinel or '_x'}
+    w = {sentinel or '_x', nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
     w[w[1]] = 1
     WANT[key] = w
     ORDER[#ORDER + 1] = key
@@ -100,17 +107,20 @@ local function want(key, field, sentinel)
 end
 
 local function load()
-  for _, key in ipairs(ORDER) do
+  for o = 1, #ORDER do
+    local key = ORDER[o]
     if not VAL[key] then
       local w = WANT[key]
       local v = redis.call('HMGET', key, unpack(w))
       local x = tonumber(v[1])
-      v[1] = (x and fits(x)) and x or 0
+      v[1] = (x and x >= -MAX_AMOUNT and x <= MAX_AMOUNT) and x or 0
       for i = 2, #w do
         local raw = v[i]
         if raw then
-          local n = tonumber(raw)
-          if not n or n ~= math.floor(n) or not fits(n) then
+          -- Arithmetic coerces the string (one strtod; tonumber costs two and a call): a value
+          -- that is no number at all fails here too, with Lua's own message.
+          local n = raw + 0
+          if n % 1 ~= 0 or n < -MAX_AMOUNT or n > MAX_AMOUNT then
             error('budgetd: ' .. key .. ' ' .. w[i] .. ' is not a counter: ' .. raw)
           end
           v[i] = n
@@ -146,12 +156,12 @@ end
 -- absolute values (field → value); [0], [-1]: its expiry rule: 'a', at (live until at least
 -- `at`: set when the hash's sentinel falls short, i.e. when the hash is created, not on every
 -- call), 's', ms (slides to now + ms on every write), 'b', ttl (a bucket hash: bucket_set).
-local PEND, PORDER = {}, {}
+local PEND, PORDER = {}, {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
 
 local function pending(key)
   local p = PEND[key]
   if not p then
-    p = {}
+    p = {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
     PEND[key] = p
     PORDER[#PORDER + 1] = key
   end
@@ -204,14 +214,16 @@ end
 -- The first hash whose decided value would leave the exact range (the caller refuses the
 -- call), or nil.
 local function out_of_bounds()
-  for _, key in ipairs(PORDER) do
+  for o = 1, #PORDER do
+    local key = PORDER[o]
     if not VAL[key] then
       error('budgetd: ' .. key .. ' was not read before the writes')
     end
     local p = PEND[key]
-    for _, f in ipairs(p) do
-      if not fits(p[f]) then
-        return key .. ' ' .. f
+    for j = 1, #p do
+      local n = p[p[j]]
+      if not (n >= -MAX_AMOUNT and n <= MAX_AMOUNT) then -- NaN fails both
+        return key .. ' ' .. p[j]
       end
     end
   end
@@ -229,11 +241,14 @@ end
 -- moves), then the expiry. None of these can fail: every hash was read (its type checked) and
 -- every value bounded before.
 local function flush()
-  local args = {} -- reused for every hash: its first n items are this hash's HSET
-  for _, key in ipairs(PORDER) do
+  -- one HSET argument list (presized to 16), reused for every hash: its first n items
+  local args = {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+  for o = 1, #PORDER do
+    local key = PORDER[o]
     local p = PEND[key]
     local n = 0
-    for _, f in ipairs(p) do
+    for j = 1, #p do
+      local f = p[j]
       args[n + 1] = f
       args[n + 2] = int(p[f])
       n = n + 2
@@ -273,7 +288,7 @@ local function flush()
       redis.call('PEXPIRE', key, int(p[-1]))
     end
   end
-  PEND, PORDER = {}, {}
+  PEND, PORDER = {}, {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
 end
 
 -- A bucket kind's level and time fields (literals for the known kinds: no string built per call).
@@ -291,44 +306,44 @@ local function read_plan(T, i)
     error('budgetd: a reservation made before the counter layout of issue 13: run '
       .. '`budgetd store migrate` for its org')
   end
-  local plan = {a = tonumber(T[i]), inp = tonumber(T[i + 1]), out = tonumber(T[i + 2]),
-    b = {}, t = {}}
-  local nb, nt = tonumber(T[i + 3]), tonumber(T[i + 4])
-  if not (plan.a and plan.inp and plan.out and nb and nt) then
-    error('budgetd: malformed plan')
-  end
+  -- (a malformed token fails the arithmetic that turns it into a number, before any write;
+  -- each table is made whole by one constructor: one that grows key by key rehashes)
+  local plan = {a = T[i] + 0, inp = T[i + 1] + 0, out = T[i + 2] + 0,
+    b = {nil, nil, nil, nil, nil, nil, nil, nil}, t = {nil, nil, nil, nil, nil, nil, nil, nil}}
+  local nb, nt = T[i + 3] + 0, T[i + 4] + 0
+  local budgets, buckets = plan.b, plan.t
   i = i + 5
   for j = 1, nb do
     -- fs, fh: the entry's spent and held field, named once per call (not per use)
-    local f = T[i]
-    local b = {f = f, s = T[i + 1], l = tonumber(T[i + 2]), m = T[i + 3], th = T[i + 4],
-      pe = tonumber(T[i + 5]), k = T[i + 6], fs = f .. '|s', fh = f .. '|h'}
-    if b.k == 'R' then
-      b.base, b.w, b.xo, b.idx = T[i + 7], tonumber(T[i + 8]), tonumber(T[i + 9]),
-        tonumber(T[i + 10])
-      b.h, b.hx = T[i + 11], tonumber(T[i + 12])
+    local f, k = T[i], T[i + 6]
+    if k == 'R' then
+      budgets[j] = {f = f, s = T[i + 1], l = T[i + 2] + 0, m = T[i + 3], th = T[i + 4],
+        pe = T[i + 5] + 0, k = k, fs = f .. '|s', fh = f .. '|h',
+        base = T[i + 7], w = T[i + 8] + 0, xo = T[i + 9] + 0, idx = T[i + 10] + 0,
+        h = T[i + 11], hx = T[i + 12] + 0, wk = false, wf = false}
       i = i + 13
-    elseif b.k == 'C' or b.k == 'S' then
-      b.c, b.x = T[i + 7], tonumber(T[i + 8])
-      b.h = b.c
+    elseif k == 'C' or k == 'S' then
+      local c = T[i + 7]
+      budgets[j] = {f = f, s = T[i + 1], l = T[i + 2] + 0, m = T[i + 3], th = T[i + 4],
+        pe = T[i + 5] + 0, k = k, fs = f .. '|s', fh = f .. '|h', c = c, h = c,
+        x = T[i + 8] + 0}
       i = i + 9
     else
       error('budgetd: malformed plan')
     end
-    plan.b[j] = b
   end
   for j = 1, nt do
-    local t = {k = T[i], kinds = {}}
-    local nk = tonumber(T[i + 1])
+    local kinds = {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
+    buckets[j] = {k = T[i], kinds = kinds}
+    local nk = T[i + 1] + 0
     i = i + 2
     for q = 1, nk do
       local kind = T[i]
       local ft, fm = kind_fields(kind)
-      t.kinds[q] = {q = kind, r = tonumber(T[i + 1]), c = tonumber(T[i + 2]), e = T[i + 3] == '1',
+      kinds[q] = {q = kind, r = T[i + 1] + 0, c = T[i + 2] + 0, e = T[i + 3] == '1',
         ft = ft, fm = fm}
       i = i + 4
     end
-    plan.t[j] = t
   end
   return plan, i
 end
@@ -372,7 +387,7 @@ local function entry_now(b, clock_ms)
   end
   out.idx = math.floor(clock_ms / b.w)
   out.pe = (out.idx + 1) * b.w
-  out.wk, out.wf = nil, nil -- its window is that of its own sub-bucket
+  out.wk, out.wf = false, false -- its window is that of its own sub-bucket
   return out
 end
 
@@ -437,7 +452,9 @@ end
 -- The generations of a plan's sliding entries, as a reservation keeps them (`sg`), or nil.
 local function generations(plan)
   local out = nil
-  for _, b in ipairs(plan.b) do
+  local budgets = plan.b
+  for i = 1, #budgets do
+    local b = budgets[i]
     if b.k == 'S' then
       out = out or {}
       out[#out + 1] = int(generation(b))
@@ -474,8 +491,9 @@ end
 -- Decides: add `amount` to each entry's spend. Returns the counters as the ledger entry's
 -- `charged` field names them ("<hash>#<field>", space-separated), which reconcile and trim read.
 local function charge(budgets, amount)
-  local charged = {}
-  for i, b in ipairs(budgets) do
+  local charged = {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
+  for i = 1, #budgets do
+    local b = budgets[i]
     local key, field, at = charge_slot(b)
     add(key, field, amount)
     if b.k == 'S' then
@@ -490,8 +508,11 @@ end
 
 -- Token buckets. Names the fields of every kind of every bucket hash of the plan.
 local function want_buckets(buckets)
-  for _, t in ipairs(buckets) do
-    for _, q in ipairs(t.kinds) do
+  for i = 1, #buckets do
+    local t = buckets[i]
+    local kinds = t.kinds
+    for j = 1, #kinds do
+      local q = kinds[j]
       want(t.k, q.ft, 'x')
       want(t.k, q.fm, 'x')
     end
@@ -537,7 +558,10 @@ local function bucket_set(key, q, level, at)
   put(key, q.fm, at)
   local ttl = 86400000
   if q.r > 0 then
-    ttl = math.ceil((q.c * SCALE - level) / q.r) + 60000
+    local t = (q.c * SCALE - level) / q.r
+    ttl = t - t % 1 -- floor, then up: math.ceil without a call
+    if ttl < t then ttl = ttl + 1 end
+    ttl = ttl + 60000
   end
   expire_rule(key, 'b', ttl)
   return level
@@ -553,8 +577,11 @@ end
 
 -- Decides: give back `back(q)` (negative: take) to each bucket kind, never above capacity.
 local function buckets_give(buckets, back, now)
-  for _, t in ipairs(buckets) do
-    for _, q in ipairs(t.kinds) do
+  for i = 1, #buckets do
+    local t = buckets[i]
+    local kinds = t.kinds
+    for j = 1, #kinds do
+      local q = kinds[j]
       local n = back(q)
       if n ~= 0 then
         local level, at = bucket_level(t.k, q, now)
@@ -609,7 +636,9 @@ end
 -- frees only a `held` that is there.
 local function void_hold(plan, sg)
   local j, gens = 0, nil
-  for _, b in ipairs(plan.b) do
+  local budgets = plan.b
+  for i = 1, #budgets do
+    local b = budgets[i]
     local live = true
     if b.k == 'S' then
       j = j + 1
@@ -764,7 +793,8 @@ end
 -- `delta` micros, as budget_events makes them.
 local function usage_events(budgets, delta, now, rid)
   local out = {}
-  for _, b in ipairs(budgets) do
+  for i = 1, #budgets do
+    local b = budgets[i]
     local used = budget_spent(b) + val(b.h, b.fh)
     budget_events(out, b, used, used + delta, now, rid)
   end

@@ -26,7 +26,7 @@ local rid, fp = ARGV[1], ARGV[2]
 local lease, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tag_prefix = ARGV[6]
 local plan = read_plan(ARGV, 7)
-local amount = plan.a
+local amount, budgets, buckets = plan.a, plan.b, plan.t
 local now = now_ms()
 
 -- Lazy expiry first, so stale holds of this org never deny a request: decided here, written
@@ -34,10 +34,10 @@ local now = now_ms()
 local due = due_holds(holds, tag_prefix .. 'r:', now, 8)
 local prior = redis.call('HMGET', rkey, 'fp', 'res', 'dl', 'st')
 if not prior[1] then
-  for _, b in ipairs(plan.b) do
-    want_budget(b)
+  for i = 1, #budgets do
+    want_budget(budgets[i])
   end
-  want_buckets(plan.t)
+  want_buckets(buckets)
 end
 load()
 expiry_decisions(due)
@@ -60,8 +60,12 @@ end
 
 -- Phase 1: check everything; write nothing.
 -- (parallel arrays, not a table per budget or bucket kind: tables are what a script costs)
-local spents, helds, denials, shadow = {}, {}, {}, {}
-for i, b in ipairs(plan.b) do
+-- (ARRAY8: lib.lua)
+local spents = {nil, nil, nil, nil, nil, nil, nil, nil}
+local helds = {nil, nil, nil, nil, nil, nil, nil, nil}
+local denials, shadow = {}, {}
+for i = 1, #budgets do
+  local b = budgets[i]
   local spent = budget_spent(b)
   local held = cur(b.h, b.fh)
   spents[i], helds[i] = spent, held
@@ -70,9 +74,16 @@ for i, b in ipairs(plan.b) do
     if b.m == 'b' then table.insert(denials, row) else table.insert(shadow, row) end
   end
 end
-local take_key, take_kind, take_level, take_at, n = {}, {}, {}, {}, 0
-for _, t in ipairs(plan.t) do
-  for _, q in ipairs(t.kinds) do
+local take_key = {nil, nil, nil, nil, nil, nil, nil, nil}
+local take_kind = {nil, nil, nil, nil, nil, nil, nil, nil}
+local take_level = {nil, nil, nil, nil, nil, nil, nil, nil}
+local take_at = {nil, nil, nil, nil, nil, nil, nil, nil}
+local n = 0
+for i = 1, #buckets do
+  local t = buckets[i]
+  local kinds = t.kinds
+  for j = 1, #kinds do
+    local q = kinds[j]
     n = n + 1
     local need = kind_amount(plan, q)
     local level, at = bucket_level(t.k, q, now)
@@ -82,7 +93,8 @@ for _, t in ipairs(plan.t) do
       if need <= q.c and q.r > 0 then
         wait = math.ceil((need * SCALE - level) / q.r)
       end
-      local row = {'t', n, int(math.floor(level / SCALE)), int(wait)}
+      local units = level / SCALE
+      local row = {'t', n, int(units - units % 1), int(wait)}
       if q.e then table.insert(denials, row) else table.insert(shadow, row) end
     end
   end
@@ -106,8 +118,8 @@ if #denials > 0 then
 end
 
 -- Events this hold will emit, and every write, decided before the first write.
-for _, b in ipairs(plan.b) do
-  hold(b, amount)
+for i = 1, #budgets do
+  hold(budgets[i], amount)
 end
 for i = 1, n do
   bucket_set(take_key[i], take_kind[i], take_level[i], take_at[i])
@@ -116,15 +128,16 @@ local bad = out_of_bounds()
 if bad then
   return {'bound', now, 0, '', bad, {}}
 end
-local parts = {}
-for i, b in ipairs(plan.b) do
+local parts = {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
+for i = 1, #budgets do
   local before = spents[i] + helds[i]
-  budget_events(candidates, b, before, before + amount, now, rid)
+  budget_events(candidates, budgets[i], before, before + amount, now, rid)
   parts[i] = int(spents[i]) .. ',' .. int(helds[i] + amount)
 end
-local levels = {}
+local levels = {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
 for i = 1, n do
-  levels[i] = int(math.floor(take_level[i] / SCALE))
+  local units = take_level[i] / SCALE
+  levels[i] = int(units - units % 1) -- floor, without a call
 end
 touch_markers(tag_prefix, candidates, events)
 local sg = generations(plan)
@@ -136,11 +149,14 @@ emit_all(events, tag_prefix, candidates)
 local result = table.concat(parts, ';') .. '|' .. table.concat(levels, ';')
 local deadline = now + lease
 
-redis.call('HSET', rkey, 'st', 'held', 'fp', fp, 'res', result, 'dl', int(deadline),
-  'plan', table.concat(ARGV, '\t', 7), 'meta', ARGV[5], 'ct', int(now))
+local plan_text, dl, ct = table.concat(ARGV, '\t', 7), int(deadline), int(now)
 if sg then
-  redis.call('HSET', rkey, 'sg', sg)
+  redis.call('HSET', rkey, 'st', 'held', 'fp', fp, 'res', result, 'dl', dl,
+    'plan', plan_text, 'meta', ARGV[5], 'ct', ct, 'sg', sg)
+else
+  redis.call('HSET', rkey, 'st', 'held', 'fp', fp, 'res', result, 'dl', dl,
+    'plan', plan_text, 'meta', ARGV[5], 'ct', ct)
 end
 redis.call('PEXPIRE', rkey, int(lease + keep))
-redis.call('ZADD', holds, int(deadline), rid)
+redis.call('ZADD', holds, dl, rid)
 return {'granted', now, deadline, result, 'held', shadow}
