@@ -40,6 +40,7 @@ from budgetd.auth import key_line, new_key
 from budgetd.settings import from_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import load_average, steal_ticks
 from _servers import throwaway_redis
 from reserve_commit import MODEL, ORG, POLICY, PRICING
 
@@ -50,15 +51,6 @@ COMMIT_BODY = (
     b'"ephemeral_1h_input_tokens":0},"output_tokens":412,"service_tier":"standard"}}'
 ) % MODEL.encode()
 USERS, FEATURES = 100, 10
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def steal_and_total() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return fields[7], sum(fields)
 
 
 def reserve_body(rid: str, n: int) -> bytes:
@@ -184,9 +176,9 @@ def main() -> None:
                 BUDGETD_SWEEP_INTERVAL_S="0",
             )
             print(f"load average {load_average()} at start; {os.cpu_count()} CPUs", flush=True)
-            steal0, total0 = steal_and_total()
+            steal0, total0 = steal_ticks()
             figures, stats = uvloop.run(run(args, key))
-            steal1, total1 = steal_and_total()
+            steal1, total1 = steal_ticks()
     steal_pct = 100 * (steal1 - steal0) / max(1, total1 - total0)
     print(
         f"app CPU per request, {args.pairs} pairs x {args.rounds} rounds at "

@@ -53,6 +53,7 @@ import httpx2
 import uvloop
 from budgetd_client import AsyncBudgetdClient, BudgetdClient, guard
 
+from _machine import steal_ticks
 from budgetd.auth import key_line, new_key
 from reserve_commit import (
     HOST,
@@ -67,7 +68,6 @@ from reserve_commit import (
     pct,
     process_cpu_s,
     redis_pings,
-    steal_ticks,
     uvicorn_cmd,
     wait_until,
 )

@@ -37,20 +37,12 @@ import uvloop
 from budgetd.store.pipeline import ScriptPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import load_average, steal_ticks
 from _servers import throwaway_redis
 
 ECHO = "return ARGV[1]"
 SHA = hashlib.sha1(ECHO.encode()).hexdigest()
 TIMEOUT_S = 1.0
-
-
-def steal_and_total() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return fields[7], sum(fields)
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 async def per_call_timeout(pipeline: ScriptPipeline, arg: str) -> None:
@@ -112,9 +104,9 @@ def main() -> None:
         raise SystemExit("redis-server is not installed")
     with tempfile.TemporaryDirectory() as tmp, throwaway_redis(redis_server, tmp) as port:
         print(f"load average {load_average()} at start; {os.cpu_count()} CPUs", flush=True)
-        steal0, total0 = steal_and_total()
+        steal0, total0 = steal_ticks()
         figures = uvloop.run(run(port, args.calls, args.concurrency, args.rounds))
-        steal1, total1 = steal_and_total()
+        steal1, total1 = steal_ticks()
     print(
         f"{args.calls} calls x {args.rounds} rounds per variant, {args.concurrency} in flight "
         f"(client CPU µs per call: median [min–max])"

@@ -46,6 +46,7 @@ from budgetd.usage import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import load_average, steal_ticks  # noqa: E402
 from _servers import throwaway_redis  # noqa: E402
 from reserve_commit import MODEL as BENCH_MODEL  # noqa: E402
 from reserve_commit import ORG as BENCH_ORG  # noqa: E402
@@ -62,15 +63,6 @@ CASES = {
 REPLAYED = 36  # pairs replayed per batch size (3 sizes): all under the example policy's 120
 # requests/min a user
 NOT_SCRIPT_CALLS = {"evalsha", "eval", "info", "config", "script", "ping", "client", "hello"}
-
-
-def steal_and_total() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return fields[7], sum(fields)
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 async def commandstats(engine: Engine, what: str = "calls") -> dict[str, int]:
@@ -237,7 +229,7 @@ async def measure(
     s2 = await commandstats(engine)
     # CPU per pair at `concurrency` in flight.
     load_before = load_average()
-    steal0, total0 = steal_and_total()
+    steal0, total0 = steal_ticks()
     cpu0 = await redis_cpu(engine)
     usec0 = await commandstats(engine, "usec")
     started = time.perf_counter()
@@ -245,7 +237,7 @@ async def measure(
     wall = time.perf_counter() - started
     usec1 = await commandstats(engine, "usec")
     cpu1 = await redis_cpu(engine)
-    steal1, total1 = steal_and_total()
+    steal1, total1 = steal_ticks()
 
     async def reserve_alone(_: int, rid: str) -> None:
         # A user of its own: the replayed holds must all be granted (the example policy's

@@ -51,6 +51,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from _machine import steal_ticks
 from budgetd.auth import key_line, new_key
 
 try:
@@ -406,12 +407,6 @@ def cpu_busy_s(cpu: int | None) -> float:
             idle = v[3] + v[4]  # idle + iowait
             return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     return 0.0
-
-
-def steal_ticks() -> tuple[int, int]:
-    """(steal, total) ticks of all CPUs since boot, from the first line of ``/proc/stat``."""
-    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return v[7], sum(v)
 
 
 async def drive(

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))  # tests.servers: the same server helpers as the t
 import redis  # noqa: E402
 from tests.servers import HOST, start_cluster, start_redis  # noqa: E402
 
-from reserve_commit import steal_ticks  # noqa: E402
+from _machine import steal_ticks  # noqa: E402
 
 try:
     import uvloop

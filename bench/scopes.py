@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))  # tests.servers: the same server helpers as the t
 sys.path.insert(0, str(ROOT / "bench"))
 from tests.servers import start_redis  # noqa: E402
 
+from _machine import load_average, steal_ticks  # noqa: E402
 from redis_work import run_slots  # noqa: E402
 from reserve_commit import MODEL, ORG, POLICY  # noqa: E402
 
@@ -63,15 +64,6 @@ SESSION_CANDIDATES = (
     "  - {name: per-session, scope: session, limit_usd: 1000000, period: day}\n",
 )
 """The session budget, as the policy may spell it (the first one that loads is used)."""
-
-
-def steal_and_total() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return fields[7], sum(fields)
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _loads(directory: Path, text: str) -> PolicyRegistry | None:
@@ -169,13 +161,13 @@ async def main_async(args: argparse.Namespace, url: str, tmp: Path) -> None:
         await case.reserve(0, f"{case.name}-count", with_scopes=True)
     figures: dict[str, dict[str, list[float]]] = {c.name: {"redis": [], "own": []} for c in cases}
     load_before = load_average()
-    steal0, total0 = steal_and_total()
+    steal0, total0 = steal_ticks()
     for round_ in range(args.rounds):
         for case in cases if round_ % 2 == 0 else cases[::-1]:
             redis_us, own_us = await case.measure(args.reserves, args.concurrency)
             figures[case.name]["redis"].append(redis_us)
             figures[case.name]["own"].append(own_us)
-    steal1, total1 = steal_and_total()
+    steal1, total1 = steal_ticks()
     for case in cases:
         await case.engine.store.close()
     base, scoped = figures["base"], figures["scoped"]

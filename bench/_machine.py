@@ -1,0 +1,18 @@
+"""The machine's neighbour load, printed by every bench next to its figures (the VM is shared:
+a slow run is told apart from slow code by these)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, as ``/proc/loadavg`` gives them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) ticks of all CPUs since boot, from the first line of ``/proc/stat`` (its
+    first eight fields: guest time is already counted in user time)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return v[7], sum(v)
