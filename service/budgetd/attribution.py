@@ -42,7 +42,9 @@ def fields(teams: tuple[str, ...], key: str | None, tags: tuple[str, ...]) -> di
 
 
 def _names(value: Any) -> tuple[str, ...]:
-    return tuple(n for n in str(value or "").split(",") if n)
+    if not value:
+        return ()  # the usual entry: no teams, no tags (the follower reads every one)
+    return tuple(n for n in str(value).split(",") if n)
 
 
 def of_entry(entry: Mapping[str, str]) -> Attributed:

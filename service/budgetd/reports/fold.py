@@ -66,14 +66,27 @@ def buckets(at_ms: int, tz: ZoneInfo) -> tuple[str, str]:
     return f"d:{local:%Y-%m-%d}", f"m:{local:%Y-%m}"
 
 
+Named = tuple[tuple[View, str], ...]
+
+
 def fold(entries: list[tuple[str, dict[str, str]]], tz: ZoneInfo) -> Increments:
-    out: Increments = defaultdict(dict)
+    """The increments of a batch of ledger entries.
+
+    The follower folds every commit (issue 13: ~22 µs an entry, a tenth of the service's CPU
+    per request), so a batch is summed per (day, month, attribution) first and spread over its
+    views once per group: a batch's entries mostly share their day and often who they are for.
+    ``tests/reports/test_fold.py`` holds it equal to the entry-by-entry definition."""
+    groups: dict[tuple[tuple[str, str], Named], Totals] = {}
+    # An entry's day and month depend on its whole second only: zone offsets and their
+    # transitions are whole seconds.
+    seconds: dict[int, tuple[str, str]] = {}
     for entry_id, fields in entries:
         cost = int(fields.get("cost_micros", "0") or 0)
         kind = fields.get("kind", "commit")
+        named: Named
         if kind == "adjustment":
             row: Totals = [cost, 0, 0, 0, 0, 0, 0]
-            named: tuple[tuple[View, str], ...] = (("model", ADJUSTMENT),)
+            named = (("model", ADJUSTMENT),)
         else:
             row = [cost, 1, *_tokens(fields.get("usage", ""))]
             who = attribution.of_entry(fields)
@@ -86,7 +99,20 @@ def fold(entries: list[tuple[str, dict[str, str]]], tz: ZoneInfo) -> Increments:
                 *(("team", team) for team in who.teams),
                 *(("tag", tag) for tag in who.tags),
             )
-        for bucket in buckets(int(entry_id.split("-")[0]), tz):
+        at_ms = int(entry_id.split("-")[0])
+        second = at_ms // 1000
+        day_month = seconds.get(second)
+        if day_month is None:
+            day_month = seconds[second] = buckets(at_ms, tz)
+        group = (day_month, named)
+        totals = groups.get(group)
+        if totals is None:
+            groups[group] = row
+        else:
+            groups[group] = [a + b for a, b in zip(totals, row, strict=True)]
+    out: Increments = defaultdict(dict)
+    for (day_month, named), row in groups.items():
+        for bucket in day_month:
             for view, entity in named:
                 if not entity:
                     continue

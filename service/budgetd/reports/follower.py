@@ -65,7 +65,7 @@ async def follow(store: ScriptStore, org: str, tz: ZoneInfo, batch: int = BATCH)
         )
         if not rows:
             return applied
-        entries = [(str(i), dict(f)) for i, f in rows]
+        entries = [(str(i), f) for i, f in rows]  # redis-py made each a dict already
         last = entries[-1][0]
         keys_, groups = _call(org, fold(entries, tz), int(last.split("-")[0]))
         done = await script(keys=[keys.report_cursor(org), *keys_], args=[cursor, last, groups])
