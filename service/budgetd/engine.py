@@ -149,12 +149,8 @@ class Engine:
         self._caches_for: object = None
         # reservation id → model, so most commits need no extra read to know what to price.
         self._models: OrderedDict[tuple[str, str], str] = OrderedDict()
-        # Bound once: labels() is a locked dict lookup on every call.
-        self._decided = {
-            o: metrics.decisions.labels(outcome=o)
-            for o in ("granted", "replay", "denied", "fail_open", "fail_closed")
-        }
-        self._committed = {o: metrics.commits.labels(overrun=str(o).lower()) for o in (True, False)}
+        self._decided = metrics.decided
+        self._committed = metrics.committed
 
     # -- helpers ---------------------------------------------------------------------------
 
