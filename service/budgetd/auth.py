@@ -142,6 +142,12 @@ class KeyRing:
 
     def __init__(self, entries: list[KeyEntry]) -> None:
         self._by_digest = {e.sha256: e for e in entries}
+        self.remembered: dict[str, Principal] = {}
+        """``Authorization`` value → principal, of the keys this ring has accepted: a known key
+        is not hashed again on every request (issue 13). At most one entry per key of the ring
+        (the value must be exactly ``Bearer <key>``; a refused one is never kept), and gone
+        with the ring when the file is reloaded. The lookup hashes the value with Python's
+        per-process random string hash, as the digest lookup below does with the digest."""
 
     @classmethod
     def load(cls, path: Path) -> KeyRing:
@@ -151,6 +157,8 @@ class KeyRing:
         return len(self._by_digest)
 
     def authenticate(self, authorization: str | None) -> Principal:
+        if authorization is not None and (known := self.remembered.get(authorization)):
+            return known
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("missing 'Authorization: Bearer <key>' header")
         key = authorization.removeprefix("Bearer ")
@@ -163,7 +171,7 @@ class KeyRing:
         # compare_digest on the found digest keeps the check's timing independent of the key.
         if entry is None or not hmac.compare_digest(entry.sha256, wanted):
             raise Unauthorized("unknown API key")
-        return Principal(
+        principal = self.remembered[authorization] = Principal(
             org=entry.org,
             role=entry.role,
             name=entry.name or entry.sha256[:12],
@@ -171,6 +179,7 @@ class KeyRing:
             feature=entry.feature,
             attribution_headers=entry.attribution_headers,
         )
+        return principal
 
 
 Signature = tuple[int, int] | None

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from budgetd.app import create_app
+from budgetd.auth import KeyEntry, KeyRing, digest, new_key
+from budgetd.errors import Unauthorized
 from budgetd.store.connect import embedded_store
 from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
 from tests.engine.conftest import ACME
@@ -105,3 +107,20 @@ async def test_path_only_calls_take_the_org_from_the_key(
         done = await client.post(f"/v1/reservations/{rid}/commit", json=USAGE, headers=auth)
         assert done.status_code == 200
         assert done.json()["cost_micros"] == 1
+
+
+def test_a_ring_remembers_its_own_keys_only() -> None:
+    """The hot path does not hash a known key on every request (issue 13): a ring remembers the
+    principal of each key it has accepted, and nothing of the keys it refused, so a stream of
+    made-up keys grows nothing."""
+    good = new_key()
+    ring = KeyRing([KeyEntry(sha256=digest(good), org="acme", role="app", name="ci")])
+    for _ in range(200):
+        with pytest.raises(Unauthorized, match="unknown API key"):
+            ring.authenticate(f"Bearer {new_key()}")
+    first = ring.authenticate(f"Bearer {good}")
+    assert (first.org, first.role, first.key) == ("acme", "app", "ci")
+    assert ring.authenticate(f"Bearer {good}") is first
+    with pytest.raises(Unauthorized, match="whitespace"):
+        ring.authenticate(f"Bearer {good} ")
+    assert len(ring.remembered) == 1
