@@ -10,8 +10,11 @@ same request bodies: no socket, no HTTP parsing, no uvicorn. What it measures is
 code (instrumentation, fast path, engine, store client) costs per request, with much less noise
 than the HTTP bench, whose figure also holds uvicorn's and the event loop's share.
 
-Each round runs ``--pairs`` pairs at ``--concurrency`` in flight and reports this process's CPU
-per request (``time.process_time``); Redis runs in its own process and is not counted.
+Each round runs ``--pairs`` pairs at ``--concurrency`` in flight, then folds the round's ledger
+entries into the reports (the follower job, which the service runs every 5 s: off here, so that
+it lands in every round alike rather than in some), and reports this process's CPU per request
+(``time.process_time``), the follower's share included and also shown per ledger entry; Redis
+runs in its own process and is not counted.
 ``--profile`` runs one more round under cProfile and prints the ``--top`` functions by their
 own time, then by their cumulative time (cProfile's overhead inflates every call; read it for
 shares, not for µs).
@@ -37,6 +40,7 @@ import uvloop
 
 from budgetd.app import create_app
 from budgetd.auth import key_line, new_key
+from budgetd.reports.follower import follow
 from budgetd.settings import from_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,7 +120,20 @@ async def pairs(app: Any, key: str, n: int, concurrency: int, tag: str) -> None:
     await asyncio.gather(*(slot() for _ in range(concurrency)))
 
 
-async def run(args: argparse.Namespace, key: str) -> tuple[list[float], pstats.Stats | None]:
+async def round_cpu(app: Any, key: str, args: argparse.Namespace, tag: str) -> tuple[float, float]:
+    """One round: (CPU µs per request, the follower included; the follower's µs per entry)."""
+    cpu0 = time.process_time()
+    await pairs(app, key, args.pairs, args.concurrency, tag)
+    cpu1 = time.process_time()
+    engine = app.state.engine
+    folded = await follow(engine.store, ORG, engine.policy(ORG).tz)
+    cpu2 = time.process_time()
+    return (cpu2 - cpu0) / (2 * args.pairs) * 1e6, (cpu2 - cpu1) / max(1, folded) * 1e6
+
+
+async def run(
+    args: argparse.Namespace, key: str
+) -> tuple[list[tuple[float, float]], pstats.Stats | None]:
     app = create_app(from_env())
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -128,16 +145,14 @@ async def run(args: argparse.Namespace, key: str) -> tuple[list[float], pstats.S
     assert started["type"] == "lifespan.startup.complete", started
     try:
         await pairs(app, key, 1000, args.concurrency, "warm")
-        figures = []
-        for r in range(args.rounds):
-            cpu0 = time.process_time()
-            await pairs(app, key, args.pairs, args.concurrency, f"r{r}")
-            figures.append((time.process_time() - cpu0) / (2 * args.pairs) * 1e6)
+        engine = app.state.engine
+        await follow(engine.store, ORG, engine.policy(ORG).tz)
+        figures = [await round_cpu(app, key, args, f"r{r}") for r in range(args.rounds)]
         stats = None
         if args.profile:
             profiler = cProfile.Profile(time.process_time)  # CPU, not the idle loop
             profiler.enable()
-            await pairs(app, key, args.pairs, args.concurrency, "prof")
+            await round_cpu(app, key, args, "prof")
             profiler.disable()
             stats = pstats.Stats(profiler)
         return figures, stats
@@ -174,16 +189,21 @@ def main() -> None:
                 BUDGETD_KEYS_FILE=str(Path(tmp) / "keys.yaml"),
                 BUDGETD_POLICY_POLL_S="0",
                 BUDGETD_SWEEP_INTERVAL_S="0",
+                BUDGETD_REPORTS_INTERVAL_S="0",  # folded in each round instead
             )
             print(f"load average {load_average()} at start; {os.cpu_count()} CPUs", flush=True)
             steal0, total0 = steal_ticks()
             figures, stats = uvloop.run(run(args, key))
             steal1, total1 = steal_ticks()
     steal_pct = 100 * (steal1 - steal0) / max(1, total1 - total0)
+    per_request = [f for f, _ in figures]
+    per_entry = [e for _, e in figures]
     print(
         f"app CPU per request, {args.pairs} pairs x {args.rounds} rounds at "
-        f"{args.concurrency} in flight: median {statistics.median(figures):.1f} µs "
-        f"[{', '.join(f'{f:.1f}' for f in figures)}]"
+        f"{args.concurrency} in flight: median {statistics.median(per_request):.1f} µs "
+        f"[{', '.join(f'{f:.1f}' for f in per_request)}]; of which the follower "
+        f"{statistics.median(per_entry):.1f} µs per ledger entry "
+        f"[{', '.join(f'{e:.1f}' for e in per_entry)}]"
     )
     print(f"load average {load_average()} at end; CPU steal during the run {steal_pct:.1f} %")
     if stats is not None:
