@@ -20,23 +20,38 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def throwaway_redis(binary: str, workdir: str, *extra: str) -> Iterator[int]:
-    """Start ``binary`` (``--save "" --appendonly no``, then ``extra``, e.g. ``--maxmemory-policy
-    noeviction``), wait until it accepts connections and yield its port."""
+def redis_process(
+    binary: str, workdir: str, *extra: str, wrapper: tuple[str, ...] = (), start_s: float = 10.0
+) -> Iterator[tuple[int, int]]:
+    """Start ``binary`` (``--save "" --appendonly no``, then ``extra``), under ``wrapper`` if
+    any (e.g. valgrind), wait until it accepts connections (up to ``start_s``) and yield its port
+    and the pid of the process started (the wrapper's, when there is one)."""
     port = free_port()
     args = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen([*args, *extra, "--dir", workdir], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*wrapper, *args, *extra, "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if wrapper else None,
+    )
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + start_s
         while True:
             try:
                 socket.create_connection((HOST, port), timeout=0.2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start") from None
+                    raise SystemExit(f"{binary} did not start") from None
                 time.sleep(0.05)
-        yield port
+        yield port, server.pid
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        server.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def throwaway_redis(binary: str, workdir: str, *extra: str) -> Iterator[int]:
+    """Start ``binary`` (``--save "" --appendonly no``, then ``extra``, e.g. ``--maxmemory-policy
+    noeviction``), wait until it accepts connections and yield its port."""
+    with redis_process(binary, workdir, *extra) as (port, _):
+        yield port

@@ -32,9 +32,7 @@ import asyncio
 import contextlib
 import glob
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,17 +41,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from budgetd.clock import SystemClock
-from budgetd.contract import CommitRequest, Grant, ReserveRequest
+from budgetd.contract import CommitRequest, Grant
 from budgetd.engine import Engine
-from budgetd.metrics import Metrics
-from budgetd.policy.registry import PolicyRegistry
-from budgetd.store.connect import redis_store
-from budgetd.usage import Usage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _servers import HOST, free_port
-from redis_work import CASES, ROOT
+from _servers import redis_process
+from redis_work import CASES, USAGE, bench_engine, bench_request, recording
 
 BATCH = 50
 RETURN_ONLY = {
@@ -66,41 +59,9 @@ Call = tuple[str, list[str], list[str]]  # script, keys, args
 @contextlib.contextmanager
 def redis_under_callgrind(workdir: str) -> Iterator[tuple[int, int]]:
     """(port, pid) of a redis-server run by callgrind, counting from the start."""
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={workdir}/callgrind.out.%p",
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("redis-server under valgrind did not start") from None
-                time.sleep(0.2)
-        yield port, server.pid
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.out.%p")
+    with redis_process("redis-server", workdir, wrapper=wrapper, start_s=60) as server:
+        yield server
 
 
 class Counter:
@@ -131,54 +92,23 @@ class Counter:
 
 async def record_pair(engine: Engine, org: str, model: str, user: str) -> tuple[Call, Call, str]:
     """The reserve and commit calls of one pair of ``user`` (after its keys exist)."""
-    pipeline: Any = engine.store.pipeline  # type: ignore[attr-defined]
-    recorded: list[Call] = []
-    real_call = pipeline.call
-
-    async def record(
-        sha: str, source: str, keys: list[str], args: list[Any], *, deadline: float
-    ) -> Any:
-        recorded.append((source, list(keys), [str(a) for a in args]))
-        return await real_call(sha, source, keys, args, deadline=deadline)
 
     async def pair(rid: str) -> None:
-        grant = await engine.reserve(
-            ReserveRequest(
-                org=org,
-                user=user,
-                feature="chat",
-                model=model,
-                input_tokens=1000,
-                max_tokens=200,
-                reservation_id=rid,
-            )
-        )
+        grant = await engine.reserve(bench_request(org, user, model, rid))
         assert isinstance(grant, Grant), grant
-        await engine.commit(
-            org, rid, CommitRequest(usage=Usage(input_tokens=900, output_tokens=150))
-        )
+        await engine.commit(org, rid, CommitRequest(usage=USAGE))
 
     for i in range(2):
         await pair(f"warm-{user}-{i}")
-    pipeline.call = record
-    try:
+    with recording(engine) as recorded:
         await pair(f"recorded-{user}")
-    finally:
-        pipeline.call = real_call
-    reserve, commit = recorded
+    reserve, commit = ((source, keys, [str(a) for a in args]) for _, source, keys, args in recorded)
     return reserve, commit, f"recorded-{user}"
 
 
 async def measure(name: str, port: int, counter: Counter, pairs: int, tmp: Path) -> dict[str, Any]:
-    org, policy, model = CASES[name]
-    os.environ.setdefault("BUDGETD_WEBHOOK_SECRET", "bench-only-secret")
-    pdir = tmp / name
-    pdir.mkdir()
-    (pdir / "policy.yaml").write_text(policy)
-    registry = PolicyRegistry(pdir, ROOT / "policies" / "pricing.yaml")
-    assert registry.reload().ok
-    store = redis_store(f"redis://{HOST}:{port}/0", timeout_s=60.0)
-    engine = Engine(registry, store, SystemClock(), Metrics())
+    org, _, model = CASES[name]
+    engine = bench_engine(name, port, tmp, timeout_s=60.0)
     # One user per phase: the example policy's per-user rate (120 a minute) admits one phase.
     recorded = {p: await record_pair(engine, org, model, p) for p in ("pair", "split", "floor")}
     client: Any = engine.store.client  # type: ignore[attr-defined]
@@ -230,7 +160,7 @@ async def measure(name: str, port: int, counter: Counter, pairs: int, tmp: Path)
         "reserve_keys_and_args": len(pair_reserve[1]) + len(pair_reserve[2]),
         "commit_keys_and_args": len(pair_commit[1]) + len(pair_commit[2]),
     }
-    await store.close()
+    await engine.store.close()
     return result
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -32,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,57 @@ CASES = {
 REPLAYED = 36  # pairs replayed per batch size (3 sizes): all under the example policy's 120
 # requests/min a user
 NOT_SCRIPT_CALLS = {"evalsha", "eval", "info", "config", "script", "ping", "client", "hello"}
+USAGE = Usage(input_tokens=900, output_tokens=150)  # what every bench commit reports
+ScriptCall = tuple[str, str, list[str], list[Any]]  # sha, source, keys, args
+
+
+def bench_request(org: str, user: str, model: str, rid: str) -> ReserveRequest:
+    """The reserve every pair of these benches makes (feature ``chat``, 1,000 in, 200 max out)."""
+    return ReserveRequest(
+        org=org,
+        user=user,
+        feature="chat",
+        model=model,
+        input_tokens=1000,
+        max_tokens=200,
+        reservation_id=rid,
+    )
+
+
+def bench_engine(name: str, port: int, tmp: Path, timeout_s: float = 10.0) -> Engine:
+    """An engine on the Redis at ``port`` with the policy of case ``name`` (written under
+    ``tmp``) and the shipped price table."""
+    _, policy, _ = CASES[name]
+    # The example policy signs one webhook with this variable's secret; nothing is sent here.
+    os.environ.setdefault("BUDGETD_WEBHOOK_SECRET", "bench-only-secret")
+    pdir = tmp / name
+    pdir.mkdir()
+    (pdir / "policy.yaml").write_text(policy)
+    registry = PolicyRegistry(pdir, ROOT / "policies" / "pricing.yaml")
+    status = registry.reload()
+    assert status.ok, status.errors
+    store = redis_store(f"redis://127.0.0.1:{port}/0", timeout_s=timeout_s)
+    return Engine(registry, store, SystemClock(), Metrics())
+
+
+@contextlib.contextmanager
+def recording(engine: Engine) -> Iterator[list[ScriptCall]]:
+    """The script calls ``engine`` makes inside the block, as it sends them."""
+    pipeline: Any = engine.store.pipeline  # type: ignore[attr-defined]
+    recorded: list[ScriptCall] = []
+    real_call = pipeline.call
+
+    async def record(
+        sha: str, source: str, keys: list[str], args: list[Any], *, deadline: float
+    ) -> Any:
+        recorded.append((sha, source, list(keys), list(args)))
+        return await real_call(sha, source, keys, args, deadline=deadline)
+
+    pipeline.call = record
+    try:
+        yield recorded
+    finally:
+        pipeline.call = real_call
 
 
 async def commandstats(engine: Engine, what: str = "calls") -> dict[str, int]:
@@ -99,23 +151,10 @@ async def replayed_pairs(
     (1: one request per read and reply, as an unbatched client sends them; 100: 200 commands
     per read): what the scripts cost with and without a read and write per call. The calls of
     one real pair are recorded and replayed with fresh reservation ids."""
-    pipeline: Any = engine.store.pipeline  # type: ignore[attr-defined]
-    recorded: list[tuple[str, list[str], list[str | int]]] = []
-    real_call = pipeline.call
-
-    async def record(
-        sha: str, source: str, keys: list[str], args: list[str | int], *, deadline: float
-    ) -> Any:
-        recorded.append((sha, keys, args))
-        return await real_call(sha, source, keys, args, deadline=deadline)
-
     rid = f"replay{seq}"
-    pipeline.call = record
-    try:
+    with recording(engine) as recorded:
         await reserve(0, rid)
         await commit(rid)
-    finally:
-        pipeline.call = real_call
     client: Any = engine.store.client  # type: ignore[attr-defined]
 
     def fresh(value: str | int, new: str) -> str | int:
@@ -129,7 +168,7 @@ async def replayed_pairs(
         for start in range(0, pairs, batch):
             if batch == 1:
                 new = f"{rid}-{batch}-{start}"
-                for sha, keys, args in recorded:
+                for sha, _, keys, args in recorded:
                     keys_ = [fresh(k, new) for k in keys]
                     reply = await client.evalsha(
                         sha, len(keys_), *keys_, *(fresh(a, new) for a in args)
@@ -139,7 +178,7 @@ async def replayed_pairs(
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(pairs, start + batch)):
                 new = f"{rid}-{batch}-{i}"
-                for sha, keys, args in recorded:
+                for sha, _, keys, args in recorded:
                     keys_ = [fresh(k, new) for k in keys]
                     pipe.evalsha(sha, len(keys_), *keys_, *(fresh(a, new) for a in args))
             for reply in await pipe.execute():
@@ -181,38 +220,16 @@ async def run_slots(n: int, concurrency: int, one: Callable[[int], Awaitable[Non
 async def measure(
     name: str, port: int, pairs: int, concurrency: int, users: int, tmp: Path
 ) -> dict[str, Any]:
-    org, policy, model = CASES[name]
-    # The example policy signs one webhook with this variable's secret; nothing is sent here.
-    os.environ.setdefault("BUDGETD_WEBHOOK_SECRET", "bench-only-secret")
-    pdir = tmp / name
-    pdir.mkdir()
-    (pdir / "policy.yaml").write_text(policy)
-    registry = PolicyRegistry(pdir, ROOT / "policies" / "pricing.yaml")
-    status = registry.reload()
-    assert status.ok, status.errors
-    store = redis_store(f"redis://127.0.0.1:{port}/0", timeout_s=10.0)
-    engine = Engine(registry, store, SystemClock(), Metrics())
+    org, _, model = CASES[name]
+    engine = bench_engine(name, port, tmp)
     run = itertools.count()
 
-    def request(user: str, rid: str) -> ReserveRequest:
-        return ReserveRequest(
-            org=org,
-            user=user,
-            feature="chat",
-            model=model,
-            input_tokens=1000,
-            max_tokens=200,
-            reservation_id=rid,
-        )
-
     async def reserve(i: int, rid: str) -> None:
-        grant = await engine.reserve(request(f"user-{i % users}", rid))
+        grant = await engine.reserve(bench_request(org, f"user-{i % users}", model, rid))
         assert isinstance(grant, Grant), grant
 
     async def commit(rid: str) -> None:
-        await engine.commit(
-            org, rid, CommitRequest(usage=Usage(input_tokens=900, output_tokens=150))
-        )
+        await engine.commit(org, rid, CommitRequest(usage=USAGE))
 
     async def pair(i: int) -> None:
         rid = f"p{next(run)}"
@@ -242,12 +259,12 @@ async def measure(
     async def reserve_alone(_: int, rid: str) -> None:
         # A user of its own: the replayed holds must all be granted (the example policy's
         # per-user rate is 120 requests a minute).
-        grant = await engine.reserve(request("replay-user", rid))
+        grant = await engine.reserve(bench_request(org, "replay-user", model, rid))
         assert isinstance(grant, Grant), grant
 
     replayed = await replayed_pairs(engine, reserve_alone, commit, REPLAYED, next(run), (1, 8, 100))
     floor = await ping_floor(engine)
-    await store.close()
+    await engine.store.close()
     reserve_calls, commit_calls = per_call(s0, s1, pairs), per_call(s1, s2, pairs)
     return {
         "policy": name,
