@@ -65,8 +65,8 @@ def charged(key: str, field: str) -> str:
 
 
 def bucket(org: str, rule: str, entity: str) -> str:
-    """Hash of one rate-limit rule's buckets for one entity: ``<kind>.t`` (level × 60000),
-    ``<kind>.ms`` (time of that level) per kind, and ``x`` (the expiry last set)."""
+    """Hash of one rate-limit rule's buckets for one entity: ``<kind>.t`` (level × 60000) per
+    kind, ``ms`` (the time of every kind's level), and ``x`` (the expiry last set)."""
     return f"{tag(org)}:tb:{rule}:{entity}"
 
 

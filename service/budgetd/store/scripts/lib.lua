@@ -14,8 +14,10 @@
 --     created at). A hold on it keeps that generation (the reservation's `sg`); voiding it
 --     frees nothing when the hash idled out since (gone, or created again: another `g`).
 --   * A rate-limit rule's buckets for one entity share one hash: `<kind>.t` = level * 60000,
---     `<kind>.ms` = time of that level, `x` = the expiry last set. A bucket refills at
---     `per_minute` scaled units per millisecond, so integer arithmetic stays exact in doubles.
+--     `ms` = the time of every kind's level (a write sets all the hash's kinds as of one time),
+--     `x` = the expiry last set. A bucket refills at `per_minute` scaled units per millisecond,
+--     so integer arithmetic stays exact in doubles. A hash from before the shared time (a
+--     `<kind>.ms` per kind) reads as levels of now: no refill until written again.
 --   * Each hash is read with one HMGET (`want` then `load`) and written with one HSET
 --     (`add`/`put` then `flush`) of absolute values computed here (the script is atomic).
 --   * A plan (the engine packs it: store/scripted.py, `plan_tokens`) is a flat list of tokens:
@@ -291,13 +293,13 @@ local function flush()
   PEND, PORDER = {}, {nil, nil, nil, nil, nil, nil, nil, nil} -- ARRAY8
 end
 
--- A bucket kind's level and time fields (literals for the known kinds: no string built per call).
-local function kind_fields(kind)
-  if kind == 'requests' then return 'requests.t', 'requests.ms' end
-  if kind == 'input' then return 'input.t', 'input.ms' end
-  if kind == 'output' then return 'output.t', 'output.ms' end
-  if kind == 'cost' then return 'cost.t', 'cost.ms' end
-  return kind .. '.t', kind .. '.ms'
+-- A bucket kind's level field (literals for the known kinds: no string built per call).
+local function kind_field(kind)
+  if kind == 'requests' then return 'requests.t' end
+  if kind == 'input' then return 'input.t' end
+  if kind == 'output' then return 'output.t' end
+  if kind == 'cost' then return 'cost.t' end
+  return kind .. '.t'
 end
 
 -- The plan: tokens from index i of T (ARGV, or a stored plan split by split_plan).
@@ -339,9 +341,8 @@ local function read_plan(T, i)
     i = i + 2
     for q = 1, nk do
       local kind = T[i]
-      local ft, fm = kind_fields(kind)
       kinds[q] = {q = kind, r = T[i + 1] + 0, c = T[i + 2] + 0, e = T[i + 3] == '1',
-        ft = ft, fm = fm}
+        ft = kind_field(kind)}
       i = i + 4
     end
   end
@@ -506,15 +507,14 @@ local function charge(budgets, amount)
   return table.concat(charged, ' ')
 end
 
--- Token buckets. Names the fields of every kind of every bucket hash of the plan.
+-- Token buckets. Names the fields of every bucket hash of the plan: its time, each kind's level.
 local function want_buckets(buckets)
   for i = 1, #buckets do
     local t = buckets[i]
+    want(t.k, 'ms', 'x')
     local kinds = t.kinds
     for j = 1, #kinds do
-      local q = kinds[j]
-      want(t.k, q.ft, 'x')
-      want(t.k, q.fm, 'x')
+      want(t.k, kinds[j].ft, 'x')
     end
   end
 end
@@ -526,17 +526,23 @@ local function bucket_level(key, q, now)
   local level, last
   local p = PEND[key]
   if p and p[q.ft] ~= nil then
-    level, last = p[q.ft], p[q.fm]
+    level, last = p[q.ft], p.ms
   else
+    -- As read (not as decided: another kind's write may have moved the pending time, and this
+    -- kind's level read is as of the time read with it).
     local v = VAL[key]
     local w = v and WANT[key]
-    local i, j = w and w[q.ft], w and w[q.fm]
+    local i, j = w and w[q.ft], w and w.ms
     if not (i and j) then unread(key, q.ft) end
     level, last = v[i], v[j]
     if not level then
       return cap, now
     end
-    last = last or 0
+    if not last then
+      -- A hash of the per-kind layout (lib.lua's header): a level of now, never a refill
+      -- that the hash cannot show.
+      last = now
+    end
   end
   if now > last then
     level = level + (now - last) * q.r
@@ -555,7 +561,7 @@ local function bucket_set(key, q, level, at)
     level = -q.c * SCALE
   end
   put(key, q.ft, level)
-  put(key, q.fm, at)
+  put(key, 'ms', at)
   local ttl = 86400000
   if q.r > 0 then
     local t = (q.c * SCALE - level) / q.r
@@ -576,16 +582,23 @@ local function kind_amount(plan, q)
 end
 
 -- Decides: give back `back(q)` (negative: take) to each bucket kind, never above capacity.
+-- A hash with anything to give is written whole: every kind as of one time (`ms`), a kind with
+-- nothing to give at its level refilled to that time (the same level, told from a later time).
 local function buckets_give(buckets, back, now)
   for i = 1, #buckets do
     local t = buckets[i]
     local kinds = t.kinds
+    local any = false
     for j = 1, #kinds do
-      local q = kinds[j]
-      local n = back(q)
-      if n ~= 0 then
+      if back(kinds[j]) ~= 0 then
+        any = true
+      end
+    end
+    if any then
+      for j = 1, #kinds do
+        local q = kinds[j]
         local level, at = bucket_level(t.k, q, now)
-        bucket_set(t.k, q, math.min(level + n * SCALE, q.c * SCALE), at)
+        bucket_set(t.k, q, math.min(level + back(q) * SCALE, q.c * SCALE), at)
       end
     end
   end

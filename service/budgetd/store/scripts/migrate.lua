@@ -49,6 +49,7 @@ for i = 1, nb do
   buckets[i] = {old = old, key = ARGV[a], kind = ARGV[a + 1], t = t, ms = ms,
     at = ttl > 0 and now + ttl or 0}
   want(ARGV[a], ARGV[a + 1] .. '.t', 'x')
+  want(ARGV[a], 'ms', 'x')
   a = a + 2
 end
 for i = 1, nr do
@@ -74,8 +75,10 @@ end
 local expiries = {}
 for _, b in ipairs(buckets) do
   if b.t and not present(b.key, b.kind .. '.t') then
+    -- One time for the hash's kinds (lib.lua): the latest of theirs, so a level is never
+    -- taken as older than it is (at most less refill, never more).
     put(b.key, b.kind .. '.t', b.t)
-    put(b.key, b.kind .. '.ms', b.ms)
+    put(b.key, 'ms', math.max(b.ms, cur(b.key, 'ms')))
     expiries[b.key] = math.max(expiries[b.key] or 0, b.at, val(b.key, 'x'))
   end
 end
