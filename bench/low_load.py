@@ -38,21 +38,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _machine import load_average, steal_ticks
-from budgetd.auth import key_line, new_key
 from reserve_commit import (
     BENCH_DIR,
     HOST,
-    ORG,
-    POLICY,
-    PRICING,
     Processes,
     Requests,
     _listening,
+    bench_redis,
     free_port,
     http_ok,
     pct,
     raw_sender,
-    redis_pings,
     uvicorn_cmd,
     wait_until,
 )
@@ -137,39 +133,8 @@ def start_service(
     extra_env: dict[str, str],
 ) -> tuple[int, int, str]:
     """Redis and the service for one variant: (service pid, service port, API key)."""
-    home = tmp / name
-    policies = home / "policies"
-    policies.mkdir(parents=True)
-    shutil.copy(PRICING, policies / "pricing.yaml")
-    (policies / "bench.yaml").write_text(POLICY)
-    key = new_key()
-    (home / "keys.yaml").write_text("keys:\n" + key_line(key, ORG, "app", "bench") + "\n")
-    redis_port, port = free_port(), free_port()
-    redis_cmd = [
-        "redis-server",
-        "--bind",
-        HOST,
-        "--port",
-        str(redis_port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--maxmemory-policy",
-        "noeviction",
-        "--dir",
-        str(home),
-    ]
-    redis = procs.start(f"redis-{name}", redis_cmd, cpu=client_cpu)
-    wait_until("PONG", lambda: redis_pings(redis_port), redis, procs, f"redis-{name}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETD_")}
-    env.update(
-        BUDGETD_REDIS_URL=f"redis://{HOST}:{redis_port}/0",
-        BUDGETD_POLICY_DIR=str(policies),
-        BUDGETD_KEYS_FILE=str(home / "keys.yaml"),
-        BUDGETD_POLICY_POLL_S="0",
-        BUDGETD_SWEEP_INTERVAL_S="0",
-    )
+    redis, env, key = bench_redis(procs, tmp / name, f"redis-{name}", client_cpu)
+    port = free_port()
     env.update(extra_env)
     if app_dir is not None:
         env["PYTHONPATH"] = str(app_dir)

@@ -739,24 +739,22 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(
-    args: argparse.Namespace,
-    tmp: Path,
-    procs: Processes,
-    server_cpu: int | None,
-    client_cpu: int | None,
-    pinning: str,
-) -> int:
-    policies = tmp / "policies"
-    policies.mkdir()
+def bench_redis(
+    procs: Processes, home: Path, name: str, cpu: int | None
+) -> tuple[subprocess.Popen[bytes], dict[str, str], str]:
+    """In ``home``: the bench policy and the price table, an API key, and a ``redis-server``
+    (loopback, free port, no persistence, ``noeviction``) started as ``name`` on ``cpu``.
+    Returns the server, the service's environment for them (no policy polling, no sweep) and
+    the key."""
+    policies = home / "policies"
+    policies.mkdir(parents=True)
     shutil.copy(PRICING, policies / "pricing.yaml")
     (policies / "bench.yaml").write_text(POLICY)
     key = new_key()
-    (tmp / "keys.yaml").write_text("keys:\n" + key_line(key, ORG, "app", "bench") + "\n")
-
-    redis_port, service_port = free_port(), free_port()
+    (home / "keys.yaml").write_text("keys:\n" + key_line(key, ORG, "app", "bench") + "\n")
+    redis_port = free_port()
     redis = procs.start(
-        "redis",
+        name,
         [
             "redis-server",
             "--bind",
@@ -772,20 +770,32 @@ def run(
             "--protected-mode",
             "yes",
             "--dir",
-            str(tmp),
+            str(home),
         ],
-        cpu=client_cpu,
+        cpu=cpu,
     )
-    wait_until("PONG", lambda: redis_pings(redis_port), redis, procs, "redis")
-
+    wait_until("PONG", lambda: redis_pings(redis_port), redis, procs, name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETD_")}
     env.update(
         BUDGETD_REDIS_URL=f"redis://{HOST}:{redis_port}/0",
         BUDGETD_POLICY_DIR=str(policies),
-        BUDGETD_KEYS_FILE=str(tmp / "keys.yaml"),
+        BUDGETD_KEYS_FILE=str(home / "keys.yaml"),
         BUDGETD_POLICY_POLL_S="0",
         BUDGETD_SWEEP_INTERVAL_S="0",
     )
+    return redis, env, key
+
+
+def run(
+    args: argparse.Namespace,
+    tmp: Path,
+    procs: Processes,
+    server_cpu: int | None,
+    client_cpu: int | None,
+    pinning: str,
+) -> int:
+    redis, env, key = bench_redis(procs, tmp, "redis", client_cpu)
+    service_port = free_port()
     service = procs.start(
         "service",
         uvicorn_cmd(args.service_app, service_port, args.service_app_dir),
