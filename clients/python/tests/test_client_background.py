@@ -212,3 +212,60 @@ def test_a_forked_child_settles_its_own_calls_in_the_background(
 def _one_call_then_close(claude: anthropic.Anthropic) -> None:
     claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)
     claude.close()
+
+
+class ReserveGate(httpx.AsyncBaseTransport):
+    """Holds bob's reserves until opened; logs, in order, when they are held and let through
+    and when each commit reaches budgetd."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.opened = asyncio.Event()
+        self.log: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/reservations") and b'"bob"' in request.content:
+            self.log.append("reserve held")
+            await asyncio.wait_for(self.opened.wait(), HANG_GUARD_S)
+            self.log.append("reserve answered")
+        elif request.url.path.endswith("/commit"):
+            self.log.append("commit")
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_async_background_commits_wait_for_the_reserves_in_flight(
+    fake_api: FakeMessagesAPI, budgetd_url: str
+) -> None:
+    """A background commit shares the app's event loop and budgetd with the app's calls: sent
+    while another call's reserve is in flight, it is work ahead of that reserve's answer, on
+    the app's critical path (issue 13: async background settling was slower than inline). It
+    goes out once the reserves then in flight are answered."""
+    gate = ReserveGate()
+    budgetd = AsyncBudgetdClient(budgetd_url, org="acme", transport=gate)
+    claude = guard(
+        fake_api.async_client(), budgetd=budgetd, org="acme", user="alice", settle="background"
+    )
+    bob = asyncio.create_task(
+        claude.messages.create(
+            model=HAIKU, max_tokens=300, messages=MESSAGES, extra_headers={"x-budgetd-user": "bob"}
+        )
+    )
+    assert await async_wait_for(lambda: gate.log == ["reserve held"])
+    await claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)  # alice's
+    # Turns of the loop, not time: ample for a worker to take alice's commit to budgetd (no
+    # I/O before the gate) had it not waited for bob's reserve.
+    for _ in range(200):
+        await asyncio.sleep(0)
+    gate.opened.set()
+    await bob
+    await claude.close()  # flushes both commits
+    assert gate.log == ["reserve held", "reserve answered", "commit", "commit"]
+    plain = AsyncBudgetdClient(budgetd_url, org="acme")
+    for user in ("alice", "bob"):
+        state = (await plain.budgets(user=user)).budget("user-day")
+        assert (state.spent_micros, state.held_micros) == (COST, 0)
+    await plain.aclose()
+    await budgetd.aclose()

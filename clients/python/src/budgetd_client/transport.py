@@ -139,9 +139,16 @@ if hasattr(os, "register_at_fork"):
 class _AsyncSettler:
     """Runs settle flows on background tasks of the app's event loop (asyncio)."""
 
-    def __init__(self, run: Callable[[Flow[Any]], Awaitable[Any]], stats: Any) -> None:
+    def __init__(
+        self,
+        run: Callable[[Flow[Any]], Awaitable[Any]],
+        stats: Any,
+        reserving: set[asyncio.Future[None]],
+    ) -> None:
         self._run = run
         self._stats = stats
+        self._reserving = reserving
+        """The transport's reserves in flight: a settlement is sent after those (see _work)."""
         self._queue: asyncio.Queue[Flow[Any]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsettled = 0
@@ -159,6 +166,7 @@ class _AsyncSettler:
         while True:
             flow = await self._queue.get()
             try:
+                await self._after_reserves()
                 await self._run(flow)
             except Exception:  # Guard.settle logs budgetd's errors; this is anything else
                 self._stats.bump("settle_errors")
@@ -166,6 +174,23 @@ class _AsyncSettler:
             finally:
                 self._unsettled -= 1
                 self._queue.task_done()
+
+    async def _after_reserves(self) -> None:
+        """Wait for the reserves in flight now (not for later ones: no starvation, and each is
+        bounded by the client's deadline).
+
+        The workers share the app's event loop and budgetd's connection with the app's calls.
+        A commit sent while another call's reserve is in flight puts its client work (build,
+        send, parse) on the loop and its request in budgetd's queue, both ahead of the answer
+        that call is waiting for: the reserve, on the app's critical path, pays for the commit
+        that was taken off it. Sent once those reserves are answered, it runs while the calls
+        wait for Claude, which is where the idle time is. Nothing else changes: the commit is
+        still sent, by the same worker, and ``aclose()`` still waits for it.
+        """
+        loop = asyncio.get_running_loop()
+        pending = [f for f in self._reserving if not f.done() and f.get_loop() is loop]
+        if pending:
+            await asyncio.wait(pending)
 
     async def aclose(self) -> None:
         """Flush: wait for the queued settlements (up to ``FLUSH_TIMEOUT_S``), then stop."""
@@ -320,8 +345,11 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
             budgetd, org, user, feature, session, metadata, count_tokens, margin, tags
         )
         self.inner = inner or httpx2.AsyncHTTPTransport()
+        self._reserving: set[asyncio.Future[None]] = set()
         self._settler = (
-            _AsyncSettler(self.run, budgetd.stats) if _checked(settle) == "background" else None
+            _AsyncSettler(self.run, budgetd.stats, self._reserving)
+            if _checked(settle) == "background"
+            else None
         )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -346,7 +374,9 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
     async def _do(self, step: Step) -> Any:
         if isinstance(step, Budgetd):
             if step.method == "reserve":
-                return await self.budgetd.reserve(**step.kwargs)
+                if self._settler is None:
+                    return await self.budgetd.reserve(**step.kwargs)
+                return await self._reserve(step)
             # A settlement runs even in a task being cancelled (the app gave up on the call):
             # the hold must not wait for its lease.
             with anyio.CancelScope(shield=True):
@@ -357,6 +387,16 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
             return await step.response.aread()
         assert isinstance(step, Tap)  # mypy cannot tell the shielded `with` never swallows
         return _tapped(step, _AsyncTapped(step, self._settle))
+
+    async def _reserve(self, step: Budgetd) -> Any:
+        """A reserve the background settlements let through first (``_AsyncSettler``)."""
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reserving.add(answered)
+        try:
+            return await self.budgetd.reserve(**step.kwargs)
+        finally:
+            self._reserving.discard(answered)
+            answered.set_result(None)
 
     async def _settle(self, flow: Flow[Any]) -> None:
         if self._settler is None:
