@@ -35,6 +35,7 @@ import asyncio
 import contextvars
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -116,6 +117,7 @@ class Upstream(asyncio.Protocol):
     request is answered with ``RESPONSE`` after the delay."""
 
     delay_s = 0.2
+    jitter = 0.0
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -137,15 +139,16 @@ class Upstream(asyncio.Protocol):
             if len(self.buf) < end + 4 + length:
                 return
             del self.buf[: end + 4 + length]
-            asyncio.get_running_loop().call_later(self.delay_s, self._answer)
+            delay = self.delay_s * (1.0 + self.jitter * (2.0 * random.random() - 1.0))
+            asyncio.get_running_loop().call_later(delay, self._answer)
 
     def _answer(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(RESPONSE)
 
 
-def serve_upstream(port: int, delay_s: float) -> None:
-    Upstream.delay_s = delay_s
+def serve_upstream(port: int, delay_s: float, jitter: float) -> None:
+    Upstream.delay_s, Upstream.jitter = delay_s, jitter
 
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(Upstream, HOST, port, backlog=512)
@@ -273,6 +276,17 @@ class Setup:
     service_pid: int
     http: str
     """How the budgetd client reaches budgetd: ``own`` (its default pool) or ``httpx``."""
+    delay_s: float
+    lockstep: bool
+    """Start every call at once (the bench before issue 13's background-settle fix)."""
+
+    def start_after(self, slot: int) -> float:
+        """When the ``slot``-th caller starts: spread over one upstream delay, as the calls of
+        an app in steady state are. Started together against an upstream that answers every
+        call after exactly the same delay, the calls stay in step for the whole phase, and
+        each one's budgetd round trips wait for the app's event loop (or GIL) to finish the
+        other calls' work: a property of the bench, not of an app."""
+        return 0.0 if self.lockstep else self.delay_s * slot / self.concurrency
 
     def budgetd_options(self, kind: str) -> dict[str, Any]:
         if self.http == "own":
@@ -330,6 +344,7 @@ def sync_phase(setup: Setup, mode: str) -> tuple[Timings, dict[str, Any]]:
 
     def worker(slot: int) -> None:
         n = slot
+        stop.wait(setup.start_after(slot))
         while not stop.is_set():
             spent: list[int] = []
             token = _upstream_ns.set(spent)
@@ -380,6 +395,7 @@ async def async_phase(setup: Setup, mode: str) -> tuple[Timings, dict[str, Any]]
 
     async def worker(slot: int) -> None:
         n = slot
+        await asyncio.sleep(setup.start_after(slot))
         while not stop:
             spent: list[int] = []
             _upstream_ns.set(spent)  # this task's own context
@@ -482,6 +498,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--delay", type=float, default=0.2, help="upstream answer delay (s)")
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="spread the upstream delay uniformly over ±this fraction of it (0: every answer "
+        "after exactly --delay, so calls that start together stay in step)",
+    )
+    p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="start every call of a phase at the same instant (by default they start spread "
+        "over one upstream delay)",
+    )
     p.add_argument("--clients", choices=("sync", "async", "both"), default="both")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
     p.add_argument(
@@ -500,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.upstream:
-        serve_upstream(args.upstream, args.delay)
+        serve_upstream(args.upstream, args.delay, args.jitter)
         return 0
     if args.realtime:
         # Inherited by every process started below. The kernel's RT throttling still leaves
@@ -542,10 +571,9 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
         BUDGETD_SWEEP_INTERVAL_S="0",
     )
     service = procs.start("service", uvicorn_cmd("budgetd.asgi:app", service_port), env=env)
-    upstream = procs.start(
-        "upstream",
-        [sys.executable, __file__, "--upstream", str(upstream_port), "--delay", str(args.delay)],
-    )
+    upstream_args = ["--upstream", str(upstream_port), "--delay", str(args.delay)]
+    upstream_args += ["--jitter", str(args.jitter)]
+    upstream = procs.start("upstream", [sys.executable, __file__, *upstream_args])
     budgetd_url = f"http://{HOST}:{service_port}"
     wait_until("/readyz", lambda: http_ok(budgetd_url + "/readyz"), service, procs, "service")
     wait_until("listening", lambda: _listening(upstream_port), upstream, procs, "upstream")
@@ -560,11 +588,15 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
         duration_s=args.duration,
         service_pid=service.pid,
         http=args.budgetd_http,
+        delay_s=args.delay,
+        lockstep=args.lockstep,
     )
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     kinds = ("sync", "async") if args.clients == "both" else (args.clients,)
     print(
-        f"{args.concurrency} in flight, upstream answers after {args.delay * 1000:.0f} ms, "
+        f"{args.concurrency} in flight, upstream answers after {args.delay * 1000:.0f} ms"
+        + (f" ± {args.jitter:.0%}" if args.jitter else "")
+        + f", calls {'started together' if args.lockstep else 'started spread over it'}, "
         f"{args.rounds} rounds × {args.duration:.0f} s measured per phase, in turns; "
         f"budgetd on real Redis, one uvicorn worker; "
         f"budgetd client connections: {args.budgetd_http}"
