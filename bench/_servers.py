@@ -1,6 +1,6 @@
 """A throwaway ``redis-server`` for the benches that drive Redis from their own process
-(app_profile, pipeline_deadline, redis_work): loopback, a free port, no persistence, its files
-in the bench's temp dir; stopped on exit."""
+(app_profile, pipeline_deadline, redis_work, redis_instructions under valgrind): loopback, a
+free port, no persistence, its files in the bench's temp dir; stopped on exit."""
 
 from __future__ import annotations
 

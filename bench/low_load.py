@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _machine import load_average, steal_ticks
+from _machine import load_average, process_cpu, steal_ticks
 from reserve_commit import (
     BENCH_DIR,
     HOST,
@@ -54,7 +54,7 @@ from reserve_commit import (
 )
 
 
-def process_cpu_s(pid: int) -> float:
+def process_runtime_s(pid: int) -> float:
     """CPU time of ``pid``, all its threads, in seconds, to the nanosecond: the scheduler's
     ``sum_exec_runtime`` (``/proc/<pid>/task/*/schedstat``). ``/proc/<pid>/stat`` counts in
     clock ticks (10 ms), too coarse for a service idle 95 % of the time."""
@@ -63,13 +63,6 @@ def process_cpu_s(pid: int) -> float:
         with contextlib.suppress(OSError):  # a thread that just ended
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
-
-
-def process_cpu(pid: int) -> tuple[float, float]:
-    """(utime, stime) of ``pid`` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 try:
@@ -162,7 +155,7 @@ async def paced(target: Target, rate: float, seconds: float, window: Window, fir
         for _ in range(20):  # warm the connection and the service's caches, not measured
             n = await one_pair(send, target.requests, n, None)
         (user0, sys0), t0 = process_cpu(target.pid), time.perf_counter()
-        cpu0, client0 = process_cpu_s(target.pid), time.process_time()
+        cpu0, client0 = process_runtime_s(target.pid), time.process_time()
         steal0, load0 = steal_ticks(), load_average().split()[0]
         end = loop.time() + seconds
         next_at = loop.time()
@@ -173,7 +166,7 @@ async def paced(target: Target, rate: float, seconds: float, window: Window, fir
             if rate > 0 and (delay := next_at - loop.time()) > 0:
                 await asyncio.sleep(delay)
         window.seconds += time.perf_counter() - t0
-        window.cpu_s += process_cpu_s(target.pid) - cpu0
+        window.cpu_s += process_runtime_s(target.pid) - cpu0
         window.client_cpu_s += time.process_time() - client0
         user1, sys1 = process_cpu(target.pid)
         window.user_s += user1 - user0
@@ -206,10 +199,10 @@ async def one_pair(send: object, requests: Requests, n: int, window: Window | No
 
 
 def idle(target: Target, seconds: float, window: Window) -> None:
-    cpu0, t0 = process_cpu_s(target.pid), time.perf_counter()
+    cpu0, t0 = process_runtime_s(target.pid), time.perf_counter()
     time.sleep(seconds)
     window.idle_s = time.perf_counter() - t0
-    window.idle_cpu_s = process_cpu_s(target.pid) - cpu0
+    window.idle_cpu_s = process_runtime_s(target.pid) - cpu0
 
 
 def show(w: Window, rnd: int) -> None:

@@ -51,7 +51,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from _machine import steal_ticks
+from _machine import process_cpu, steal_ticks
 from budgetd.auth import key_line, new_key
 
 try:
@@ -393,8 +393,7 @@ class Phase:
 
 def process_cpu_s(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(process_cpu(pid))
 
 
 def cpu_busy_s(cpu: int | None) -> float:
