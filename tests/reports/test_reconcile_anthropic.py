@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from budgetd.api.reports import RECONCILE_MAX_BODY_BYTES
 from budgetd.app import create_app
 from budgetd.cli import main
 from budgetd.contract import UsageRequest
@@ -211,4 +212,60 @@ async def test_http(seeded: tuple[Path, list[Call]], tmp_path: Path, redis_url: 
             "/v1/admin/reconcile/anthropic?org=acme", content="{}", headers=headers
         )
         assert bad.status_code == 422 and bad.json()["field"] == "body"
+    await store.close()
+
+
+def month_of_console_csv(days: int = 30) -> str:
+    """A Console cost CSV as a month of a mid-sized org comes out: a row per day, model,
+    workspace and token type (~2,700 rows, ~250 KB: past the 64 KiB of the hot routes)."""
+    kinds = [
+        ("Input Tokens", "uncached_input_tokens"),
+        ("Output Tokens", "output_tokens"),
+        ("Cache Read", "cache_read_input_tokens"),
+        ("Cache Write (5m)", "cache_creation.ephemeral_5m_input_tokens"),
+        ("Cache Write (1h)", "cache_creation.ephemeral_1h_input_tokens"),
+    ]
+    lines = ["usage_date_utc,model,workspace,description,token_type,cost_usd"]
+    for day in range(1, days + 1):
+        for model in ("claude-haiku-test", "claude-sonnet-test", "claude-opus-test"):
+            for workspace in ("Production", "Staging", "Research", "Evals", "Batch", "Sandbox"):
+                for description, kind in kinds:
+                    lines.append(
+                        f"2026-11-{day:02d},{model},{workspace},{description},{kind},12.345678"
+                    )
+    return "\n".join(lines) + "\n"
+
+
+async def test_http_takes_a_month_of_console_csv(
+    seeded: tuple[Path, list[Call]], tmp_path: Path, redis_url: str
+) -> None:
+    """A month's bill is far past the 64 KiB the hot routes take; this route takes up to
+    ``RECONCILE_MAX_BODY_BYTES`` (decisions: "Body bounds"), and past that says so as a problem."""
+    live, _ = seeded
+    keys_file = tmp_path / "keys.yaml"
+    [admin] = write_keys(keys_file, ("acme", "admin", "finance"))
+    store = redis_store(redis_url, timeout_s=5.0)
+    app = create_app(settings_for(live, keys_file=keys_file), store=store)
+    headers = {"Authorization": f"Bearer {admin}", "content-type": "text/csv"}
+    bill = month_of_console_csv()
+    assert len(bill) > 3 * 64 * 1024
+    async with asgi_client(app) as client:
+        got = await client.post(
+            "/v1/admin/reconcile/anthropic?org=acme", content=bill, headers=headers
+        )
+        assert got.status_code == 200, got.text
+        billed = [line for line in got.json()["lines"] if line["anthropic_micros"]]
+        # 30 days x 3 models, each 6 workspaces x 5 kinds x $12.345678.
+        assert len(billed) == 90
+        assert {line["anthropic_micros"] for line in billed} == {30 * 12_345_678}
+        too_big = await client.post(
+            "/v1/admin/reconcile/anthropic?org=acme",
+            content=b"x" * (RECONCILE_MAX_BODY_BYTES + 1),
+            headers=headers,
+        )
+        assert too_big.status_code == 413, too_big.text
+        assert too_big.headers["content-type"].startswith("application/problem+json")
+        problem = too_big.json()
+        assert problem["type"] == "https://budgetd.dev/problems/payload-too-large"
+        assert str(RECONCILE_MAX_BODY_BYTES) in problem["detail"]
     await store.close()

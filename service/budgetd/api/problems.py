@@ -136,11 +136,15 @@ def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> 
     )
 
 
-def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Litestar's own refusals (no route, wrong method, body over its limit), as problems with
-    their headers (``Allow`` on a 405)."""
+    their headers (``Allow`` on a 405); a body over the route's limit names the limit."""
     slug, title = _HTTP_PROBLEMS.get(exc.status_code, ("http-error", str(exc.detail)))
-    p = problem_of(exc.status_code, slug, title, str(exc.detail))
+    detail = str(exc.detail)
+    if exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"the body exceeds the {limit} bytes this route takes"
+    p = problem_of(exc.status_code, slug, title, detail)
     if exc.status_code == 503:
         p.headers.setdefault("Retry-After", str(RETRY_UNAVAILABLE_S))
     return response_of(Problem(p.status, p.body, {**p.headers, **(exc.headers or {})}))

@@ -266,6 +266,12 @@ async def policy_plan(request: AnyRequest) -> plan.Plan:
     return result
 
 
+RECONCILE_MAX_BODY_BYTES = 8 * 1024 * 1024
+"""A bill is a file, not a call: a month of a mid-sized org's Console CSV is ~250 KB, past the
+64 KiB every other route takes. 8 MiB is a year or more of most orgs' bills; a larger one is
+compared a month at a time (docs/decisions.md, "Body bounds")."""
+
+
 class AnthropicBillQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     org: OrgName
     workspace: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
@@ -277,6 +283,7 @@ class AnthropicBillQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 @post(
     "/v1/admin/reconcile/anthropic",
     status_code=200,
+    request_max_body_size=RECONCILE_MAX_BODY_BYTES,
     summary="Compare Anthropic's cost report (API JSON or Console CSV body) with the ledger",
 )
 async def reconcile_anthropic(request: AnyRequest) -> anthropic_bill.Reconciliation:
@@ -377,6 +384,7 @@ OPERATIONS = [
         description="The body is the cost report as the Admin API returns it "
         "(`GET /v1/organizations/cost_report`: one page, a JSON list of pages, or one page a "
         "line) or the Console's cost CSV; an empty body compares nothing. A bill that cannot "
-        "be read is 422 with `field: body` and where in the file.",
+        "be read is 422 with `field: body` and where in the file. The body is at most 8 MiB "
+        "(a larger bill: a month at a time).",
     ),
 ]
