@@ -4,6 +4,7 @@ Redis that keeps nothing on disk, each in one line that names it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
+from budgetd import logs
 from budgetd.app import create_app
 from budgetd.cli import main
 from budgetd.settings import ConfigError, Settings, from_env
-from tests.api.conftest import asgi_client, settings_for, write_policy
+from tests.api.conftest import asgi_client, settings_for, write_keys, write_policy
 from tests.engine.conftest import ACME
 from tests.servers import start_redis
 
@@ -144,15 +147,21 @@ def test_serve_in_strict_mode_without_aof_exits_with_one_line(
         server.stop()
 
 
-def test_the_asgi_entry_keeps_the_apps_lasting_objects_out_of_full_collections(
-    tmp_path: Path,
+@pytest.mark.parametrize("entry", ["budgetd.asgi", "budgetd.gateway.asgi"])
+def test_the_asgi_entries_keep_the_apps_lasting_objects_out_of_full_collections(
+    tmp_path: Path, entry: str
 ) -> None:
     """A full collection on a worker walked every object the app holds for life (~100,000:
-    routes, schemas, prices, policies), a ~50 ms stop of every call in flight; the entry point
-    freezes them once the app is built, so a full collection walks only what came later."""
+    routes, schemas, prices, policies), a 50-90 ms stop of every call in flight; the entry
+    points freeze them once the app is built, so a full collection walks only what came later."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETD_")}
-    run = {**clean, "BUDGETD_POLICY_DIR": str(Path(__file__).parents[1] / "policies")}
-    probe = "import gc, budgetd.asgi\nprint(gc.get_freeze_count(), len(gc.get_objects()))\n"
+    write_keys(tmp_path / "keys.yaml", ("acme", "app", "chat"))  # the gateway needs keys
+    run = {
+        **clean,
+        "BUDGETD_POLICY_DIR": str(Path(__file__).parents[1] / "policies"),
+        "BUDGETD_KEYS_FILE": str(tmp_path / "keys.yaml"),
+    }
+    probe = f"import gc, {entry}\nprint(gc.get_freeze_count(), len(gc.get_objects()))\n"
     done = subprocess.run(
         [sys.executable, "-c", probe],
         check=True,
@@ -165,3 +174,25 @@ def test_the_asgi_entry_keeps_the_apps_lasting_objects_out_of_full_collections(
     frozen, tracked = map(int, done.stdout.split())
     assert frozen > 20_000  # the app's lasting objects
     assert tracked < frozen // 10  # what a full collection still walks
+
+
+@pytest.mark.parametrize("command", ["serve", "gateway"])
+def test_one_worker_serves_a_frozen_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """`budgetd serve` / `budgetd gateway` with one worker serve the app they built themselves
+    (not the asgi module): it is frozen before uvicorn runs it."""
+    seen: list[int] = []
+    monkeypatch.setattr(logs, "configure", lambda level: None)  # the test process's logging
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.append(gc.get_freeze_count()))
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("BUDGETD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("BUDGETD_POLICY_DIR", str(Path(__file__).parents[1] / "policies"))
+    write_keys(tmp_path / "keys.yaml", ("acme", "app", "chat"))  # the gateway needs keys
+    monkeypatch.setenv("BUDGETD_KEYS_FILE", str(tmp_path / "keys.yaml"))
+    try:
+        assert main([command]) in (0, None)
+    finally:
+        gc.unfreeze()
+    assert seen and seen[0] > 20_000

@@ -9,6 +9,7 @@ import uvicorn
 
 from budgetd import logs
 from budgetd.app import create_app
+from budgetd.collector import freeze_built_app
 from budgetd.metrics import WORKER_HEALTHCHECK_S, cleanup_multiprocess, prepare_multiprocess
 from budgetd.settings import ConfigError, Settings
 from budgetd.store.connect import redis_store
@@ -49,6 +50,8 @@ def run(settings: Settings) -> None:
     # worker's /metrics reads (prometheus-client multiprocess mode). Set before the workers
     # start: prometheus_client picks its storage when a worker first imports it.
     samples = prepare_multiprocess() if settings.workers > 1 else None
+    if settings.workers == 1:
+        freeze_built_app()  # this process serves `app` (several workers: their asgi module)
     try:
         uvicorn.run(
             app if settings.workers == 1 else "budgetd.asgi:app",

@@ -9,6 +9,7 @@ import uvicorn
 
 from budgetd import logs
 from budgetd.app import create_app
+from budgetd.collector import freeze_built_app
 from budgetd.gateway.app import Gateway
 from budgetd.gateway.settings import GatewaySettings
 from budgetd.gateway.upstream_keys import UpstreamKeys
@@ -49,6 +50,8 @@ def run(settings: Settings, gateway: GatewaySettings) -> None:
     app = create_gateway(settings, gateway)
     log.info("budgetd gateway: Anthropic at %s", gateway.upstream_url)
     samples = prepare_multiprocess() if settings.workers > 1 else None  # as serve.py
+    if settings.workers == 1:
+        freeze_built_app()  # this process serves `app` (several workers: their asgi module)
     try:
         uvicorn.run(
             app if settings.workers == 1 else "budgetd.gateway.asgi:app",
