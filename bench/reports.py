@@ -66,10 +66,11 @@ def cpu_s(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def seed(client: redis.Redis, entries: int, users: int) -> None:
+def seed(client: redis.Redis, entries: int, users: int, span_ms: int = 30 * 86_400_000) -> None:
+    """``entries`` commit entries of ``users`` users, spread over the last ``span_ms``."""
     rng = random.Random(11)
     now_ms = int(time.time() * 1000)
-    start_ms = now_ms - 30 * 86_400_000
+    start_ms = now_ms - span_ms
     step = (now_ms - start_ms) // entries
     stream = keys.ledger(ORG)
     pipe = client.pipeline(transaction=False)
@@ -115,7 +116,7 @@ def seed(client: redis.Redis, entries: int, users: int) -> None:
                 "usage": msgspec.json.encode(usage).decode(),
                 "lines_picos": "{}",
             },
-            id=f"{start_ms + i * step}-0",
+            id=f"{start_ms + i * step}-{i}",  # (several entries a ms when the span is short)
         )
         if i % 5000 == 4999:
             pipe.execute()

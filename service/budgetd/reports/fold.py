@@ -120,3 +120,15 @@ def fold(entries: list[tuple[str, dict[str, str]]], tz: ZoneInfo) -> Increments:
                 for i, v in enumerate(row):
                     totals[i] += v
     return out
+
+
+def add_into(into: Increments, more: Increments) -> int:
+    """Add ``more``'s totals into ``into``; returns how many rows ``into`` now holds."""
+    for group, rows in more.items():
+        target = into.setdefault(group, {})
+        for entity, totals in rows.items():
+            have = target.get(entity)
+            target[entity] = (
+                totals if have is None else [a + b for a, b in zip(have, totals, strict=True)]
+            )
+    return sum(len(rows) for rows in into.values())

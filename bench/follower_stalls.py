@@ -1,0 +1,129 @@
+"""Benchmark: how long one step of the reports follower stops everything else, in the service's
+event loop and in Redis, by the number of ledger entries a step reads and applies.
+
+    .venv/bin/python bench/follower_stalls.py [--entries 15000] [--users 100] [--rounds 2]
+
+The follower (``reports/follower.py``, the scheduler's ``reports`` job, every 5 s on one
+replica) reads an org's new ledger entries, folds them (Python, in the replica's event loop)
+and applies the sums in one Lua script (which no other command of that Redis interleaves
+with). At 3,000 commits/s a pass has ~15,000 entries. Two ways of stepping, alternately,
+``--rounds`` times each: **before** (2,000 entries read, folded and applied at a time, as the
+follower did) and **after** (the follower's defaults: ``SLICE`` entries read and folded between
+two turns of the loop, an apply once a step's sums fill ``ROWS`` rows or ``BATCH`` entries),
+each on a fresh ``redis-server`` (loopback, no persistence; removed on exit) seeded with
+``--entries`` commit entries of the last 5 s (``bench/reports.py``'s shapes: ``--users``
+users, 20 features, 4 models), it runs one pass on uvloop and reports:
+
+  * **loop stall**: the longest the event loop went without running a 0.5 ms ticker task,
+    minus the ticker's own period: what a reserve or commit arriving then would wait;
+  * **Redis stall**: the longest single command of the pass (``SLOWLOG``, every command
+    logged): what every client of that Redis, every org, would wait;
+  * the pass's wall time, the follower's process CPU and Redis CPU per entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.servers import start_redis
+
+from _machine import load_average, steal_ticks
+from budgetd.reports import follower
+from budgetd.store.connect import redis_store
+from reports import ORG, cpu_s, seed
+
+TICK_S = 0.0005
+
+
+STEPS = {
+    "before": {"batch": 2000, "rows": 10**9, "slice_": 2000},
+    "after": {"batch": follower.BATCH, "rows": follower.ROWS, "slice_": follower.SLICE},
+}
+
+
+async def one_pass(url: str, sync: redis.Redis, steps: dict[str, int]) -> dict[str, float]:
+    store = redis_store(url, timeout_s=30.0)
+    sync.config_set("slowlog-log-slower-than", 0)
+    sync.config_set("slowlog-max-len", 1_000_000)
+    sync.slowlog_reset()
+    stop = asyncio.Event()
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(TICK_S)
+            now = time.perf_counter()
+            worst = max(worst, now - last - TICK_S)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    cpu0, wall0, proc0 = cpu_s(sync), time.perf_counter(), time.process_time()
+    applied = await follower.follow(store, ORG, ZoneInfo("UTC"), **steps)
+    wall, proc, rcpu = (
+        time.perf_counter() - wall0,
+        time.process_time() - proc0,
+        cpu_s(sync) - cpu0,
+    )
+    stop.set()
+    await ticking
+    log: Any = sync.slowlog_get(1_000_000)
+    scripts = [e["duration"] for e in log if e["command"].startswith(b"EVALSHA")]
+    await store.close()
+    return {
+        "applied": applied,
+        "loop_ms": worst * 1e3,
+        "redis_ms": max(scripts, default=0) / 1e3,
+        "applies": len(scripts),
+        "wall_s": wall,
+        "proc_us": proc / applied * 1e6,
+        "redis_us": rcpu / applied * 1e6,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=15_000)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    print(f"{args.entries:,} entries of the last 5 s, {args.users} users; load {load_average()}")
+    print("step    loop stall  Redis stall  applies  pass    follower CPU  Redis CPU (per entry)")
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_redis(Path(tmp))
+        try:
+            url = server.url
+            sync = redis.Redis.from_url(url)
+            for name in ["before", "after"] * args.rounds:
+                sync.flushall()
+                seed(sync, args.entries, args.users, span_ms=5_000)
+                steal0, total0 = steal_ticks()
+                r = await one_pass(url, sync, STEPS[name])
+                steal1, total1 = steal_ticks()
+                assert r["applied"] == args.entries, r
+                print(
+                    f"{name:<6}  {r['loop_ms']:7.1f} ms  {r['redis_ms']:8.1f} ms  "
+                    f"{r['applies']:>6}  {r['wall_s']:5.2f} s  {r['proc_us']:8.1f} µs  "
+                    f"{r['redis_us']:7.1f} µs   "
+                    f"steal {(steal1 - steal0) / max(1, total1 - total0):.1%}, "
+                    f"load {load_average().split()[0]}"
+                )
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
