@@ -37,7 +37,7 @@ class PolicyWatcher:
         self._seen = signature
         registry = self.engine.registry
         before = registry.current if registry.loaded else None
-        status = registry.reload()
+        status = await registry.reload_in_thread()
         self.engine.metrics.policy_loaded.set(1 if self.engine.registry.loaded else 0)
         if not status.ok:
             self.engine.metrics.policy_load_errors.inc()

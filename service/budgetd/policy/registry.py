@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -44,12 +45,27 @@ class PolicyRegistry:
         return self._current.orgs.get(org) if self._current is not None else None
 
     def reload(self) -> LoadStatus:
+        """Read, check and install the directory's policies, in the caller's thread."""
+        return self._install(self._read())
+
+    async def reload_in_thread(self) -> LoadStatus:
+        """``reload`` with the files read and checked in a worker thread, the swap in the
+        caller's: a directory of 50 orgs takes 0.1-0.2 s to load, which every call in flight
+        on the worker's event loop would otherwise wait out (on every replica at once, after a
+        ConfigMap change)."""
+        return self._install(await asyncio.to_thread(self._read))
+
+    def _read(self) -> PolicySet | PolicyError:
         try:
-            fresh = load_policy_dir(self.directory, self.pricing_path)
+            return load_policy_dir(self.directory, self.pricing_path)
         except PolicyError as exc:
+            return exc
+
+    def _install(self, fresh: PolicySet | PolicyError) -> LoadStatus:
+        if isinstance(fresh, PolicyError):
             self.load_errors += 1
-            self.last_status = LoadStatus(ok=False, errors=tuple(exc.errors))
-            log.error("policy reload failed; keeping the last good policy:\n%s", exc)
+            self.last_status = LoadStatus(ok=False, errors=tuple(fresh.errors))
+            log.error("policy reload failed; keeping the last good policy:\n%s", fresh)
             return self.last_status
         self._current = fresh
         self.last_status = LoadStatus(ok=True, files=fresh.files)
