@@ -1041,7 +1041,9 @@ async def record_product(port: int, tmp: Path, users: int) -> tuple[Any, Shape, 
     return engine, Shape.from_product(reserve[2], commit[2]), recorded
 
 
-async def product_replay(engine: Any, recorded: list[Any], pairs: int, concurrency: int) -> Any:
+async def product_replay(
+    engine: Any, recorded: list[Any], pairs: int, concurrency: int, round_: int
+) -> Any:
     """The product's pair as this bench's driver sends it: the recorded reserve and commit of
     each user, fresh ids, one script call per socket read, ``concurrency`` in flight."""
     client = engine.store.client
@@ -1059,7 +1061,7 @@ async def product_replay(engine: Any, recorded: list[Any], pairs: int, concurren
     async def pair() -> None:
         i = next(seq)
         reserve, commit, rid = recorded[i % len(recorded)]
-        new = f"replay-{i}"
+        new = f"replay-{round_}-{i}"
         for name, (_, keys, args) in (("reserve", reserve), ("commit", commit)):
             keys_ = [fresh(k, rid, new) for k in keys]
             reply = await client.evalsha(
@@ -1100,19 +1102,26 @@ async def cpu_phase(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]
         for r in range(args.rounds):
             row: dict[str, Any] = {"round": r}
             row["product (replayed)"] = await product_replay(
-                engine, recorded, args.pairs, args.concurrency
+                engine, recorded, args.pairs, args.concurrency, r
             )
             for d in drivers:
                 row[label(d.v)] = await timed_pairs(
                     engine, args.pairs, args.concurrency, d.v.batch, d.pair
                 )
+                # The same ops again, 50 script calls per socket read: the scripts without
+                # a read and a reply each.
+                rids = [d.fresh() for _ in range(args.pairs // d.v.batch)]
+                window = await Window.start(engine)
+                await d.pipelined("reserve", [d.reserve_call(r) for r in rids])
+                await d.pipelined("commit", [d.commit_call(r) for r in rids])
+                row[label(d.v)]["pipelined"] = await window.stop(engine, args.pairs)
             window = await Window.start(engine)
             row["ping"] = {**(await ping_floor(engine)), **(await window.stop(engine, 1))}
             del row["ping"]["redis_cpu_us_per_pair"]
             results.append(row)
             print(json.dumps(row), flush=True)
         for d in (d for d in drivers if d.v.checked):
-            calls = args.users * 2 + 1 + args.rounds * (args.pairs // d.v.batch)
+            calls = args.users * 2 + 1 + 2 * args.rounds * (args.pairs // d.v.batch)
             await check_counters(client, d, calls * d.v.batch)
         await client.aclose()
         await engine.store.close()
