@@ -146,6 +146,8 @@ local function reserve(k, a)
   local l6 = level(u[5], udt, r6, c6) - outp * SCALE
   if l1 < 0 or l2 < 0 or l3 < 0 then deny = deny or {}; deny[#deny + 1] = 'org-rate' end
   if l4 < 0 or l5 < 0 or l6 < 0 then deny = deny or {}; deny[#deny + 1] = 'user-rate' end
+  --@ROLLR@
+  --@SESSR@
   if deny then return {'denied', now, 0, deny} end
   --@EVENTS@
   -- Writes: every value was read and checked above.
@@ -162,6 +164,8 @@ local function reserve(k, a)
   else
     redis.call('HSET', cd, hf, fmt(d3 + amount), hu, fmt(d5 + amount))
   end
+  --@ROLLW@
+  --@SESSW@
   local at = fmt(now)
   local span = math.max(ttl(l1, r1, c1), ttl(l2, r2, c2), ttl(l3, r3, c3))
   if (tonumber(o[1]) or 0) < now + span then
@@ -183,7 +187,7 @@ local function reserve(k, a)
   redis.call('HSET', rkey, 'st', 'held', 'a', ARGV[a + 4], 'i', ARGV[a + 5], 'o', ARGV[a + 6],
     'dl', dl, 'cm', cm, 'cd', cd, 'em', em, 'ed', ed, 'sm', sm, 'hm', hm, 'sf', sf, 'hf', hf,
     'su', su, 'hu', hu, 'bo', bo, 'bu', bu, 'oi', ARGV[a + 21], 'oo', ARGV[a + 23],
-    'ui', ARGV[a + 27], 'uo', ARGV[a + 29], 'meta', ARGV[a + 7]--@IDEMW@
+    'ui', ARGV[a + 27], 'uo', ARGV[a + 29], 'meta', ARGV[a + 7]--@IDEMW@--@ROLLREC@--@SESSREC@
     )
   redis.call('PEXPIRE', rkey, fmt(ARGV[a + 2] + ARGV[a + 3]))
   redis.call('ZADD', holds, dl, rid)
@@ -220,6 +224,72 @@ FIXED_EVENTS = """
   end
   -- (a crossing's marker and XADD are not written: the timed runs cross none)"""
 
+# A rolling 24 h budget of the user (the example policy's kind): 25 sub-buckets of an hour in
+# chunk hashes of 25 (lib.lua's layout), the window's 25 field names passed by the caller (no
+# name built in Lua), the held amount in the org's `held` hash. Reserve: the window's two
+# HMGETs and the held one, the sum, the check, the held write. Commit: the held hash and the
+# current sub-bucket's chunk read and written. ARGV at @RO@: held hash, held field, limit,
+# chunk 1, chunk 2, how many of the 25 fields are in chunk 1, the 25 fields.
+FIXED_ROLLING_READ = """
+  local rb = a + @RO@
+  local rh, rf, n1 = ARGV[rb], ARGV[rb + 1], ARGV[rb + 5] + 0
+  local w1 = redis.call('HMGET', ARGV[rb + 3], unpack(ARGV, rb + 6, rb + 5 + n1))
+  local w2 = redis.call('HMGET', ARGV[rb + 4], unpack(ARGV, rb + 6 + n1, rb + 30))
+  local wh = redis.call('HMGET', rh, rf)
+  local wheld = num(wh[1])
+  local used = wheld
+  for i = 1, n1 do used = used + num(w1[i]) end
+  for i = 1, 25 - n1 do used = used + num(w2[i]) end
+  if used + amount > ARGV[rb + 2] + 0 then deny = deny or {}; deny[#deny + 1] = 'user-24h' end"""
+FIXED_ROLLING_WRITE = """
+  redis.call('HSET', rh, rf, fmt(wheld + amount))"""
+FIXED_ROLLING_RECORD = ", 'rh', rh, 'rf', rf"
+# Commit: ARGV at @RC@: the commit's sub-bucket chunk hash, its field, the chunk's expire-at.
+FIXED_ROLLING_COMMIT_READ = """
+  local rh, rf = r[@RI@], r[@RI@ + 1]
+  local ck, cf, ce = ARGV[a + @RC@], ARGV[a + @RC@ + 1], ARGV[a + @RC@ + 2]
+  local wh = redis.call('HMGET', rh, rf)
+  local wc = redis.call('HMGET', ck, '_x', cf)"""
+FIXED_ROLLING_COMMIT_WRITE = """
+  if holding then redis.call('HSET', rh, rf, fmt(num(wh[1]) - freed)) end
+  if (tonumber(wc[1]) or 0) < ce + 0 then
+    redis.call('HSET', ck, cf, fmt(num(wc[2]) + cost), '_x', ce)
+    redis.call('PEXPIREAT', ck, ce)
+  else
+    redis.call('HSET', ck, cf, fmt(num(wc[2]) + cost))
+  end"""
+
+
+# A session budget (the session engineer's `period: session`): its spent and held fields in a
+# sliding hash whose expiry moves to now + the idle time on every write, and its generation `g`
+# (the instant it was created): a hold on a hash that idled out and was created again frees
+# nothing there. ARGV at @SE@: session hash, spent field, held field, limit, idle ms.
+FIXED_SESSION_READ = """
+  local sb = a + @SE@
+  local sh, ss, sx = ARGV[sb], ARGV[sb + 1], ARGV[sb + 2]
+  local sv = redis.call('HMGET', sh, 'g', ss, sx)
+  local sheld = num(sv[3])
+  if num(sv[2]) + sheld + amount > ARGV[sb + 3] + 0 then
+    deny = deny or {}
+    deny[#deny + 1] = 'session'
+  end
+  local sg = sv[1] or fmt(now)"""
+FIXED_SESSION_WRITE = """
+  redis.call('HSET', sh, 'g', sg, sx, fmt(sheld + amount))
+  redis.call('PEXPIRE', sh, ARGV[sb + 4])"""
+FIXED_SESSION_RECORD = ", 'sh', sh, 'ss', ss, 'sx', sx, 'sl', ARGV[sb + 4], 'sg', sg"
+FIXED_SESSION_COMMIT_READ = """
+  local sh, ss, sx, sl, sg = r[@SI@], r[@SI@ + 1], r[@SI@ + 2], r[@SI@ + 3], r[@SI@ + 4]
+  local sv = redis.call('HMGET', sh, 'g', ss, sx)"""
+FIXED_SESSION_COMMIT_WRITE = """
+  if holding and sv[1] == sg then
+    redis.call('HSET', sh, 'g', sv[1], ss, fmt(num(sv[2]) + cost), sx, fmt(num(sv[3]) - freed))
+  else
+    redis.call('HSET', sh, 'g', sv[1] or fmt(now), ss, fmt(num(sv[2]) + cost))
+  end
+  redis.call('PEXPIRE', sh, sl)"""
+
+
 # KEYS per op (3): reservation, hold index, ledger. ARGV per op: 1 rid, 2 cost, 3 actual input,
 # 4 actual output, 5 record keep ms, 6-13 the ledger's other field/value pairs (model, pricing
 # version, usage, lines), then @CFP@: the commit's fingerprint (idempotency variant).
@@ -232,6 +302,7 @@ local function commit(k, a)
   local rid, cost = ARGV[a + 1], ARGV[a + 2] + 0
   local r = redis.call('HMGET', rkey, 'st', 'a', 'i', 'o', 'dl', 'cm', 'cd', 'em', 'ed', 'sm',
     'hm', 'sf', 'hf', 'su', 'hu', 'bo', 'bu', 'oi', 'oo', 'ui', 'uo', 'meta', 'cres'--@CFPR@
+    --@ROLLF@--@SESSF@
     )
   local st = r[1]
   if not st then return {'missing', 0, 0, 0, 0, ''} end
@@ -247,6 +318,8 @@ local function commit(k, a)
   local cm, cd, sm, hm, sf, hf, su, hu = r[6], r[7], r[10], r[11], r[12], r[13], r[14], r[15]
   local m = redis.call('HMGET', cm, '_x', sm, hm)
   local d = redis.call('HMGET', cd, '_x', sf, hf, su, hu)
+  --@ROLLCR@
+  --@SESSCR@
   local freed = 0
   if holding then freed = amount end
   local nsm, nsf, nsu = fmt(num(m[2]) + cost), fmt(num(d[2]) + cost), fmt(num(d[4]) + cost)
@@ -266,7 +339,7 @@ local function commit(k, a)
   local at = fmt(now)
   local id = redis.call('XADD', ledger, '*', 'kind', 'commit', 'reservation_id', rid,
     'cost_micros', ARGV[a + 2],
-    'charged', cm .. '#' .. sm .. ' ' .. cd .. '#' .. sf .. ' ' .. cd .. '#' .. su,
+    'charged', cm .. '#' .. sm .. ' ' .. cd .. '#' .. sf .. ' ' .. cd .. '#' .. su--@ROLLCH@,
     'held_micros', r[2], 'overrun', overrun, 'late', late .. '', 'at_ms', at, 'reservation', r[22],
     unpack(ARGV, a + 6, a + 13))
   if (tonumber(m[1]) or 0) < r[8] + 0 then
@@ -281,6 +354,8 @@ local function commit(k, a)
   else
     redis.call('HSET', cd, sf, nsf, hf, nhf, su, nsu, hu, nhu)
   end
+  --@ROLLCW@
+  --@SESSCW@
   if o then
     if o[1] or o[2] then redis.call('HSET', r[16], 'input.t', fmt(l1), 'output.t', fmt(l2)) end
     if u[1] or u[2] then redis.call('HSET', r[17], 'input.t', fmt(l3), 'output.t', fmt(l4)) end
@@ -633,22 +708,48 @@ return out
 RETURN_ONLY = "return {}"
 
 
-def fixed_sources(idem: bool, lazy: bool, events: bool) -> tuple[str, str]:
-    """The fixed reserve and commit with the features asked for, and their ARGV strides."""
-    reserve_na, fp, th = 30, 0, 0
+def fixed_sources(
+    idem: bool = False,
+    lazy: bool = False,
+    events: bool = False,
+    rolling: bool = False,
+    session: bool = False,
+) -> tuple[str, str]:
+    """The fixed reserve and commit with the features asked for (their extra arguments follow
+    the base ones in this order: fingerprint, thresholds, rolling window, session)."""
+    reserve_na, fp, th, ro, se = 30, 0, 0, 0, 0
     if idem:
         reserve_na += 1
         fp = reserve_na
     if events:
         th = reserve_na + 1
         reserve_na += 9
+    if rolling:
+        ro = reserve_na + 1
+        reserve_na += 31
+    if session:
+        se = reserve_na + 1
+        reserve_na += 5
+    commit_na, ri, rc = 13 + idem, 24 + idem, 0
+    si = ri + 2 * rolling
+    if rolling:
+        rc = commit_na + 1
+        commit_na += 3
     reserve = (
         FIXED_RESERVE.replace("--@IDEM@", FIXED_IDEM_RESERVE if idem else "")
         .replace("--@IDEMW@", FIXED_IDEM_RESERVE_WRITE if idem else "")
         .replace("--@LAZY@", FIXED_LAZY if lazy else "")
         .replace("--@EVENTS@", FIXED_EVENTS if events else "")
+        .replace("--@ROLLR@", FIXED_ROLLING_READ if rolling else "")
+        .replace("--@ROLLW@", FIXED_ROLLING_WRITE if rolling else "")
+        .replace("--@ROLLREC@", FIXED_ROLLING_RECORD if rolling else "")
+        .replace("--@SESSR@", FIXED_SESSION_READ if session else "")
+        .replace("--@SESSW@", FIXED_SESSION_WRITE if session else "")
+        .replace("--@SESSREC@", FIXED_SESSION_RECORD if session else "")
+        .replace("@SE@", str(se))
         .replace("@FP@", str(fp))
         .replace("@TH@", str(th))
+        .replace("@RO@", str(ro))
         .replace("@NA@", str(reserve_na))
     )
     commit = (
@@ -658,7 +759,17 @@ def fixed_sources(idem: bool, lazy: bool, events: bool) -> tuple[str, str]:
             "if r[24] ~= ARGV[a + 14] then return {'conflict', 0, 0, 0, 0, st} end" if idem else "",
         )
         .replace("--@CFPW@", ", 'cfp', ARGV[a + 14]" if idem else "")
-        .replace("@NA@", "14" if idem else "13")
+        .replace("--@ROLLF@", ", 'rh', 'rf'" if rolling else "")
+        .replace("--@ROLLCR@", FIXED_ROLLING_COMMIT_READ if rolling else "")
+        .replace("--@ROLLCW@", FIXED_ROLLING_COMMIT_WRITE if rolling else "")
+        .replace("--@ROLLCH@", " .. ' ' .. ck .. '#' .. cf" if rolling else "")
+        .replace("--@SESSF@", ", 'sh', 'ss', 'sx', 'sl', 'sg'" if session else "")
+        .replace("--@SESSCR@", FIXED_SESSION_COMMIT_READ if session else "")
+        .replace("--@SESSCW@", FIXED_SESSION_COMMIT_WRITE if session else "")
+        .replace("@SI@", str(si))
+        .replace("@RI@", str(ri))
+        .replace("@RC@", str(rc))
+        .replace("@NA@", str(commit_na))
     )
     return reserve, commit
 
@@ -726,7 +837,7 @@ class Variant:
     reserve: str  # Lua source
     commit: str
     reserve_call: Callable[[Shape, str, str, str], tuple[list[str], list[str]]]
-    commit_call: Callable[[Shape, str, str], tuple[list[str], list[str]]]
+    commit_call: Callable[[Shape, str, str, str], tuple[list[str], list[str]]]
     batch: int = 1
     checked: bool = True  # a working script: its answers and counters are checked
 
@@ -743,8 +854,22 @@ def threshold_args(shape: Shape) -> list[str]:
     return [str(int(limit) * pct // 100) for limit in shape.limits for pct in (50, 80, 100)]
 
 
+def window_start(shape: Shape) -> int:
+    """The first sub-bucket (hour) of the rolling window: 10 of its 25 in one chunk hash, 15 in
+    the next (a window spans two chunks unless aligned)."""
+    hour = int(shape.expire[1]) // 3600000
+    return hour - hour % 25 + 15
+
+
+def rolling_keys(shape: Shape, org: str, user: str) -> tuple[str, str, str, str]:
+    """The held hash, the held field, the commit's chunk hash and sub-bucket field."""
+    p, i0 = prefix(org), window_start(shape)
+    chunk = f"{p}c:r3600000:{(i0 + 24) // 25}"
+    return f"{p}c:held", f"user-24h|{user}|h", chunk, f"user-24h|{user}|{i0 + 24}|s"
+
+
 def fixed_reserve_call(
-    idem: bool, events: bool
+    idem: bool = False, events: bool = False, rolling: bool = False, session: bool = False
 ) -> Callable[[Shape, str, str, str], tuple[list[str], list[str]]]:
     def call(shape: Shape, org: str, user: str, rid: str) -> tuple[list[str], list[str]]:
         p = prefix(org)
@@ -767,6 +892,16 @@ def fixed_reserve_call(
             args.append(f"fp-{rid}")
         if events:
             args += threshold_args(shape)
+        if rolling:
+            held, held_field, _, _ = rolling_keys(shape, org, user)
+            i0 = window_start(shape)
+            args += [held, held_field, str(int(shape.limits[2]) * 10)]
+            args += [f"{p}c:r3600000:{i0 // 25}", f"{p}c:r3600000:{i0 // 25 + 1}", "10"]
+            args += [f"user-24h|{user}|{i}|s" for i in range(i0, i0 + 25)]
+        if session:
+            # One session per user here; a limit no run reaches, idle time 30 minutes.
+            args += [f"{p}c:s:sess-{user}", "session|sess|s", "session|sess|h"]
+            args += [str(int(shape.limits[2]) * 10), "1800000"]
         return keys, args
 
     return call
@@ -790,40 +925,51 @@ def generic_reserve_call(
     return [f"{p}r:{rid}", f"{p}holds"], args
 
 
-def commit_call(idem: bool) -> Callable[[Shape, str, str], tuple[list[str], list[str]]]:
-    def call(shape: Shape, org: str, rid: str) -> tuple[list[str], list[str]]:
+def commit_call(
+    idem: bool = False, rolling: bool = False
+) -> Callable[[Shape, str, str, str], tuple[list[str], list[str]]]:
+    def call(shape: Shape, org: str, user: str, rid: str) -> tuple[list[str], list[str]]:
         p = prefix(org)
         args = [rid, shape.cost, *shape.actual, shape.keep, *shape.ledger]
         assert len(args) == 13, args
         if idem:
             args.append(f"cfp-{rid}")
+        if rolling:
+            _, _, chunk, field = rolling_keys(shape, org, user)
+            args += [chunk, field, shape.expire[1]]
         return [f"{p}r:{rid}", f"{p}holds", f"{p}ledger"], args
 
     return call
 
 
+def featured(batch: int, **features: bool) -> Variant:
+    """``fixed`` with the features named (``idem``, ``lazy``, ``events``, ``rolling``,
+    ``session``)."""
+    reserve, commit = fixed_sources(**features)
+    idem, rolling = features.get("idem", False), features.get("rolling", False)
+    return Variant(
+        "+".join(["fixed", *(f for f, on in features.items() if on)]),
+        reserve,
+        commit,
+        fixed_reserve_call(
+            idem, features.get("events", False), rolling, features.get("session", False)
+        ),
+        commit_call(idem, rolling),
+        batch,
+    )
+
+
 def variants() -> list[Variant]:
-    fixed_r, fixed_c = fixed_sources(idem=False, lazy=False, events=False)
-    full_r, full_c = fixed_sources(idem=True, lazy=True, events=True)
     out = []
     for batch in (1, 4, 8):
-        out.append(
-            Variant(
-                "fixed",
-                fixed_r,
-                fixed_c,
-                fixed_reserve_call(False, False),
-                commit_call(False),
-                batch,
-            )
-        )
+        out.append(featured(batch))
         out.append(
             Variant(
                 "generic",
                 GENERIC_RESERVE,
                 GENERIC_COMMIT,
                 generic_reserve_call,
-                commit_call(False),
+                commit_call(),
                 batch,
             )
         )
@@ -833,21 +979,16 @@ def variants() -> list[Variant]:
                 "calls only",
                 CALLS_ONLY_RESERVE,
                 CALLS_ONLY_COMMIT,
-                fixed_reserve_call(False, False),
-                commit_call(False),
+                fixed_reserve_call(),
+                commit_call(),
                 batch,
                 checked=False,
             )
         )
-    out.append(
-        Variant(
-            "fixed+idem+lazy+events",
-            full_r,
-            full_c,
-            fixed_reserve_call(True, True),
-            commit_call(True),
-        )
-    )
+    for feature in ("idem", "lazy", "events", "rolling", "session"):
+        out.append(featured(1, **{feature: True}))
+    for batch in (1, 8):
+        out.append(featured(batch, idem=True, lazy=True, events=True))
     return out
 
 
@@ -890,7 +1031,8 @@ class Driver:
         keys: list[str] = []
         args: list[str] = []
         for rid in rids:
-            k, a = self.v.commit_call(self.shape, self.org, rid)
+            user = f"user-{int(rid.rsplit('-', 1)[1]) % self.users}"
+            k, a = self.v.commit_call(self.shape, self.org, user, rid)
             keys += k
             args += a
         return keys, args
@@ -937,6 +1079,17 @@ async def check_counters(client: Any, d: Driver, pairs: int) -> None:
     assert await client.zcard(f"{p}holds") == 0
     assert await client.ttl(f"{p}c:{shape.periods[0]}") > 0
     assert await client.ttl(f"{p}tb:org-rate:{d.org}") > 0
+    if "rolling" in d.v.name:
+        held_hash, _, chunk, _ = rolling_keys(shape, d.org, "user-0")
+        held = await client.hgetall(held_hash)
+        assert held and all(int(v) == 0 for v in held.values()), held
+        i = window_start(shape) + 24
+        spent = await client.hgetall(chunk)
+        assert sum(int(v) for k, v in spent.items() if k.endswith(f"|{i}|s")) == pairs * cost
+    if "session" in d.v.name:
+        sessions = [await client.hgetall(f"{p}c:s:sess-user-{u}") for u in range(d.users)]
+        assert sum(int(h.get("session|sess|s", 0)) for h in sessions) == pairs * cost, sessions
+        assert all(int(h.get("session|sess|h", 0)) == 0 for h in sessions), sessions
 
 
 async def check_semantics(client: Any, shape: Shape, v: Variant) -> None:
@@ -1091,7 +1244,7 @@ async def cpu_phase(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]
         counts = {}
         for d in drivers:
             keys, argv = d.reserve_call(d.fresh())
-            ckeys, cargv = d.commit_call(["x"] * d.v.batch)
+            ckeys, cargv = d.commit_call(d.fresh())
             counts[label(d.v)] = {
                 "calls": await calls_per_script(client, d, d.v.batch),
                 "reserve_keys_and_args": len(keys) + len(argv),
@@ -1185,7 +1338,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--callgrind-ops", type=int, default=96)
+    parser.add_argument("--callgrind-ops", type=int, default=200)
     parser.add_argument("--no-callgrind", dest="callgrind", action="store_false")
     parser.add_argument("--no-engine", dest="engine", action="store_false")
     args = parser.parse_args()
