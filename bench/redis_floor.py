@@ -1,8 +1,8 @@
 """Benchmark: the floor of the design: what Redis spends on a reserve + commit pair of the bench
-policy when the scripts do only what any design keeping docs' guarantees must do.
+policy when the scripts do only what any design keeping DESIGN.md's guarantees must do.
 
     .venv/bin/python bench/redis_floor.py [--pairs 2000] [--concurrency 8] [--rounds 3]
-        [--callgrind-ops 96] [--no-callgrind] [--no-engine]
+        [--callgrind-ops 200] [--no-callgrind] [--no-engine]
 
 The scripts measured here are **not product code**: they are throwaway Lua, string constants of
 this file, hand-written for exactly the bench policy's shape (``bench/redis_work.py``'s ``bench``
@@ -21,25 +21,37 @@ hash's sentinel (``_x``, ``x``) falls short, as the product does. Variants:
   * ``generic``: the same calls, from a compact positional plan in ARGV (loops; reserve stores
     the plan tab-joined in the record and commit splits it): what a product script with no
     extra feature could cost;
-  * ``fixed+idem+lazy+events``: ``fixed`` plus reserve's idempotency read (the reservation id
-    as key: ``HMGET`` of the record first, its fingerprint stored), commit's fingerprint
-    compare, reserve's lazy-expiry read (``ZRANGEBYSCORE`` of due holds: none are due here)
-    and threshold checks (3 thresholds per budget, as absolute micros in ARGV; none crossed);
-  * each of ``fixed`` and ``generic`` batched: B = 1, 4, 8 operations per ``EVALSHA`` (B
-    reserves in one call, then their B commits in one call), each operation's reads after the
-    previous one's writes, so the outcome is that of B separate calls.
+  * ``fixed+<feature>``: ``fixed`` plus one feature, priced alone: ``idem`` (reserve reads the
+    record first: the reservation id as idempotency key, its fingerprint stored; commit compares
+    its own), ``lazy`` (reserve's read of due holds, ``ZRANGEBYSCORE``: none are due here),
+    ``events`` (3 thresholds per budget, absolute micros in ARGV, checked on every reserve;
+    none crossed, so no marker or ``XADD``), ``rolling`` (a rolling 24h budget of the user as
+    the example policy has: 25 hourly sub-buckets in two chunk hashes, field names passed by
+    the caller, the held amount in the org's ``held`` hash), ``session`` (a session budget: a
+    sliding hash with its generation, ``PEXPIRE`` on every write);
+  * ``fixed+idem+lazy+events``: the three together (what DESIGN.md's guarantees ask of every
+    call of this policy), at B = 1 and 8;
+  * ``generic`` and ``fixed`` batched: B = 1, 4, 8 operations per ``EVALSHA`` (B reserves in
+    one call, then their B commits in one call), each operation's reads after the previous
+    one's writes, so the outcome is that of B separate calls;
+  * ``calls only`` (B = 1, 8): a decomposition, not a working script: the fixed pair's
+    ``redis.call``s with the same keys, fields and argument counts and no logic around them
+    (values copied as they are): what the calls cost by themselves.
 
 Per variant it reports calls per script (``INFO commandstats`` deltas), keys + arguments per
 script call, instructions per reserve, commit and pair under callgrind (the helpers of
 ``bench/redis_instructions.py``: exact, load-independent), and Redis process CPU per pair
 (``used_cpu_user + used_cpu_sys`` over ``--pairs`` pairs at ``--concurrency`` in flight, one
-connection per worker, one script call per socket read), with the load average and CPU steal
-of each figure. Beside them, in the same run: the product's pair (its recorded calls replayed by
-the same driver; ``bench/redis_instructions.py``'s counts; ``bench/redis_work.py``'s engine-driven
-CPU) and the PING floor. Before timing, the scripts are checked: a grant, a denial that writes
+connection per worker, one script call per socket read) and again 50 script calls per socket
+read (``pipelined``), with the load average and CPU steal of each figure. Beside them, in the
+same run: the product's pair (its recorded calls replayed by the same driver;
+``bench/redis_instructions.py``'s counts; ``bench/redis_work.py``'s engine-driven CPU) and the
+PING floor. Before timing, the scripts are checked: a grant, a denial that writes
 nothing (budget and bucket), a commit, a second commit that changes nothing, and after every
 phase the counters equal what its pairs should have left (spent = pairs × cost, held 0, one
-ledger entry per commit, no open hold).
+ledger entry per commit, no open hold; the rolling window's and the session's sums too).
+Output: one JSON line per round of timings, then the counts, then one line per variant of
+callgrind figures. Needs ``redis-server``, and ``valgrind`` unless ``--no-callgrind``.
 """
 
 from __future__ import annotations
