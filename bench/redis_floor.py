@@ -1055,6 +1055,10 @@ class Driver:
     async def call(self, script: str, keys: list[str], args: list[str]) -> Any:
         return await self.client.evalsha(self.shas[script], len(keys), *keys, *args)
 
+    def slot(self, _: int) -> Awaitable[None]:
+        """``pair`` for ``run_slots``."""
+        return self.pair()
+
     async def pair(self) -> None:
         rids = self.fresh()
         replies = await self.call("reserve", *self.reserve_call(rids))
@@ -1252,7 +1256,7 @@ async def cpu_phase(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]
             await d.load()
             if d.v.batch == 1 and d.v.checked:
                 await check_semantics(client, shape, d.v)
-            await run_slots(args.users * 2, args.concurrency, lambda _, d=d: d.pair())  # warm
+            await run_slots(args.users * 2, args.concurrency, d.slot)  # warm
         counts = {}
         for d in drivers:
             keys, argv = d.reserve_call(d.fresh())
@@ -1293,8 +1297,8 @@ async def cpu_phase(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]
         if args.engine:
             (tmp / "work").mkdir()
             work = await product_work("bench", port, args.pairs, args.concurrency, 50, tmp / "work")
-            keep = ("redis_cpu_us_per_pair", "calls_per_reserve", "calls_per_commit")
-            keep += ("ping_us_one_per_read", "load_average_before_after", "steal_pct")
+            keep = ["redis_cpu_us_per_pair", "calls_per_reserve", "calls_per_commit"]
+            keep += ["ping_us_one_per_read", "load_average_before_after", "steal_pct"]
             print(json.dumps({"product (redis_work.py, engine)": {k: work[k] for k in keep}}))
     print(json.dumps({"counts": counts}), flush=True)
     return results
@@ -1316,7 +1320,7 @@ async def callgrind_phase(args: argparse.Namespace, tmp: Path) -> None:
         for v in variants():
             d = Driver(client, v, shape, args.users)
             await d.load()
-            await run_slots(args.users * 2, 1, lambda _, d=d: d.pair())  # every key exists
+            await run_slots(args.users * 2, 1, d.slot)  # every key exists
             out: dict[str, Any] = {"variant": label(v)}
             for script in ("reserve", "commit", "reserve-floor", "commit-floor"):
                 if script.startswith("reserve"):
