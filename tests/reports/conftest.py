@@ -66,6 +66,22 @@ class Call(NamedTuple):
     usage: Usage
 
 
+async def record(engine: Engine, i: int, user: str, feature: str, model: str, session: str) -> Call:
+    """Call ``i`` recorded without a reservation (``POST /v1/usage``), as the engine charged it."""
+    recorded = await engine.record(
+        UsageRequest(
+            org="acme",
+            model=model,
+            usage=usage(i),
+            user=user,
+            feature=feature,
+            record_id=f"rec{i}",
+            session=session,
+        )
+    )
+    return Call(user, feature, model, session, recorded.cost_micros, usage(i))
+
+
 async def traffic(engine: Engine, calls: int = 24) -> list[Call]:
     """Commits (with a session: the request's field, or in metadata as before it existed) and
     records (with a session) across users, features and models; returns what each call was
@@ -75,18 +91,7 @@ async def traffic(engine: Engine, calls: int = 24) -> list[Call]:
         user, feature = ["alice", "bob", "carol"][i % 3], ["chat", "search"][i % 2]
         model = HAIKU if i % 4 else SONNET
         if i % 5 == 4:
-            recorded = await engine.record(
-                UsageRequest(
-                    org="acme",
-                    model=model,
-                    usage=usage(i),
-                    user=user,
-                    feature=feature,
-                    record_id=f"rec{i}",
-                    session=f"s{i % 4}",
-                )
-            )
-            made.append(Call(user, feature, model, f"s{i % 4}", recorded.cost_micros, usage(i)))
+            made.append(await record(engine, i, user, feature, model, f"s{i % 4}"))
             continue
         grant = await engine.reserve(
             ReserveRequest(

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from litestar import Litestar
 
 from budgetd.api.reports import RECONCILE_MAX_BODY_BYTES
 from budgetd.app import create_app
@@ -192,12 +194,22 @@ def test_cli_and_http(
         main(["reconcile", "anthropic", "--org", "acme", str(bad)])
 
 
-async def test_http(seeded: tuple[Path, list[Call]], tmp_path: Path, redis_url: str) -> None:
-    live, calls = seeded
+@pytest.fixture
+async def admin_app(
+    seeded: tuple[Path, list[Call]], tmp_path: Path, redis_url: str
+) -> AsyncIterator[tuple[Litestar, str]]:
+    """The service on the seeded Redis, and an admin key of ACME."""
+    live, _ = seeded
     keys_file = tmp_path / "keys.yaml"
     [admin] = write_keys(keys_file, ("acme", "admin", "finance"))
     store = redis_store(redis_url, timeout_s=5.0)
-    app = create_app(settings_for(live, keys_file=keys_file), store=store)
+    yield create_app(settings_for(live, keys_file=keys_file), store=store), admin
+    await store.close()
+
+
+async def test_http(seeded: tuple[Path, list[Call]], admin_app: tuple[Litestar, str]) -> None:
+    _, calls = seeded
+    app, admin = admin_app
     headers = {"Authorization": f"Bearer {admin}", "content-type": "application/json"}
     day = datetime.now(UTC).date()
     async with asgi_client(app) as client:
@@ -212,7 +224,6 @@ async def test_http(seeded: tuple[Path, list[Call]], tmp_path: Path, redis_url: 
             "/v1/admin/reconcile/anthropic?org=acme", content="{}", headers=headers
         )
         assert bad.status_code == 422 and bad.json()["field"] == "body"
-    await store.close()
 
 
 def month_of_console_csv(days: int = 30) -> str:
@@ -236,16 +247,10 @@ def month_of_console_csv(days: int = 30) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def test_http_takes_a_month_of_console_csv(
-    seeded: tuple[Path, list[Call]], tmp_path: Path, redis_url: str
-) -> None:
+async def test_http_takes_a_month_of_console_csv(admin_app: tuple[Litestar, str]) -> None:
     """A month's bill is far past the 64 KiB the hot routes take; this route takes up to
-    ``RECONCILE_MAX_BODY_BYTES`` (decisions: "Body bounds"), and past that says so as a problem."""
-    live, _ = seeded
-    keys_file = tmp_path / "keys.yaml"
-    [admin] = write_keys(keys_file, ("acme", "admin", "finance"))
-    store = redis_store(redis_url, timeout_s=5.0)
-    app = create_app(settings_for(live, keys_file=keys_file), store=store)
+    ``RECONCILE_MAX_BODY_BYTES`` (decisions: "Bounds"), and past that says so as a problem."""
+    app, admin = admin_app
     headers = {"Authorization": f"Bearer {admin}", "content-type": "text/csv"}
     bill = month_of_console_csv()
     assert len(bill) > 3 * 64 * 1024
@@ -268,4 +273,3 @@ async def test_http_takes_a_month_of_console_csv(
         problem = too_big.json()
         assert problem["type"] == "https://budgetd.dev/problems/payload-too-large"
         assert str(RECONCILE_MAX_BODY_BYTES) in problem["detail"]
-    await store.close()

@@ -9,7 +9,6 @@ import random
 from collections import defaultdict
 from typing import Any
 
-from budgetd.contract import UsageRequest
 from budgetd.engine import Engine
 from budgetd.reports import follower, query
 from budgetd.reports.budgets import budgets
@@ -20,9 +19,9 @@ from tests.reports.conftest import (
     SONNET,
     Call,
     real_range,
+    record,
     this_month,
     traffic,
-    usage,
 )
 
 
@@ -183,22 +182,10 @@ async def _calls(store: ScriptStore, command: str) -> int:
 
 async def spread(engine: Engine, calls: int) -> list[Call]:
     """Recorded calls of as many users and sessions as calls: every entry its own report rows."""
-    made = []
-    for i in range(calls):
-        user, feature, session = f"u{i:04d}", ["chat", "search"][i % 2], f"run{i:04d}"
-        done = await engine.record(
-            UsageRequest(
-                org="acme",
-                model=HAIKU,
-                usage=usage(i),
-                user=user,
-                feature=feature,
-                record_id=f"spread{i}",
-                session=session,
-            )
-        )
-        made.append(Call(user, feature, HAIKU, session, done.cost_micros, usage(i)))
-    return made
+    return [
+        await record(engine, i, f"u{i:04d}", ["chat", "search"][i % 2], HAIKU, f"run{i:04d}")
+        for i in range(calls)
+    ]
 
 
 async def test_a_follower_pass_goes_in_small_steps(report_engine: Engine) -> None:
