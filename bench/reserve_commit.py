@@ -8,9 +8,11 @@ What it starts (all on 127.0.0.1, free ports, in a temp dir removed on exit):
   * the service: ``uvicorn budgetd.asgi:app`` (uvloop, httptools, one worker, no access log),
     with a bench policy (org ``bench``, budgets far above what a run can spend), the shipped
     price table, an API key, and no policy polling and no sweep;
-  * two echo apps under the same uvicorn settings, with the same two routes and the same bodies
-    decoded into the same Structs, nothing behind them: ``bench/raw_echo.py`` (bare ASGI: the
-    floor of serving HTTP in this stack) and ``bench/echo_app.py`` (Litestar).
+  * three echo apps under the same uvicorn settings, with the same two routes and the same
+    bodies decoded into the same Structs: ``bench/raw_echo.py`` (bare ASGI, nothing behind it:
+    the floor of serving HTTP in this stack), ``bench/echo_app.py`` (Litestar), and
+    ``bench/redis_echo.py`` (bare ASGI plus one Redis script call per request that only
+    returns: the floor of any design with one atomic script per reserve and per commit).
 
 With two or more CPUs the servers are pinned to CPU 0 (the "one worker core"); this process
 (the load generator) and Redis share CPU 1. Each target is measured alone, the others idle.
@@ -65,8 +67,18 @@ PRICING = ROOT / "policies" / "pricing.yaml"
 HOST = "127.0.0.1"
 ORG = "bench"
 MODEL = "claude-sonnet-5-5"  # sonnet-4-5 retired 2026-11-30 (pricing.yaml)
-ECHOES = {"raw_echo": "raw_echo:app", "litestar_echo": "echo_app:app"}
+ECHOES = {
+    "raw_echo": "raw_echo:app",
+    "litestar_echo": "echo_app:app",
+    "redis_echo": "redis_echo:app",
+}
 """The baselines: name (its ``--echo`` choice before ``_echo``) → uvicorn app in ``bench/``."""
+ECHO_CHOICES = {
+    "all": tuple(ECHOES),
+    "both": ("raw_echo", "litestar_echo"),
+    **{name.removesuffix("_echo"): (name,) for name in ECHOES},
+    "none": (),
+}
 
 POLICY = f"""\
 # Bench policy: every kind of limit applies to every request, none can deny during a run.
@@ -687,9 +699,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=20, help="distinct features")
     p.add_argument(
         "--echo",
-        choices=("both", "raw", "litestar", "none"),
-        default="both",
-        help="which echo baselines to measure (raw ASGI, Litestar)",
+        choices=tuple(ECHO_CHOICES),
+        default="all",
+        help="which echo baselines to measure: raw ASGI, Litestar, raw ASGI + one Redis script "
+        "call per request (all: the three; both: raw and Litestar)",
     )
     p.add_argument("--no-echo", action="store_true", help="the same as --echo none")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -802,10 +815,11 @@ def run(
         cpu=server_cpu,
     )
     echo_env = {k: v for k, v in os.environ.items() if not k.startswith("BUDGETD_")}
-    which = "none" if args.no_echo else args.echo
+    echo_env["REDIS_ECHO_PORT"] = env["BUDGETD_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+    which = ECHO_CHOICES["none" if args.no_echo else args.echo]
     echoes: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     for name, module in ECHOES.items():
-        if which in ("both", name.removesuffix("_echo")):
+        if name in which:
             port = free_port()
             proc = procs.start(
                 name, uvicorn_cmd(module, port, BENCH_DIR), env=echo_env, cpu=server_cpu
