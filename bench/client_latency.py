@@ -26,12 +26,18 @@ with ``--upstream``, a subprocess on uvloop). Nothing is pinned: the app, budget
 share the machine's CPUs as they would on one host; the machine's load is printed with each
 figure (CPU steal, the 1-minute load average, and the busy time of the CPUs outside the
 processes this bench started).
+
+``--awake`` keeps every CPU awake for the run: one ``SCHED_IDLE`` spinner per CPU
+(``bench/_machine.py``, ``AwakeCores``), so a wake-up is a context switch on a running core, not
+a halted vCPU resumed by the hypervisor. The spinners' CPU is reported apart ("spin"), not as
+the neighbours'; "halts/s" counts the CPUs' entries into a halting idle state (≈ 0 when awake).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import contextvars
 import json
 import os
@@ -54,7 +60,7 @@ import httpx2
 import uvloop
 from budgetd_client import AsyncBudgetdClient, BudgetdClient, guard
 
-from _machine import steal_ticks
+from _machine import AwakeCores, cpuidle, halts, steal_ticks
 from budgetd.auth import key_line, new_key
 from reserve_commit import (
     HOST,
@@ -425,22 +431,37 @@ async def async_phase(setup: Setup, mode: str) -> tuple[Timings, dict[str, Any]]
 
 _OURS: list[int] = []
 """Pids of the processes this bench started, and its own."""
+_SPINNERS: list[int] = []
+"""Pids of the ``--awake`` spinners: their CPU is theirs, not the neighbours'."""
 
 
 def machine_load() -> dict[str, float]:
     steal, total = steal_ticks()
     ours = sum(process_cpu_s(pid) for pid in _OURS)
+    spin = sum(process_cpu_s(pid) for pid in _SPINNERS)
     busy = sum(cpu_busy_s(cpu) for cpu in sorted(os.sched_getaffinity(0)))
-    return {"steal": steal, "total": total, "ours": ours, "busy": busy, "t": time.monotonic()}
+    return {
+        "steal": steal,
+        "total": total,
+        "ours": ours,
+        "spin": spin,
+        "busy": busy,
+        "halts": halts(),
+        "t": time.monotonic(),
+    }
 
 
 def load_between(a: dict[str, float], b: dict[str, float], seconds: float) -> dict[str, Any]:
     return {
         "steal": round((b["steal"] - a["steal"]) / max(1.0, b["total"] - a["total"]), 4),
         "others_cpus": round(
-            max(0.0, (b["busy"] - a["busy"]) - (b["ours"] - a["ours"])) / seconds, 2
+            max(0.0, (b["busy"] - a["busy"]) - (b["ours"] - a["ours"]) - (b["spin"] - a["spin"]))
+            / seconds,
+            2,
         ),
         "ours_cpus": round((b["ours"] - a["ours"]) / seconds, 2),
+        "spin_cpus": round((b["spin"] - a["spin"]) / seconds, 2),
+        "halts_per_s": round((b["halts"] - a["halts"]) / seconds),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -480,7 +501,9 @@ def print_phase(name: str, f: dict[str, Any], load: dict[str, Any]) -> None:
         f"{name:34} {f['calls_per_s']:6.1f} {two('call')}   {two('outside_upstream')}   "
         f"{two('reserve')}   {two('commit')}   {f['app_cpu_us_per_call']:6} "
         f"{f['budgetd_cpu_us_per_call']:6}   worst round: steal {load['steal']:.1%}, others "
-        f"{load['others_cpus']:.2f} CPUs, load {load['loadavg_1m']:.1f}"
+        f"{load['others_cpus']:.2f} CPUs, load {load['loadavg_1m']:.1f}, "
+        f"halts {load['halts_per_s']}/s"
+        + (f", spin {load['spin_cpus']:.2f} CPUs" if _SPINNERS else "")
         + (f"  ({f['errors']} errors)" if f["errors"] else "")
     )
 
@@ -525,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run this bench and everything it starts at SCHED_RR priority 10 (root): on a "
         "shared machine, the neighbours then wait for its processes instead of the reverse",
     )
+    p.add_argument(
+        "--awake",
+        action="store_true",
+        help="keep every CPU awake for the run: one SCHED_IDLE busy-spinner per CPU, so no "
+        "CPU halts between requests (bench/_machine.py, AwakeCores)",
+    )
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -540,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="budgetd-clientlat-"))
     procs = Processes(tmp)
     try:
-        return run(args, tmp, procs)
+        with AwakeCores() if args.awake else contextlib.nullcontext() as awake:
+            if awake is not None:
+                _SPINNERS.extend(awake.pids)
+            return run(args, tmp, procs, awake)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -548,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
+def run(args: argparse.Namespace, tmp: Path, procs: Processes, awake: AwakeCores | None) -> int:
     policies = tmp / "policies"
     policies.mkdir()
     shutil.copy(PRICING, policies / "pricing.yaml")
@@ -603,11 +635,21 @@ def run(args: argparse.Namespace, tmp: Path, procs: Processes) -> int:
         + ("; SCHED_RR 10" if args.realtime else "")
     )
     print(
+        f"{cpuidle()}; "
+        + (awake.describe() if awake else "CPUs may halt when idle")
+        + (" (the load average counts the spinners)" if awake else "")
+    )
+    print(
         f"{'phase':34} {'call/s':>6} {'call p50':>7} {'p99':>7}   {'outside':>7} {'p99':>7}   "
         f"{'reserve':>7} {'p99':>7}   {'commit':>7} {'p99':>7}   (ms)  {'app':>6} "
         f"{'budgetd':>6}   (CPU µs per call)"
     )
-    results: dict[str, Any] = {"concurrency": args.concurrency, "delay_s": args.delay}
+    results: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "delay_s": args.delay,
+        "awake": args.awake,
+        "cpuidle": cpuidle(),
+    }
     failed = False
     for kind in kinds:
         # Rounds of (direct, guarded, background): each phase's samples are taken in turns, so

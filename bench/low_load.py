@@ -18,8 +18,13 @@ round), so that a neighbour's burst lands on each alike.
 Per variant and round: the service process's CPU (``/proc/<pid>/stat``, user + system) per
 request over the paced window, the same over an ``--idle`` window with no requests (the
 background: jobs, timers), the per-request figure net of that background, and the round-trip
-p50/p99 of reserve and commit as this client sees them. Printed with the load average and the
-CPU steal of each window.
+p50/p99 of reserve and commit as this client sees them. Printed with the load average, the
+CPU steal of each window, the other processes' CPU (busy time of every CPU minus this bench's
+processes and spinners) and the CPUs' halts per second (entries into a halting idle state).
+
+``--awake``: one ``SCHED_IDLE`` busy-spinner per CPU for the run (``bench/_machine.py``,
+``AwakeCores``), so no CPU halts between requests; their CPU is reported apart ("spin"), and
+the load average counts them.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _machine import load_average, process_cpu, steal_ticks
+from _machine import AwakeCores, cpuidle, halts, load_average, process_cpu, steal_ticks
 from reserve_commit import (
     BENCH_DIR,
     HOST,
@@ -45,6 +50,7 @@ from reserve_commit import (
     Requests,
     _listening,
     bench_redis,
+    cpu_busy_s,
     free_port,
     http_ok,
     pct,
@@ -69,6 +75,22 @@ try:
     import uvloop
 except ImportError:
     uvloop = None  # type: ignore[assignment]
+
+
+_OURS: list[int] = []
+"""This process and every process it started (all variants' services and Redis servers)."""
+_SPINNERS: list[int] = []
+"""The ``--awake`` spinners' pids: their CPU is reported apart, not as the neighbours'."""
+
+
+def cpu_split() -> tuple[float, float, float]:
+    """(busy time of every CPU, this bench's processes' CPU, the spinners' CPU), in seconds."""
+    busy = sum(cpu_busy_s(cpu) for cpu in range(os.cpu_count() or 1))
+    return (
+        busy,
+        sum(sum(process_cpu(pid)) for pid in _OURS),
+        sum(sum(process_cpu(pid)) for pid in _SPINNERS),
+    )
 
 
 @dataclass
@@ -100,6 +122,10 @@ class Window:
     first_error: str = ""
     steal: float = 0.0
     load: str = ""
+    others_cpus: float = 0.0
+    """Other processes' CPU over the window, in CPUs (this bench's and the spinners' apart)."""
+    spin_cpus: float = 0.0
+    halts_per_s: float = 0.0
 
     @property
     def us_per_request(self) -> float:
@@ -157,6 +183,7 @@ async def paced(target: Target, rate: float, seconds: float, window: Window, fir
         (user0, sys0), t0 = process_cpu(target.pid), time.perf_counter()
         cpu0, client0 = process_runtime_s(target.pid), time.process_time()
         steal0, load0 = steal_ticks(), load_average().split()[0]
+        split0, halts0 = cpu_split(), halts()
         end = loop.time() + seconds
         next_at = loop.time()
         while loop.time() < end:
@@ -175,6 +202,11 @@ async def paced(target: Target, rate: float, seconds: float, window: Window, fir
         total = steal1[1] - steal0[1]
         window.steal = (steal1[0] - steal0[0]) / total if total else 0.0
         window.load = f"{load0}–{load_average().split()[0]}"
+        busy, ours, spin = (b - a for a, b in zip(split0, cpu_split(), strict=True))
+        elapsed = time.perf_counter() - t0
+        window.others_cpus = max(0.0, busy - ours - spin) / elapsed
+        window.spin_cpus = spin / elapsed
+        window.halts_per_s = (halts() - halts0) / elapsed
     finally:
         await close()
     return n
@@ -215,7 +247,8 @@ def show(w: Window, rnd: int) -> None:
         f"reserve p50/p99 {pct(r, 50):.3f}/{pct(r, 99):.3f} ms  "
         f"commit p50/p99 {pct(c, 50):.3f}/{pct(c, 99):.3f} ms  "
         f"client {w.client_cpu_s / w.requests * 1e6:.0f} µs/req  errors {w.errors}  "
-        f"load {w.load}  steal {w.steal:.1%}",
+        f"load {w.load}  steal {w.steal:.1%}  others {w.others_cpus:.2f} CPUs  "
+        f"halts {w.halts_per_s:.0f}/s" + (f"  spin {w.spin_cpus:.2f} CPUs" if _SPINNERS else ""),
         flush=True,
     )
     if w.first_error:
@@ -255,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-pin", action="store_true")
     p.add_argument(
+        "--awake",
+        action="store_true",
+        help="keep every CPU awake: one SCHED_IDLE busy-spinner per CPU for the run",
+    )
+    p.add_argument(
         "--env",
         action="append",
         default=[],
@@ -274,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     tmp = Path(tempfile.mkdtemp(prefix="budgetd-lowload-"))
     procs = Processes(tmp)
+    stack = contextlib.ExitStack()
     try:
+        awake = stack.enter_context(AwakeCores()) if args.awake else None
+        _SPINNERS.extend(awake.pids if awake else [])
         targets = []
         for name, app_dir in variants:
             extra = dict(e.split("=", 1) for e in args.env)
@@ -287,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             echo = procs.start("raw_echo", cmd, env=echo_env, cpu=server_cpu)
             wait_until("listening", lambda: _listening(port), echo, procs, "raw_echo")
             targets.append(Target("raw_echo", echo.pid, port, Requests(port, "none", 100, 10)))
+        _OURS.extend([os.getpid(), *(p.pid for _, p in procs.running)])
         if client_cpu is not None:
             os.sched_setaffinity(0, {client_cpu})
         if uvloop is not None:
@@ -296,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
             f"), one pair at a time, {args.duration:g} s windows, {args.idle:g} s idle; "
             f"pinning: {pinning}; "
             f"load {load_average()}",
+            flush=True,
+        )
+        print(
+            f"{cpuidle()}; "
+            + (f"{awake.describe()} (the load average counts them)" if awake else "CPUs may halt"),
             flush=True,
         )
         windows: list[Window] = []
@@ -315,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        stack.close()
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -28,6 +28,10 @@ goal: ≤ 2.5× the raw echo), and ratio = (pairs/s × 2) / echo requests/s. Nex
 the neighbours' share of the machine in that window: CPU steal (``/proc/stat``), other
 processes' busy time on the server's CPU, and the load average, so that noisy runs can be told
 apart from slow code.
+
+``--awake``: one ``SCHED_IDLE`` busy-spinner per CPU for the run (``bench/_machine.py``,
+``AwakeCores``), so no CPU halts between requests; the spinners' CPU is not counted as the
+neighbours' ("halts/s" says whether the CPUs halted; the load average counts the spinners).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from _machine import process_cpu, steal_ticks
+from _machine import AwakeCores, cpuidle, halts, process_cpu, steal_ticks
 from budgetd.auth import key_line, new_key
 
 try:
@@ -397,10 +401,24 @@ class Phase:
     """Share of the machine's CPU time stolen by the hypervisor inside the window."""
     loadavg: tuple[float, float] = (0.0, 0.0)
     """1-minute load average at the start and at the end of the window."""
+    spin_s: tuple[float, float] = (0.0, 0.0)
+    """CPU time of the ``--awake`` spinners on the server's and the load generator's CPUs."""
+    halts_per_s: float = 0.0
+    """Entries of all CPUs into a halting idle state, per second of the window."""
 
     @property
     def pairs_per_s(self) -> float:
         return self.pairs / self.window_s if self.window_s else 0.0
+
+
+_SPINNER_ON: dict[int, int] = {}
+"""CPU → pid of its ``--awake`` spinner."""
+
+
+def spin_s(cpu: int | None) -> float:
+    """CPU time of the spinner on ``cpu`` (0 without one), in seconds."""
+    pid = _SPINNER_ON.get(cpu) if cpu is not None else None
+    return process_cpu_s(pid) if pid else 0.0
 
 
 def process_cpu_s(pid: int) -> float:
@@ -473,7 +491,10 @@ async def drive(
         steal0, total0 = steal_ticks()
         load0 = os.getloadavg()[0]
         redis0 = process_cpu_s(redis_pid) if redis_pid else 0.0
+        spin0, halts0 = (spin_s(server_cpu), spin_s(client_cpu)), halts()
         await asyncio.sleep(max(0.0, stop_at - loop.time()))
+        phase.spin_s = (spin_s(server_cpu) - spin0[0], spin_s(client_cpu) - spin0[1])
+        phase.halts_per_s = (halts() - halts0) / duration_s
         phase.redis_cpu_s = (process_cpu_s(redis_pid) - redis0) if redis_pid else 0.0
         phase.client_cpu_s = process_cpu_s(os.getpid()) - client0
         phase.server_cpu_s = process_cpu_s(server_pid) - proc0
@@ -552,11 +573,16 @@ def cpu_figures(phase: Phase) -> dict[str, Any]:
         "client_cpu_util": round(phase.client_cpu_s / phase.window_s, 3),
         "neighbours": {
             "other_load_on_server_cpu": round(
-                max(0.0, phase.cpu_busy_s - phase.server_cpu_s) / phase.window_s, 3
+                max(0.0, phase.cpu_busy_s - phase.server_cpu_s - phase.spin_s[0]) / phase.window_s,
+                3,
             ),
             "other_load_on_client_cpu": round(
-                max(0.0, phase.client_cpu_busy_s - phase.client_cpu_s) / phase.window_s, 3
+                max(0.0, phase.client_cpu_busy_s - phase.client_cpu_s - phase.spin_s[1])
+                / phase.window_s,
+                3,
             ),
+            "spinners_on_server_cpu": round(phase.spin_s[0] / phase.window_s, 3),
+            "halts_per_s": round(phase.halts_per_s),
             "steal": round(phase.steal, 4),
             "loadavg_1m": [round(x, 2) for x in phase.loadavg],
         },
@@ -589,6 +615,12 @@ def report(
     out: dict[str, Any] = {
         "machine": info,
         "pinning": pinning,
+        "cpuidle": cpuidle()
+        + (
+            "; awake cores: a SCHED_IDLE spinner on every CPU (the load average counts them)"
+            if _SPINNER_ON
+            else ""
+        ),
         "client": args.client,
         "concurrency": args.concurrency,
         "duration_s": args.duration,
@@ -621,6 +653,7 @@ def print_report(r: dict[str, Any]) -> None:
     )
     print("packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()))
     print(f"pinning: {r['pinning']}")
+    print(r["cpuidle"])
     print(
         f"load: {r['concurrency']} in flight, {r['client']} client, warmup {r['warmup_s']} s, "
         f"measured {r['duration_s']} s"
@@ -680,7 +713,12 @@ def print_cpu(f: dict[str, Any]) -> None:
         f"  neighbours: other processes on the server's CPU {n['other_load_on_server_cpu']:.0%}, "
         f"on the load generator's {n['other_load_on_client_cpu']:.0%} (Redis included), "
         f"steal {n['steal']:.1%}, load average "
-        f"{n['loadavg_1m'][0]:.1f} → {n['loadavg_1m'][1]:.1f}"
+        f"{n['loadavg_1m'][0]:.1f} → {n['loadavg_1m'][1]:.1f}; halts {n['halts_per_s']}/s"
+        + (
+            f", spinner on the server's CPU {n['spinners_on_server_cpu']:.0%}"
+            if _SPINNER_ON
+            else ""
+        )
     )
 
 
@@ -712,6 +750,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="profile the service with `py-spy record` during its measured window "
         "(OUT.svg flame graph, OUT.txt collapsed stacks)",
     )
+    p.add_argument(
+        "--awake",
+        action="store_true",
+        help="keep every CPU awake: one SCHED_IDLE busy-spinner per CPU for the run",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument(
         "--service-app",
@@ -742,7 +785,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="budgetd-bench-"))
     procs = Processes(tmp)
     try:
-        return run(args, tmp, procs, server_cpu, client_cpu, pinning)
+        with AwakeCores() if args.awake else contextlib.nullcontext() as awake:
+            if awake is not None:
+                _SPINNER_ON.update(zip(awake.cpus, awake.pids, strict=True))
+            return run(args, tmp, procs, server_cpu, client_cpu, pinning)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping", file=sys.stderr)
         return 130
