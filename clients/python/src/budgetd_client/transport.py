@@ -32,7 +32,8 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar, cast
+from contextlib import contextmanager
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import anyio
 import httpx2
@@ -42,6 +43,7 @@ from budgetd_client.core import Attribution
 from budgetd_client.flows import Budgetd, Flow, Guard, Read, Send, Step, Tap, Tapper
 
 T = TypeVar("T")
+W = TypeVar("W")
 log = logging.getLogger("budgetd_client")
 
 Settle = Literal["inline", "background"]
@@ -57,6 +59,49 @@ def _checked(settle: str) -> Settle:
     if settle not in ("inline", "background"):
         raise ValueError(f"settle must be 'inline' or 'background', not {settle!r}")
     return cast(Settle, settle)
+
+
+class _Reserves(Generic[W]):
+    """The reserves a transport has in flight, for its background settler: **reserves first**.
+
+    A worker that takes a settlement first waits for the reserves in flight at that moment,
+    and only those: a snapshot, so later reserves never hold it back (no starvation) and each
+    one it waits for is bounded by the client's deadline. Why (issue 13): the workers share
+    budgetd's single worker, the client's connections and the app's event loop or GIL with the
+    app's calls. A commit sent while another call's reserve is in flight puts its work (build,
+    send, parse; budgetd's request) ahead of the answer that call is waiting for, so the
+    reserve, on the app's critical path, pays for the commit that was taken off it. Sent once
+    those reserves are answered, it runs while the calls wait for Claude, where the idle time
+    is. Nothing else changes: the same commit, sent by the same worker, still flushed on close.
+
+    ``W`` is what a worker waits on, one per reserve: a ``threading.Event`` (threads) or an
+    ``asyncio.Future`` (tasks); ``answered`` marks it done when its reserve ends, however it
+    ends. Inline settling has no settler and does no bookkeeping.
+    """
+
+    def __init__(self, flight: Callable[[], W], answered: Callable[[W], object]) -> None:
+        self._flight = flight
+        self._answered = answered
+        self._flying: set[W] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def reserving(self) -> Iterator[None]:
+        """Around one reserve: in flight from entry until it ends."""
+        flight = self._flight()
+        with self._lock:
+            self._flying.add(flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._flying.discard(flight)
+            self._answered(flight)
+
+    def now(self) -> list[W]:
+        """The reserves in flight at this moment: what a settlement taken now waits for."""
+        with self._lock:
+            return list(self._flying)
 
 
 class _Settler:
@@ -139,16 +184,12 @@ if hasattr(os, "register_at_fork"):
 class _AsyncSettler:
     """Runs settle flows on background tasks of the app's event loop (asyncio)."""
 
-    def __init__(
-        self,
-        run: Callable[[Flow[Any]], Awaitable[Any]],
-        stats: Any,
-        reserving: set[asyncio.Future[None]],
-    ) -> None:
+    def __init__(self, run: Callable[[Flow[Any]], Awaitable[Any]], stats: Any) -> None:
         self._run = run
         self._stats = stats
-        self._reserving = reserving
-        """The transport's reserves in flight: a settlement is sent after those (see _work)."""
+        self.reserves: _Reserves[asyncio.Future[None]] = _Reserves(
+            lambda: asyncio.get_running_loop().create_future(), _resolve
+        )
         self._queue: asyncio.Queue[Flow[Any]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsettled = 0
@@ -176,19 +217,9 @@ class _AsyncSettler:
                 self._queue.task_done()
 
     async def _after_reserves(self) -> None:
-        """Wait for the reserves in flight now (not for later ones: no starvation, and each is
-        bounded by the client's deadline).
-
-        The workers share the app's event loop and budgetd's connection with the app's calls.
-        A commit sent while another call's reserve is in flight puts its client work (build,
-        send, parse) on the loop and its request in budgetd's queue, both ahead of the answer
-        that call is waiting for: the reserve, on the app's critical path, pays for the commit
-        that was taken off it. Sent once those reserves are answered, it runs while the calls
-        wait for Claude, which is where the idle time is. Nothing else changes: the commit is
-        still sent, by the same worker, and ``aclose()`` still waits for it.
-        """
+        """Reserves first (:class:`_Reserves`): those of this loop in flight now."""
         loop = asyncio.get_running_loop()
-        pending = [f for f in self._reserving if not f.done() and f.get_loop() is loop]
+        pending = [f for f in self.reserves.now() if not f.done() and f.get_loop() is loop]
         if pending:
             await asyncio.wait(pending)
 
@@ -204,6 +235,10 @@ class _AsyncSettler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._queue, self._tasks = None, []
         _lost(self._stats, left)
+
+
+def _resolve(answered: asyncio.Future[None]) -> None:
+    answered.set_result(None)
 
 
 def _lost(stats: Any, count: int) -> None:
@@ -345,11 +380,8 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
             budgetd, org, user, feature, session, metadata, count_tokens, margin, tags
         )
         self.inner = inner or httpx2.AsyncHTTPTransport()
-        self._reserving: set[asyncio.Future[None]] = set()
         self._settler = (
-            _AsyncSettler(self.run, budgetd.stats, self._reserving)
-            if _checked(settle) == "background"
-            else None
+            _AsyncSettler(self.run, budgetd.stats) if _checked(settle) == "background" else None
         )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -376,7 +408,8 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
             if step.method == "reserve":
                 if self._settler is None:
                     return await self.budgetd.reserve(**step.kwargs)
-                return await self._reserve(step)
+                with self._settler.reserves.reserving():
+                    return await self.budgetd.reserve(**step.kwargs)
             # A settlement runs even in a task being cancelled (the app gave up on the call):
             # the hold must not wait for its lease.
             with anyio.CancelScope(shield=True):
@@ -387,16 +420,6 @@ class AsyncBudgetTransport(httpx2.AsyncBaseTransport):
             return await step.response.aread()
         assert isinstance(step, Tap)  # mypy cannot tell the shielded `with` never swallows
         return _tapped(step, _AsyncTapped(step, self._settle))
-
-    async def _reserve(self, step: Budgetd) -> Any:
-        """A reserve the background settlements let through first (``_AsyncSettler``)."""
-        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reserving.add(answered)
-        try:
-            return await self.budgetd.reserve(**step.kwargs)
-        finally:
-            self._reserving.discard(answered)
-            answered.set_result(None)
 
     async def _settle(self, flow: Flow[Any]) -> None:
         if self._settler is None:
