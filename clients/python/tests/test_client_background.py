@@ -269,3 +269,82 @@ async def test_async_background_commits_wait_for_the_reserves_in_flight(
         assert (state.spent_micros, state.held_micros) == (COST, 0)
     await plain.aclose()
     await budgetd.aclose()
+
+
+class SyncReserveGate(httpx.BaseTransport):
+    """The threads' :class:`ReserveGate`: holds bob's reserves until opened; logs, in order,
+    when they are held and let through and when each commit reaches budgetd."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.opened = threading.Event()
+        self.log: list[str] = []
+        self.lock = threading.Lock()
+
+    def note(self, what: str) -> None:
+        with self.lock:
+            self.log.append(what)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/reservations") and b'"bob"' in request.content:
+            self.note("reserve held")
+            assert self.opened.wait(HANG_GUARD_S), "the gate was never opened"
+            self.note("reserve answered")
+        elif request.url.path.endswith("/commit"):
+            self.note("commit")
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+WRONG_ORDER_WINDOW_S = 1.0
+"""How long the sync test gives a worker to send a commit it should hold back. Not a timing
+assertion: the test asserts an order; on a machine too slow to take a queued commit to the gate
+within this window, a client that does not wait would pass unnoticed, never the reverse."""
+
+
+def test_sync_background_commits_wait_for_the_reserves_in_flight(
+    fake_api: FakeMessagesAPI, budgetd_url: str
+) -> None:
+    """The threads' twin of the async test above: a background commit shares budgetd (and the
+    GIL) with the app's calls; sent while another call's reserve is in flight, it is work ahead
+    of that reserve's answer, on the app's critical path. It goes out once the reserves then in
+    flight are answered."""
+    gate = SyncReserveGate()
+    budgetd = BudgetdClient(budgetd_url, org="acme", transport=gate)
+    claude = guard(
+        fake_api.sync_client(), budgetd=budgetd, org="acme", user="alice", settle="background"
+    )
+    failed: list[BaseException] = []
+
+    def bobs_call() -> None:
+        try:
+            claude.messages.create(
+                model=HAIKU,
+                max_tokens=300,
+                messages=MESSAGES,
+                extra_headers={"x-budgetd-user": "bob"},
+            )
+        except BaseException as exc:  # reported by the assertion below
+            failed.append(exc)
+
+    bob = threading.Thread(target=bobs_call)
+    bob.start()
+    assert wait_for(lambda: gate.log == ["reserve held"])
+    claude.messages.create(model=HAIKU, max_tokens=300, messages=MESSAGES)  # alice's
+    # A worker has alice's commit now; had it not waited for bob's reserve, it would reach the
+    # gate within a few thread switches. Bounded, and the wait ends early if it does.
+    deadline = time.monotonic() + WRONG_ORDER_WINDOW_S
+    while "commit" not in gate.log and time.monotonic() < deadline:
+        time.sleep(0.005)
+    gate.opened.set()
+    bob.join(HANG_GUARD_S)
+    assert not bob.is_alive() and not failed, failed
+    claude.close()  # flushes both commits
+    assert gate.log == ["reserve held", "reserve answered", "commit", "commit"]
+    with BudgetdClient(budgetd_url, org="acme") as plain:
+        for user in ("alice", "bob"):
+            state = plain.budgets(user=user).budget("user-day")
+            assert (state.spent_micros, state.held_micros) == (COST, 0)
+    budgetd.close()

@@ -114,6 +114,9 @@ class _Settler:
         _SETTLERS.add(self)
 
     def _reset(self) -> None:
+        # After a fork, new: the parent's reserves in flight are not the child's to wait for
+        # (their threads are not in the child), and another thread may have held the lock.
+        self.reserves: _Reserves[threading.Event] = _Reserves(threading.Event, threading.Event.set)
         self._queue: queue.Queue[Flow[Any] | None] = queue.Queue(SETTLE_QUEUE)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -142,6 +145,8 @@ class _Settler:
     def _work(self) -> None:
         while (flow := self._queue.get()) is not None:
             try:
+                for reserve in self.reserves.now():  # reserves first (_Reserves)
+                    reserve.wait()
                 self._run(flow)
             except Exception:  # Guard.settle logs budgetd's errors; this is anything else
                 self._stats.bump("settle_errors")
@@ -335,6 +340,9 @@ class BudgetTransport(httpx2.BaseTransport):
 
     def _do(self, step: Step) -> Any:
         if isinstance(step, Budgetd):
+            if step.method == "reserve" and self._settler is not None:
+                with self._settler.reserves.reserving():
+                    return self.budgetd.reserve(**step.kwargs)
             return getattr(self.budgetd, step.method)(**step.kwargs)
         if isinstance(step, Send):
             return self.inner.handle_request(step.request)
