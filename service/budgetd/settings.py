@@ -32,6 +32,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_coalesce: bool = False
     """Write coalescing on the pipelined Redis connection: calls made while others are in
     flight are written together once per event-loop turn (docs/performance.md)."""
+    jobs: Literal["all", "none"] = "all"
+    """none: a replica that only serves: no org jobs (sweep, delivery, forecasts, spikes,
+    reports, digests, retention, period close), which then run on replicas with ``all``; it
+    still reloads its own policy and syncs its clock (docs/operations.md)."""
     policy_poll_s: float = 5.0
     """How often the policy directory is checked for changes (0: never)."""
     sweep_interval_s: float = 5.0
@@ -83,6 +87,12 @@ MIN_RETENTION_DAYS = 32
 def _durability(value: str) -> Literal["fast", "strict"]:
     if value not in ("fast", "strict"):
         raise ConfigError(f"BUDGETD_DURABILITY must be fast or strict, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _jobs(value: str) -> Literal["all", "none"]:
+    if value not in ("all", "none"):
+        raise ConfigError(f"BUDGETD_JOBS must be all or none, not {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -145,6 +155,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         port=n.int("BUDGETD_PORT", defaults.port),
         workers=n.int("BUDGETD_WORKERS", defaults.workers),
         durability=_durability(e.get("BUDGETD_DURABILITY", defaults.durability)),
+        jobs=_jobs(e.get("BUDGETD_JOBS", defaults.jobs)),
         redis_timeout_s=n.seconds("BUDGETD_REDIS_TIMEOUT_S", defaults.redis_timeout_s),
         redis_coalesce=_flag(
             "BUDGETD_REDIS_COALESCE",

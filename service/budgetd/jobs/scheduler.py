@@ -133,17 +133,24 @@ class Jobs:
         self._every("policy-reload", s.policy_poll_s, self.reload_policy)
         if self.clock is not None:
             self._every("clock-sync", s.clock_sync_s, self.sync_clock)
-        self._every("sweep", s.sweep_interval_s, self.sweep, claim=True)
-        self._every("delivery", s.delivery_interval_s, self.deliver)
-        self._every("forecast", s.forecast_interval_s, self.forecast, claim=True)
-        self._every("spike", s.spike_interval_s, self.spikes, claim=True)
-        self._every("reports", s.reports_interval_s, self.follow_ledgers, claim=True)
-        self._every("digest", DIGEST_CHECK_S, self.digests, claim=True)
-        if s.ledger_retention_days:
-            self._every(
-                "ledger-retention", s.ledger_retention_interval_s, self.retention, claim=True
+        if s.jobs == "all":  # none: a replica that only serves; the org jobs run elsewhere
+            self._every("sweep", s.sweep_interval_s, self.sweep, claim=True)
+            self._every("delivery", s.delivery_interval_s, self.deliver)
+            self._every("forecast", s.forecast_interval_s, self.forecast, claim=True)
+            self._every("spike", s.spike_interval_s, self.spikes, claim=True)
+            self._every("reports", s.reports_interval_s, self.follow_ledgers, claim=True)
+            self._every("digest", DIGEST_CHECK_S, self.digests, claim=True)
+            if s.ledger_retention_days:
+                self._every(
+                    "ledger-retention", s.ledger_retention_interval_s, self.retention, claim=True
+                )
+            self.schedule_period_close()
+        else:
+            log.info(
+                "BUDGETD_JOBS=none: this replica only serves; the org jobs (sweep, delivery, "
+                "forecasts, spikes, reports, digests, retention, period close) run on replicas "
+                "with BUDGETD_JOBS=all"
             )
-        self.schedule_period_close()
         self.scheduler.add_listener(
             self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
         )
@@ -254,7 +261,7 @@ class Jobs:
     # -- jobs ------------------------------------------------------------------------------
 
     async def reload_policy(self) -> None:
-        if await self.watcher.reload_if_changed():
+        if await self.watcher.reload_if_changed() and self.settings.jobs == "all":
             self.schedule_period_close()
 
     async def sync_clock(self) -> None:
