@@ -46,6 +46,8 @@ from tests.conftest import TEST_PRICING
 from tests.model.backends import STALL_TIMEOUT_S, STORE_TIMEOUT_S, Backend
 from tests.model.reference import (
     MODEL,
+    SCALE,
+    STORE_KIND,
     BudgetDef,
     OrgDef,
     RateDef,
@@ -55,8 +57,6 @@ from tests.model.reference import (
 )
 
 T = TypeVar("T")
-SCALE = 60_000
-"""lib.lua keeps a bucket's level in tokens × 60,000."""
 
 SESSION_IDLE_S = 8 * 86_400
 """Session budgets' idle TTL in the base policies: longer than any example (MAX_ELAPSED_MS plus
@@ -79,7 +79,13 @@ ACME = OrgDef(
         BudgetDef("project-day", "tag", "day", 40_000, match="project:*"),
         BudgetDef("run", "session", "session", 35_000, idle_s=SESSION_IDLE_S),
     ),
-    rate=RateDef("user-rate", requests=20, input_tokens=20_000, output_tokens=8_000),
+    rates=(
+        RateDef(
+            "user-rate",
+            "user",
+            (("requests", 20), ("input_tokens", 20_000), ("output_tokens", 8_000)),
+        ),
+    ),
     teams=(("red", ("alice",)), ("blue", ("alice", "bob"))),
 )
 BETA = OrgDef(
@@ -97,6 +103,96 @@ BETA = OrgDef(
 )
 ACME_ROLLING = replace(ACME, budgets=(*ACME.budgets, BudgetDef("user-roll", "user", "1h", 40_000)))
 ORGS = {o.org: o for o in (ACME, BETA)}
+
+VELOCITY = {
+    ("acme", "user-rate"): RateDef("user-rate", "user", (("cost_micros", 40_000),)),
+    ("acme", "session-velocity"): RateDef(
+        "session-velocity", "session", (("cost_micros", 30_000),)
+    ),
+    ("acme", "team-velocity"): RateDef("team-velocity", "team", (("cost_micros", 60_000),)),
+    ("beta", "feature-velocity"): RateDef(
+        "feature-velocity", "feature", (("cost_micros", 25_000),)
+    ),
+    ("beta", "tag-velocity"): RateDef(
+        "tag-velocity", "tag", (("cost_micros", 20_000),), match="project:*"
+    ),
+    ("beta", "org-velocity"): RateDef("org-velocity", "org", (("cost_micros", 50_000),)),
+}
+"""Cost-velocity limits (µ$ per minute) an example's policy may have, each at a drawn share of
+this value or not at all; acme's user-rate gets a cost bucket beside its token buckets (one
+hash, four kinds). A reserve's amount is up to 31,000 µ$: these deny often, and a minute
+refills them."""
+VELOCITY_PCT = (0, 50, 100, 300)
+"""0: the limit is not in the policy."""
+OVERRIDE_TARGETS = (
+    ("acme", "user-hour", "alice"),
+    ("acme", "user-hour", "bob"),
+    ("acme", "feature-day", "search"),
+    ("acme", "team-day", "red"),
+    ("acme", "team-day", "blue"),
+    ("acme", "key-hour", "app-a"),
+    ("acme", "project-day", "project:x"),
+    ("acme", "run", "s1"),
+    ("acme", "run", "s2"),
+    ("acme", "user-roll", "alice"),
+    ("acme", "user-rate", "alice"),
+    ("acme", "user-rate", "bob"),
+    ("acme", "session-velocity", "s1"),
+    ("acme", "team-velocity", "blue"),
+    ("beta", "feature-day", "chat"),
+    ("beta", "key-day", "app-b"),
+    ("beta", "project-day", "project:y"),
+    ("beta", "run", "s2"),
+    ("beta", "feature-velocity", "search"),
+    ("beta", "tag-velocity", "project:x"),
+)
+"""Per-entity overrides an example's policy may have: users, features, teams, keys, tags and
+sessions, of budgets and of rate limits (a target whose rule the policy lacks is skipped)."""
+OVERRIDE_PCT = (0, 25, 200, 500)
+"""An override's value as a share of the rule's default: 0 blocks the entity outright."""
+overrides_ = st.lists(
+    st.tuples(st.sampled_from(OVERRIDE_TARGETS), st.sampled_from(OVERRIDE_PCT), st.booleans()),
+    max_size=6,
+    unique_by=lambda o: o[0],
+)
+"""(target, pct, every kind): a rate override names all the rule's kinds or only its first."""
+velocities = st.tuples(*(st.sampled_from(VELOCITY_PCT) for _ in VELOCITY))
+
+
+def shaped(
+    orgs: dict[str, OrgDef],
+    overrides: list[tuple[tuple[str, str, str], int, bool]] | tuple[()] = (),
+    velocity: tuple[int, ...] = (0,) * len(VELOCITY),
+) -> dict[str, OrgDef]:
+    """The example's policies: ``orgs`` with the drawn cost-velocity limits and overrides."""
+    out = {}
+    for name, org in orgs.items():
+        rates = {r.name: r for r in org.rates}
+        for ((o, rule_name), base_velocity), pct in zip(VELOCITY.items(), velocity, strict=True):
+            if o != name or not pct:
+                continue
+            extra = base_velocity.scaled(pct)
+            had = rates.get(rule_name)
+            rates[rule_name] = (
+                extra if had is None else replace(had, limits=had.limits + extra.limits)
+            )
+        budgets = {b.name: b for b in org.budgets}
+        for (o, rule_name, entity), pct, every in overrides:
+            if o != name:
+                continue
+            if rule_name in budgets:
+                b = budgets[rule_name]
+                limit = b.limit * pct // 100
+                budgets[rule_name] = replace(b, overrides=(*b.overrides, (entity, limit)))
+            elif rule_name in rates:
+                r = rates[rule_name]
+                kinds = r.limits if every else r.limits[:1]
+                values = tuple((k, v * pct // 100) for k, v in kinds)
+                rates[rule_name] = replace(r, overrides=(*r.overrides, (entity, values)))
+        out[name] = replace(org, budgets=tuple(budgets.values()), rates=tuple(rates.values()))
+    return out
+
+
 FAMILIES = frozenset(
     {"rolling", "huge", "deg-ids", "script-error", "stalled-commit", "session-expiry"}
 )
@@ -204,8 +300,21 @@ class EngineModel(RuleBasedStateMachine):
         assert status.ok, status.errors
         self.model.policies[replica] = {o: org.scaled(pct) for o, org in self.orgs.items()}
 
-    @initialize(edge=st.sampled_from(sorted(EDGES)), before_s=st.integers(0, 7200))
-    def start(self, edge: str, before_s: int) -> None:
+    @initialize(
+        edge=st.sampled_from(sorted(EDGES)),
+        before_s=st.integers(0, 7200),
+        overrides=overrides_,
+        velocity=velocities,
+    )
+    def start(
+        self,
+        edge: str,
+        before_s: int,
+        overrides: list[tuple[tuple[str, str, str], int, bool]] | tuple[()] = (),
+        velocity: tuple[int, ...] = (0,) * len(VELOCITY),
+    ) -> None:
+        """One example's policies: the base ones (with the families' changes), the drawn
+        cost-velocity limits and per-entity overrides."""
         start_ms = int(EDGES[edge].timestamp() - before_s) * 1000
         self.start_ms = start_ms
         self.backend.begin(start_ms)
@@ -226,6 +335,11 @@ class EngineModel(RuleBasedStateMachine):
                 )
                 for name, org in self.orgs.items()
             }
+        self.orgs = shaped(self.orgs, overrides, velocity)
+        if any(velocity):
+            event("policy: cost velocity")
+        if overrides:
+            event("policy: overrides")
         self.model = Reference(now_ms=start_ms, policies=[dict(self.orgs), dict(self.orgs)])
         self.engines: list[Engine] = []
         for i in range(2):
@@ -294,8 +408,19 @@ class EngineModel(RuleBasedStateMachine):
         short = {
             (e.budget.name, e.entity)
             for e in entries
-            if not e.rolling and m.used(e) + amount > e.budget.limit
+            if not e.rolling and m.used(e) + amount > e.limit
         }
+        plan = m.rate_plan(
+            replica,
+            org,
+            request.user,
+            request.feature,
+            key,
+            tags,
+            request.session,
+            (request.input_tokens, request.max_tokens, amount),
+        )
+        rate_short = sorted(m.rate_denials(plan))
         hold_ttl_s = m.policies[replica][org].hold_ttl_s
         try:
             answer = self.run(self.engines[replica].reserve(request, key))
@@ -309,15 +434,26 @@ class EngineModel(RuleBasedStateMachine):
         event(f"reserve: {type(answer).__name__}")
         if isinstance(answer, Denied):
             named = {(s.name, s.entity) for s in answer.scopes if s.kind == "budget"}
-            # Every calendar budget without room is named, and only those; rates and rolling
-            # windows are not modelled (the window bound is checked on what gets committed).
+            # Every calendar budget without room is named, and only those; rolling windows are
+            # not modelled (the window bound is checked on what gets committed).
             assert named - rolling == short, (named, short)
+            # Every bucket without room, with what it has and when it will have enough.
+            rates = sorted(
+                (s.name, s.entity, s.limit, s.requested, s.available, s.retry_after_s, s.reason)
+                for s in answer.scopes
+                if s.kind == "rate"
+            )
+            assert rates == rate_short, (rates, rate_short)
+            if rates and not named:
+                waits = [r[5] for r in rates]
+                retry = None if None in waits else max(w for w in waits if w is not None)
+                assert answer.retry_after_s == retry, (answer.retry_after_s, retry)
+                event(f"denied by a rate ({'no ' if retry is None else ''}Retry-After)")
             for s in answer.scopes:
                 if s.kind == "budget" and (s.name, s.entity) not in rolling:
                     e = next(x for x in entries if (x.budget.name, x.entity) == (s.name, s.entity))
                     assert (s.spent_micros, s.held_micros) == (m.spent[e.key], m.held[e.key])
-            if not named:
-                assert self.orgs[org].rate is not None and request.user is not None, answer
+            assert named or rates, answer
             # A denial changes nothing (lazy expiry aside, which the counters check covers).
             assert self.run(self._buckets(org)) == before_buckets
             view = self.run(self.stores[0].reservation(org, request.reservation_id))
@@ -325,6 +461,7 @@ class EngineModel(RuleBasedStateMachine):
             return
         assert isinstance(answer, Grant), answer
         assert not short, f"granted {amount} µ$ past the limit of {short}"
+        assert not rate_short, f"granted past the rate limits {rate_short}"
         # A lease is capped by the policy's hold_ttl_s (issue 9, item 4).
         ttl_s = min(request.ttl_s or hold_ttl_s, hold_ttl_s)
         assert (answer.held_micros, answer.replayed, answer.degraded) == (amount, False, False)
@@ -340,12 +477,22 @@ class EngineModel(RuleBasedStateMachine):
             input_tokens=request.input_tokens,
             max_tokens=request.max_tokens,
             grant_answer=(amount, deadline),
+            buckets=plan,
         )
-        m.grant(r)
+        after = m.grant(r)
         for s in answer.scopes:
             if s.kind == "budget" and (s.name, s.entity) not in rolling:
                 e = next(x for x in entries if (x.budget.name, x.entity) == (s.name, s.entity))
                 assert (s.spent_micros, s.held_micros) == (m.spent[e.key], m.held[e.key])
+                assert s.limit == e.limit, (s, e.limit)
+        limits = {(p.name, p.entity, t.kind): t.per_minute for p in plan for t in p.takes}
+        levels = {
+            (state.name, state.entity, state.rate_kind): (state.limit, state.remaining)
+            for state in answer.scopes
+            if state.kind == "rate"
+        }
+        want = {k: (limits[k], max(0, level)) for k, level in after.items()}
+        assert levels == want, (levels, want)
 
     @rule(
         replica=replicas,
@@ -544,7 +691,8 @@ class EngineModel(RuleBasedStateMachine):
         answer = self.run(self.engines[replica].record(request, key))
         assert (answer.cost_micros, answer.replayed) == (cost, False)
         entries = m.entries(replica, org, user, feature, m.now_ms, key, tuple(tags), session)
-        m.record(entries, org, cost)
+        plan = m.rate_plan(replica, org, user, feature, key, tuple(tags), session, (*tokens, cost))
+        m.record(entries, org, cost, plan)
         if again == "same":
             replay = self.run(self.engines[1 - replica].record(request, key))
             assert (replay.ledger_id, replay.replayed) == (answer.ledger_id, True)
@@ -558,6 +706,87 @@ class EngineModel(RuleBasedStateMachine):
                 pass
             else:
                 raise AssertionError("a reused record id with another body must be a conflict")
+
+    @precondition(lambda self: self.ready)
+    @rule(
+        replica=replicas,
+        org=st.sampled_from(sorted(ORGS)),
+        user=users,
+        feature=features,
+        key=api_keys,
+        tags=tag_lists,
+        session=sessions,
+    )
+    def view(
+        self,
+        replica: int,
+        org: str,
+        user: str | None,
+        feature: str | None,
+        key: str | None,
+        tags: list[str],
+        session: str | None,
+    ) -> None:
+        """The budgets view (GET /v1/budgets) reads, never writes: each limit that applies,
+        with the entity's own limit (its override, or the rule's default, and which) and
+        where the counter or bucket stands now."""
+        m = self.model
+        tags_ = tuple(dict.fromkeys(tags))
+        answer = self.run(
+            self.engines[replica].budgets(org, user, feature, MODEL, key, tags_, session)
+        )
+        policy = m.policies[replica][org]
+        entries = m.entries(replica, org, user, feature, m.now_ms, key, tags_, session)
+        plan = m.rate_plan(replica, org, user, feature, key, tags_, session, (0, 0, 0))
+
+        def source(rule: BudgetDef | RateDef, entity: str, kind: str = "") -> str:
+            """Within a rule, an override beats the default (a rate's, kind by kind)."""
+            if rule.scope == "org":
+                return "org"
+            override = dict(rule.overrides).get(entity)
+            if isinstance(rule, RateDef):
+                override = dict(override or ()).get(kind)  # type: ignore[call-overload]
+            return "default" if override is None else "override"
+
+        rolling = {e.budget.name for e in entries if e.rolling}
+        budgets = sorted(
+            (s.name, s.entity, s.source, s.limit, s.spent_micros, s.held_micros, s.remaining)
+            for s in answer.scopes
+            if s.kind == "budget" and s.name not in rolling
+        )
+        want = sorted(
+            (
+                e.budget.name,
+                e.entity,
+                source(e.budget, e.entity),
+                e.limit,
+                m.spent[e.key],
+                m.held[e.key],
+                max(0, e.limit - m.used(e)),
+            )
+            for e in entries
+            if not e.rolling
+        )
+        assert budgets == want, (budgets, want)
+        rules = {r.name: r for r in policy.rates}
+        rates = sorted(
+            (s.name, s.entity, s.rate_kind or "", s.source, s.limit, s.remaining)
+            for s in answer.scopes
+            if s.kind == "rate"
+        )
+        want_rates = sorted(
+            (
+                p.name,
+                p.entity,
+                t.kind,
+                source(rules[p.name], p.entity, t.kind),
+                t.per_minute,
+                max(0, m.level(p.key, t) // SCALE),
+            )
+            for p in plan
+            for t in p.takes
+        )
+        assert rates == want_rates, (rates, want_rates)
 
     # -- time, sweeps, policy --------------------------------------------------------------
 
@@ -617,6 +846,16 @@ class EngineModel(RuleBasedStateMachine):
         tags = tuple(request.tags)
         entries = m.entries(replica, org, user, feature, m.now_ms, key, tags, request.session)
         amount = price(request.input_tokens, request.max_tokens)
+        plan = m.rate_plan(
+            replica,
+            org,
+            user,
+            feature,
+            key,
+            tags,
+            request.session,
+            (request.input_tokens, request.max_tokens, amount),
+        )
         result = self._stalled(replica, self.engines[replica].reserve(request, key))
         if isinstance(result, InvalidRequest):
             # Refused before the store (an id of budgetd's own, a lease past the policy's).
@@ -634,7 +873,8 @@ class EngineModel(RuleBasedStateMachine):
             return
         assert view.state == "held"
         for e in entries:
-            assert m.used(e) + amount <= e.budget.limit, "a stalled reserve granted past a limit"
+            assert m.used(e) + amount <= e.limit, "a stalled reserve granted past a limit"
+        assert not m.rate_denials(plan), "a stalled reserve granted past a rate limit"
         deadline = m.now_ms + (request.ttl_s or m.policies[replica][org].hold_ttl_s) * 1000
         assert view.deadline_ms == deadline
         m.grant(
@@ -648,6 +888,7 @@ class EngineModel(RuleBasedStateMachine):
                 input_tokens=request.input_tokens,
                 max_tokens=request.max_tokens,
                 grant_answer=(amount, deadline),
+                buckets=plan,
             )
         )
 
@@ -671,7 +912,9 @@ class EngineModel(RuleBasedStateMachine):
         answer = self.run(self.engines[replica].commit(org, rid, body, key=key))
         cost = price(*tokens)
         assert (answer.cost_micros, answer.released_micros, answer.overrun) == (cost, 0, True)
-        m.record(m.entries(replica, org, user, feature, m.now_ms, key, tags, session), org, cost)
+        entries = m.entries(replica, org, user, feature, m.now_ms, key, tags, session)
+        plan = m.rate_plan(replica, org, user, feature, key, tags, session, (*tokens, cost))
+        m.record(entries, org, cost, plan)
 
     def _commit_stalled(self, replica: int, r: Reservation) -> None:
         """A commit during a stall answers 503 (clients retry those), on the replica that
@@ -763,7 +1006,8 @@ class EngineModel(RuleBasedStateMachine):
             return
         cost = reported if reported is not None else price(*tokens)
         assert recorded.cost_micros == cost, (recorded.cost_micros, cost)
-        m.record(m.entries(replica, "acme", user, feature, m.now_ms), "acme", cost)
+        plan = m.rate_plan(replica, "acme", user, feature, None, (), None, (*tokens, cost))
+        m.record(m.entries(replica, "acme", user, feature, m.now_ms), "acme", cost, plan)
 
     @precondition(
         lambda self: self.ready and "script-error" in self.families and self.model.open_holds()
@@ -851,22 +1095,20 @@ class EngineModel(RuleBasedStateMachine):
             assert len(settled) == len(set(settled)), "a reservation settled twice"
             holds = await client.zrange(keys.holds(org), 0, -1)
             assert sorted(holds) == sorted(r.rid for r in m.open_holds(org)), holds
-            rate = policy.rate
-            for key, bucket in (await self._buckets(org)).items():
-                assert rate is not None, key
-                capacities = {
-                    "requests": rate.requests,
-                    "input": rate.input_tokens,
-                    "output": rate.output_tokens,
+            # Every bucket exactly as the model has it: its time and each kind's level (which
+            # the model keeps within ±capacity: never above it, a debt of at most one).
+            found_buckets = {k: v for k, v in (await self._buckets(org)).items() if v}
+            for key, bucket in found_buckets.items():
+                b = m.buckets.get(key)
+                assert b is not None, f"{key}: a bucket the model never took from: {bucket}"
+                modelled = {"ms": b.ms} | {
+                    f"{STORE_KIND[kind]}.t": level for kind, (level, _) in b.levels.items()
                 }
-                for kind, capacity in capacities.items():
-                    level = bucket.get(f"{kind}.t")
-                    if level is None:
-                        continue
-                    assert int(level) <= capacity * SCALE, f"{key} above capacity: {bucket}"
-                    if "huge" in self.families:
-                        # One commit's debt is bounded: a bucket refills from it within a minute.
-                        assert int(level) >= -capacity * SCALE, f"{key} in debt: {bucket}"
+                stored = {f: int(v) for f, v in bucket.items() if f != "x"}
+                assert stored == modelled, f"{key}: {stored}, model {modelled}"
+            for key in [k for k in m.buckets if k.startswith(keys.tag(org) + ":")]:
+                if key not in found_buckets:
+                    m.bucket_dropped(key)
         over = m.over_limit()
         assert not over, over
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -31,6 +32,12 @@ Scope = Literal["org", "user", "feature", "team", "key", "tag", "session"]
 State = Literal["held", "committed", "released", "expired"]
 LAZY_EXPIRY = 8
 """Due holds a reserve reclaims first (DESIGN: stale holds never deny a request)."""
+RateKind = Literal["requests", "input_tokens", "output_tokens", "cost_micros"]
+RATE_KINDS: tuple[RateKind, ...] = ("requests", "input_tokens", "output_tokens", "cost_micros")
+"""A rate rule's kinds, in the order a rule lists its buckets (and a policy file its fields)."""
+SCALE = 60_000
+"""A bucket's level is kept in units × 60,000, so a bucket of ``per_minute`` capacity refills by
+exactly ``per_minute`` every ms (docs/decisions.md: token buckets, refilled continuously)."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +51,65 @@ class BudgetDef:
     """Tag budgets: a glob on the call's tags (each matching tag is its own counter)."""
     idle_s: int = 0
     """Session budgets: the idle TTL (the counter expires this long after its last write)."""
+    overrides: tuple[tuple[str, int], ...] = ()
+    """Per-entity limits (µ$) that replace ``limit`` for the named entity."""
+
+    def limit_for(self, entity: str) -> int:
+        """Within a rule, an override beats the default (docs/decisions.md, Scopes)."""
+        return dict(self.overrides).get(entity, self.limit)
+
+    def scaled(self, pct: int) -> BudgetDef:
+        return replace(
+            self,
+            limit=self.limit * pct // 100,
+            overrides=tuple((e, v * pct // 100) for e, v in self.overrides),
+        )
 
 
 @dataclass(frozen=True)
 class RateDef:
+    """A rate rule: per kind, a token bucket of capacity = its per-minute value."""
+
     name: str
-    requests: int
-    input_tokens: int
-    output_tokens: int
+    scope: Scope
+    limits: tuple[tuple[RateKind, int], ...]
+    overrides: tuple[tuple[str, tuple[tuple[RateKind, int], ...]], ...] = ()
+    """Per entity: the kinds it overrides (the others keep the rule's value)."""
+    match: str = "*"
+
+    def per_minute(self, entity: str) -> tuple[tuple[RateKind, int], ...]:
+        """The entity's limits, in RATE_KINDS order: an override's kinds beat the rule's."""
+        values = dict(self.limits) | dict(dict(self.overrides).get(entity, ()))
+        return tuple((k, values[k]) for k in RATE_KINDS if k in values)
+
+    def scaled(self, pct: int) -> RateDef:
+        return replace(
+            self,
+            limits=tuple((k, v * pct // 100) for k, v in self.limits),
+            overrides=tuple(
+                (e, tuple((k, v * pct // 100) for k, v in kinds)) for e, kinds in self.overrides
+            ),
+        )
+
+    def yaml(self) -> list[str]:
+        def fields(kinds: tuple[tuple[RateKind, int], ...]) -> list[str]:
+            return [
+                f"cost_usd_per_minute: {usd(v)}" if k == "cost_micros" else f"{k}_per_minute: {v}"
+                for k, v in kinds
+            ]
+
+        lines = [f"  - name: {self.name}", f"    scope: {self.scope}"]
+        if self.match != "*":
+            lines.append(f'    match: "{self.match}"')
+        lines += [f"    {f}" for f in fields(self.limits)]
+        if self.overrides:
+            lines.append("    overrides:")
+            lines += [f'      "{e}": {{{", ".join(fields(kinds))}}}' for e, kinds in self.overrides]
+        return lines
+
+
+def usd(micros: int) -> str:
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
 @dataclass(frozen=True)
@@ -60,16 +118,17 @@ class OrgDef:
     tz: str
     hold_ttl_s: int
     budgets: tuple[BudgetDef, ...]
-    rate: RateDef | None = None
+    rates: tuple[RateDef, ...] = ()
     fail_open: bool = False
     teams: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Team name → its users (a user may be in several)."""
 
     def scaled(self, pct: int) -> OrgDef:
-        """The same policy with every budget's limit at ``pct`` % of ``base``'s."""
+        """The same policy with every limit (budgets, overrides, rates) at ``pct`` %."""
         return replace(
             self,
-            budgets=tuple(replace(b, limit=b.limit * pct // 100) for b in self.budgets),
+            budgets=tuple(b.scaled(pct) for b in self.budgets),
+            rates=tuple(r.scaled(pct) for r in self.rates),
         )
 
     def yaml(self) -> str:
@@ -85,24 +144,20 @@ class OrgDef:
             lines += [f"  {name}: {{users: [{', '.join(users)}]}}" for name, users in self.teams]
         lines.append("budgets:")
         for b in self.budgets:
-            usd = f"{b.limit // 1_000_000}.{b.limit % 1_000_000:06d}"
             match = "" if b.match == "*" else f', match: "{b.match}"'
             if b.period == "session":
                 match += f", idle: {b.idle_s}s"
+            if b.overrides:
+                pairs = ", ".join(f'"{e}": {usd(v)}' for e, v in b.overrides)
+                match += f", overrides: {{{pairs}}}"
             lines.append(
-                f"  - {{name: {b.name}, scope: {b.scope}, limit_usd: {usd}, period: {b.period}"
-                f"{match}}}"
+                f"  - {{name: {b.name}, scope: {b.scope}, limit_usd: {usd(b.limit)}, "
+                f"period: {b.period}{match}}}"
             )
-        if self.rate is not None:
-            r = self.rate
-            lines += [
-                "rate_limits:",
-                f"  - name: {r.name}",
-                "    scope: user",
-                f"    requests_per_minute: {r.requests}",
-                f"    input_tokens_per_minute: {r.input_tokens}",
-                f"    output_tokens_per_minute: {r.output_tokens}",
-            ]
+        if self.rates:
+            lines.append("rate_limits:")
+            for r in self.rates:
+                lines += r.yaml()
         return "\n".join(lines) + "\n"
 
 
@@ -122,16 +177,16 @@ def period_id(period: Period, tz: str, at_ms: int) -> str:
 
 def entities(
     policy: OrgDef,
-    b: BudgetDef,
+    b: BudgetDef | RateDef,
     user: str | None,
     feature: str | None,
     key: str | None,
     tags: tuple[str, ...],
     session: str | None = None,
 ) -> tuple[str, ...]:
-    """The counters of budget ``b`` a call counts on (docs/decisions.md, issue 14): the org;
-    the user, feature, key or session the call names; each team the user is in; each tag
-    matching the budget's glob, once."""
+    """The counters of budget (or rate rule) ``b`` a call counts on (docs/decisions.md, issue
+    14): the org; the user, feature, key or session the call names; each team the user is in;
+    each tag matching the rule's glob, once."""
     if b.scope == "team":
         return tuple(name for name, users in policy.teams if user in users)
     if b.scope == "tag":
@@ -155,10 +210,51 @@ class Entry:
     """Which counter pair it is, as ``<hash>#<budget>|<entity>``: the period's counter hash
     (calendar budgets: the commit is charged there too), or the org's rolling held hash (a
     rolling budget's spend lands in sub-bucket hashes, and is added up under this name)."""
+    limit: int
+    """The entity's limit: its override, or the budget's default."""
 
     @property
     def rolling(self) -> bool:
         return self.budget.period in ROLLING_MS
+
+
+@dataclass(frozen=True)
+class Take:
+    """One kind of one rate rule's buckets: what a call takes from it."""
+
+    kind: RateKind
+    per_minute: int
+    """The bucket's capacity and its refill per minute (the entity's override, or the rule's)."""
+    amount: int
+    """Requests: 1; tokens: the call's; cost_micros: its amount (a reserve's: the hold)."""
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """A rate rule's buckets for one entity (one hash in the store), as a call plans them."""
+
+    key: str
+    name: str
+    entity: str
+    takes: tuple[Take, ...]
+
+
+STORE_KIND = {
+    "requests": "requests",
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cost_micros": "cost",
+}
+"""A rate kind's name in its bucket hash (``<kind>.t``)."""
+
+
+@dataclass
+class Bucket:
+    """A rule's buckets for one entity: one time for every kind (each write sets them all)."""
+
+    ms: int
+    levels: dict[RateKind, tuple[int, int]] = field(default_factory=dict)
+    """Per kind: (level × SCALE, per minute it was written with)."""
 
 
 @dataclass
@@ -180,6 +276,9 @@ class Reservation:
     """(held micros, expires-at ms) of the first grant."""
     generations: dict[str, int] = field(default_factory=dict)
     """Per session counter hash it holds on: that hash's generation when it was granted."""
+    buckets: tuple[BucketPlan, ...] = ()
+    """The rate buckets it took from, with their limits as of the reserve (its commit or
+    release gives back to those, whatever the policy says by then)."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +315,8 @@ class Reference:
     generation: dict[str, int] = field(default_factory=dict)
     """Per session counter hash: when it was (last) created (ms): a hold voided after its hash
     idled out (gone, or created again) frees nothing there."""
+    buckets: dict[str, Bucket] = field(default_factory=dict)
+    """Per rate rule and entity (the store's bucket hash name): its buckets as last written."""
 
     # -- what applies ----------------------------------------------------------------------
 
@@ -240,13 +341,109 @@ class Reference:
     def _entry(self, policy: OrgDef, b: BudgetDef, entity: str, at_ms: int) -> Entry:
         org = policy.org
         if b.period in ROLLING_MS:
-            held = keys.rolling_held(org)
-            return Entry(b, entity, keys.charged(held, keys.budget_field(b.name, entity)))
-        if b.period == "session":
-            session = keys.session_counters(org, entity)
-            return Entry(b, entity, keys.charged(session, keys.budget_field(b.name, entity)))
-        counters = keys.counters(org, period_id(b.period, policy.tz, at_ms))
-        return Entry(b, entity, keys.charged(counters, keys.budget_field(b.name, entity)))
+            hash_key = keys.rolling_held(org)
+        elif b.period == "session":
+            hash_key = keys.session_counters(org, entity)
+        else:
+            hash_key = keys.counters(org, period_id(b.period, policy.tz, at_ms))
+        key = keys.charged(hash_key, keys.budget_field(b.name, entity))
+        return Entry(b, entity, key, b.limit_for(entity))
+
+    def rate_plan(
+        self,
+        engine: int,
+        org: str,
+        user: str | None,
+        feature: str | None,
+        key: str | None,
+        tags: tuple[str, ...],
+        session: str | None,
+        amounts: tuple[int, int, int],
+    ) -> tuple[BucketPlan, ...]:
+        """The buckets a call takes from: every rate rule that applies, each entity it counts
+        for (as budgets), each kind the entity's limits name. ``amounts``: (input tokens,
+        output tokens, µ$)."""
+        policy = self.policies[engine][org]
+        need = dict(zip(RATE_KINDS, (1, *amounts), strict=True))
+        return tuple(
+            BucketPlan(
+                keys.bucket(org, r.name, entity),
+                r.name,
+                entity,
+                tuple(Take(k, v, need[k]) for k, v in r.per_minute(entity)),
+            )
+            for r in policy.rates
+            for entity in entities(policy, r, user, feature, key, tags, session)
+        )
+
+    # -- token buckets ---------------------------------------------------------------------
+
+    def level(self, key: str, t: Take) -> int:
+        """A bucket's level now (× SCALE): refilled at its per-minute rate since it was last
+        written, never above its capacity; a bucket never written (or dropped) is full."""
+        b = self.buckets.get(key)
+        if b is None or t.kind not in b.levels:
+            return t.per_minute * SCALE
+        level = b.levels[t.kind][0] + (self.now_ms - b.ms) * t.per_minute
+        return min(level, t.per_minute * SCALE)
+
+    def rate_denials(
+        self, plan: tuple[BucketPlan, ...]
+    ) -> list[tuple[str, str, int, int, int, int | None, str]]:
+        """Every bucket without room for its take, as a denial names it: (rule, entity, per
+        minute, requested, available, Retry-After s (None: waiting cannot help), reason)."""
+        out = []
+        for p in plan:
+            for t in p.takes:
+                level = self.level(p.key, t)
+                if level >= t.amount * SCALE:
+                    continue
+                retry = None
+                if t.per_minute > 0 and t.amount <= t.per_minute:
+                    wait_ms = -(-(t.amount * SCALE - level) // t.per_minute)
+                    retry = max(1, -(-wait_ms // 1000))
+                reason = "larger_than_limit" if t.amount > t.per_minute else "full"
+                available = level // SCALE
+                out.append((p.name, p.entity, t.per_minute, t.amount, available, retry, reason))
+        return out
+
+    def _write(self, p: BucketPlan, levels: dict[RateKind, int]) -> None:
+        """A write of one rule's buckets: every kind as of now; a debt at most one capacity."""
+        b = self.buckets.setdefault(p.key, Bucket(self.now_ms))
+        b.ms = self.now_ms
+        for t in p.takes:
+            b.levels[t.kind] = (max(levels[t.kind], -t.per_minute * SCALE), t.per_minute)
+
+    def take(self, plan: tuple[BucketPlan, ...]) -> dict[tuple[str, str, RateKind], int]:
+        """A grant takes each amount; (rule, entity, kind) → the level it leaves (units)."""
+        after = {}
+        for p in plan:
+            levels = {t.kind: self.level(p.key, t) - t.amount * SCALE for t in p.takes}
+            self._write(p, levels)
+            after.update({(p.name, p.entity, k): v // SCALE for k, v in levels.items()})
+        return after
+
+    def give(self, plan: tuple[BucketPlan, ...], back: Callable[[Take], int]) -> None:
+        """Give ``back(t)`` (negative: take) to each bucket, never above its capacity; a
+        rule's buckets with anything to give are written whole."""
+        for p in plan:
+            if any(back(t) for t in p.takes):
+                cap = {t.kind: t.per_minute * SCALE for t in p.takes}
+                self._write(
+                    p,
+                    {
+                        t.kind: min(self.level(p.key, t) + back(t) * SCALE, cap[t.kind])
+                        for t in p.takes
+                    },
+                )
+
+    def bucket_dropped(self, key: str) -> None:
+        """The store dropped a bucket hash (its expiry): allowed once every kind of it is full
+        at the rate it was written with; a dropped hash reads full."""
+        b = self.buckets.pop(key)
+        for kind, (level, per_minute) in b.levels.items():
+            refilled = level + (self.now_ms - b.ms) * per_minute
+            assert refilled >= per_minute * SCALE, f"{key} {kind} dropped at {refilled} × 1/SCALE"
 
     def used(self, entry: Entry) -> int:
         """Calendar budgets only: what the counter has used (a rolling window's sum depends on
@@ -287,7 +484,7 @@ class Reference:
 
     def _charge(self, e: Entry, cost: int, excused: int) -> None:
         self._touch(e)
-        charge = Charge(e.key, cost, excused, e.budget.limit)
+        charge = Charge(e.key, cost, excused, e.limit)
         if e.rolling:
             self.rolling.setdefault(e.key, []).append((self.now_ms, charge))
             self.spent[e.key] += cost  # the sum over the rolling budget's sub-buckets
@@ -342,7 +539,8 @@ class Reference:
             self._void(r, "expired")
         return [r.rid for r in due]
 
-    def grant(self, r: Reservation) -> None:
+    def grant(self, r: Reservation) -> dict[tuple[str, str, RateKind], int]:
+        """Hold ``r`` on its budgets and take from its buckets; the buckets' levels after."""
         self.reservations[(r.org, r.rid)] = r
         for e in r.entries:
             self._touch(e)
@@ -350,6 +548,7 @@ class Reference:
             if e.budget.period == "session":
                 hash_key = e.key.partition("#")[0]
                 r.generations[hash_key] = self.generation[hash_key]
+        return self.take(r.buckets)
 
     def commit(
         self, r: Reservation, input_tokens: int, output_tokens: int
@@ -360,6 +559,12 @@ class Reference:
         late = not holding or self.now_ms > r.deadline_ms
         overrun = late or cost > r.amount
         released = max(0, r.amount - cost) if holding and not late else 0
+        if holding and not late:
+            # The buckets give back what the estimate over-took (take what it under-took);
+            # the request stays counted.
+            actual = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+            actual["cost_micros"] = cost
+            self.give(r.buckets, lambda t: t.amount - actual.get(t.kind, t.amount))
         if holding:
             self._void(r, "held")
         excused = cost if late else max(0, cost - r.amount)
@@ -378,11 +583,21 @@ class Reference:
             self._void(r, "expired")
             return "expired", 0
         self._void(r, "released")
+        # The call never ran: estimates go back, the request stays counted.
+        self.give(r.buckets, lambda t: 0 if t.kind == "requests" else t.amount)
         return "released", r.amount
 
-    def record(self, entries: tuple[Entry, ...], org: str, cost: int) -> None:
+    def record(
+        self,
+        entries: tuple[Entry, ...],
+        org: str,
+        cost: int,
+        buckets: tuple[BucketPlan, ...] = (),
+    ) -> None:
+        """Spend without a hold: charged everywhere, never checked; its buckets take it."""
         for e in entries:
             self._charge(e, cost, cost)
+        self.give(buckets, lambda t: -t.amount)
         self.ledger[org] += 1
 
     # -- the bound -------------------------------------------------------------------------
