@@ -24,10 +24,8 @@ users, 20 features, 4 models), it runs one pass on uvloop and reports:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,13 +36,11 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tests.servers import start_redis
 
-from _machine import load_average, steal_ticks
+from _machine import load_average
+from _stalls import measure
 from budgetd.reports import follower
 from budgetd.store.connect import redis_store
-from reports import ORG, cpu_s, seed
-
-TICK_S = 0.0005
-
+from reports import ORG, seed
 
 STEPS = {
     "before": {"batch": 2000, "rows": 10**9, "slice_": 2000},
@@ -52,45 +48,22 @@ STEPS = {
 }
 
 
-async def one_pass(url: str, sync: redis.Redis, steps: dict[str, int]) -> dict[str, float]:
+async def one_pass(url: str, sync: redis.Redis, steps: dict[str, int]) -> dict[str, Any]:
     store = redis_store(url, timeout_s=30.0)
-    sync.config_set("slowlog-log-slower-than", 0)
-    sync.config_set("slowlog-max-len", 1_000_000)
-    sync.slowlog_reset()
-    stop = asyncio.Event()
-    worst = 0.0
-
-    async def ticker() -> None:
-        nonlocal worst
-        last = time.perf_counter()
-        while not stop.is_set():
-            await asyncio.sleep(TICK_S)
-            now = time.perf_counter()
-            worst = max(worst, now - last - TICK_S)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.sleep(0.05)
-    cpu0, wall0, proc0 = cpu_s(sync), time.perf_counter(), time.process_time()
-    applied = await follower.follow(store, ORG, ZoneInfo("UTC"), **steps)
-    wall, proc, rcpu = (
-        time.perf_counter() - wall0,
-        time.process_time() - proc0,
-        cpu_s(sync) - cpu0,
-    )
-    stop.set()
-    await ticking
-    log: Any = sync.slowlog_get(1_000_000)
-    scripts = [e["duration"] for e in log if e["command"].startswith(b"EVALSHA")]
+    s = await measure(sync, lambda: follower.follow(store, ORG, ZoneInfo("UTC"), **steps))
     await store.close()
+    applied = s.result
+    scripts = [us for name, us in s.commands if name == "EVALSHA"]
     return {
         "applied": applied,
-        "loop_ms": worst * 1e3,
+        "loop_ms": s.loop_ms,
         "redis_ms": max(scripts, default=0) / 1e3,
         "applies": len(scripts),
-        "wall_s": wall,
-        "proc_us": proc / applied * 1e6,
-        "redis_us": rcpu / applied * 1e6,
+        "wall_s": s.wall_s,
+        "proc_us": s.cpu_s / applied * 1e6,
+        "redis_us": s.redis_cpu_s / applied * 1e6,
+        "steal": s.steal,
+        "load": s.load,
     }
 
 
@@ -110,16 +83,13 @@ async def main() -> None:
             for name in ["before", "after"] * args.rounds:
                 sync.flushall()
                 seed(sync, args.entries, args.users, span_ms=5_000)
-                steal0, total0 = steal_ticks()
                 r = await one_pass(url, sync, STEPS[name])
-                steal1, total1 = steal_ticks()
                 assert r["applied"] == args.entries, r
                 print(
                     f"{name:<6}  {r['loop_ms']:7.1f} ms  {r['redis_ms']:8.1f} ms  "
                     f"{r['applies']:>6}  {r['wall_s']:5.2f} s  {r['proc_us']:8.1f} µs  "
                     f"{r['redis_us']:7.1f} µs   "
-                    f"steal {(steal1 - steal0) / max(1, total1 - total0):.1%}, "
-                    f"load {load_average().split()[0]}"
+                    f"steal {r['steal']:.1%}, load {r['load']}"
                 )
         finally:
             server.stop()

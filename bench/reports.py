@@ -66,10 +66,17 @@ def cpu_s(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def seed(client: redis.Redis, entries: int, users: int, span_ms: int = 30 * 86_400_000) -> None:
-    """``entries`` commit entries of ``users`` users, spread over the last ``span_ms``."""
+def seed(
+    client: redis.Redis,
+    entries: int,
+    users: int,
+    span_ms: int = 30 * 86_400_000,
+    end_ms: int | None = None,
+) -> None:
+    """``entries`` commit entries of ``users`` users, spread over the ``span_ms`` before
+    ``end_ms`` (now when None; the ledger must have no later entry)."""
     rng = random.Random(11)
-    now_ms = int(time.time() * 1000)
+    now_ms = int(time.time() * 1000) if end_ms is None else end_ms
     start_ms = now_ms - span_ms
     step = (now_ms - start_ms) // entries
     stream = keys.ledger(ORG)

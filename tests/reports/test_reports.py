@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from typing import Any
 
 from budgetd.engine import Engine
 from budgetd.reports import follower, query
 from budgetd.reports.budgets import budgets
 from budgetd.store import keys
 from budgetd.store.scripted import ScriptStore
+from tests.commandstats import calls as ran
 from tests.reports.conftest import (
     HAIKU,
     SONNET,
@@ -165,21 +165,6 @@ async def test_top_over_several_buckets_equals_the_union(real_store: ScriptStore
         assert [union[n] for n in got] == [score for _, score in want], top
 
 
-async def _calls(store: ScriptStore, command: str) -> int:
-    """How many times the server(s) ran ``command`` (``INFO commandstats``, every primary)."""
-    client: Any = store.client
-    nodes = client.get_primaries() if hasattr(client, "get_primaries") else [None]
-    total = 0
-    for node in nodes:
-        stats = await (
-            client.info("commandstats", target_nodes=node)
-            if node is not None
-            else client.info("commandstats")
-        )
-        total += int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-    return total
-
-
 async def spread(engine: Engine, calls: int) -> list[Call]:
     """Recorded calls of as many users and sessions as calls: every entry its own report rows."""
     return [
@@ -198,10 +183,10 @@ async def test_a_follower_pass_goes_in_small_steps(report_engine: Engine) -> Non
     (~2,400 rows) take >= 12 reads and >= 2 applies."""
     calls = await spread(report_engine, 600)
     store = report_engine.store
-    reads, applies = await _calls(store, "xrange"), await _calls(store, "evalsha")
+    reads, applies = await ran(store, "xrange"), await ran(store, "evalsha")
     assert await follower.follow(store, "acme", report_engine.policy("acme").tz) == len(calls)
-    assert await _calls(store, "xrange") - reads >= 600 // 50
-    assert await _calls(store, "evalsha") - applies >= 2400 // 1200
+    assert await ran(store, "xrange") - reads >= 600 // 50
+    assert await ran(store, "evalsha") - applies >= 2400 // 1200
     since, until = real_range()
     for view in ("model", "user", "feature", "session"):
         report = await query.usage(store, "acme", view, since, until)  # type: ignore[arg-type]
