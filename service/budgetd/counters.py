@@ -16,6 +16,11 @@ from budgetd.periods import PeriodWindow, window
 from budgetd.policy.model import OrgPolicy
 from budgetd.policy.resolve import AppliedBudget
 
+CHUNK = 500
+"""Counters read by one status script. A forecast reads every user that spent in the last hour
+(thousands at a large org): in one script that held Redis for tens of ms, and with ~18,000
+(bench/job_stalls.py) the script failed outright (Lua's unpack limit)."""
+
 
 class Counter(msgspec.Struct, frozen=True, kw_only=True):
     applied: AppliedBudget
@@ -27,13 +32,16 @@ class Counter(msgspec.Struct, frozen=True, kw_only=True):
 async def read(
     engine: Engine, policy: OrgPolicy, applied: list[AppliedBudget], now: datetime
 ) -> list[Counter]:
-    """Each applied budget's counter in its window containing ``now``, in one store call."""
-    if not applied:
-        return []
-    windows = [window(a.rule.period, policy.tz, now) for a in applied]
-    slots = tuple(engine.budget_slot(policy, a, w) for a, w in zip(applied, windows, strict=True))
-    status = await engine.store.status(slots, ())
-    return [
-        Counter(applied=a, window=w, spent=spent, held=held)
-        for a, w, (spent, held) in zip(applied, windows, status.budgets, strict=True)
-    ]
+    """Each applied budget's counter in its window containing ``now``, ``CHUNK`` to a store
+    call."""
+    out: list[Counter] = []
+    for start in range(0, len(applied), CHUNK):
+        part = applied[start : start + CHUNK]
+        windows = [window(a.rule.period, policy.tz, now) for a in part]
+        slots = tuple(engine.budget_slot(policy, a, w) for a, w in zip(part, windows, strict=True))
+        status = await engine.store.status(slots, ())
+        out += [
+            Counter(applied=a, window=w, spent=spent, held=held)
+            for a, w, (spent, held) in zip(part, windows, status.budgets, strict=True)
+        ]
+    return out

@@ -10,6 +10,7 @@ from budgetd.engine import Engine
 from budgetd.jobs.spend import entities_of
 from budgetd.jobs.spend import since as spend_since
 from budgetd.money import format_usd
+from budgetd.pacing import paced
 from budgetd.periods import COUNTER_GRACE
 from budgetd.policy.resolve import entity_budget
 from budgetd.store.events import EventQueue
@@ -28,7 +29,7 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
         if rule.period.calendar is None or not rule.forecast:
             continue
         recent: dict[str, int] = {}
-        for s in spends:
+        async for s in paced(spends):
             for entity in entities_of(s, rule, policy):
                 recent[entity] = recent.get(entity, 0) + s.cost
         applied = [a for e in recent if (a := entity_budget(policy, rule, e)) is not None]

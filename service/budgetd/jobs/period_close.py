@@ -11,6 +11,7 @@ from budgetd.engine import Engine
 from budgetd.jobs import spend
 from budgetd.jobs.spend import entities_of, totals_by
 from budgetd.money import format_usd
+from budgetd.pacing import paced
 from budgetd.periods import COUNTER_GRACE, calendar_bounds
 from budgetd.policy.model import CalendarUnit
 from budgetd.store import keys
@@ -53,7 +54,7 @@ async def close_periods(
             continue
         by_entity: Counter[str] = Counter()
         mine = []
-        for s in spends:
+        async for s in paced(spends):  # a month of entries: seconds of Python, in steps
             entities = entities_of(s, rule, policy)
             if entities:
                 mine.append(s)
@@ -78,9 +79,9 @@ async def close_periods(
             "used_micros": str(spent),
             "limit_micros": str(rule.default_limit),
             "top_entities": _top(by_entity) if rule.scope != "org" else "[]",
-            "top_users": _top(totals_by(mine, "user")),
-            "top_features": _top(totals_by(mine, "feature")),
-            "top_models": _top(totals_by(mine, "model")),
+            "top_users": _top(await totals_by(mine, "user")),
+            "top_features": _top(await totals_by(mine, "feature")),
+            "top_models": _top(await totals_by(mine, "model")),
             "overruns": str(sum(s.overrun for s in mine)),
             "summary": summary,
             "at_ms": str(end_ms),

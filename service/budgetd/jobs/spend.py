@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 import msgspec
 
 from budgetd import attribution, ledger
+from budgetd.pacing import STEP, paced
 from budgetd.policy.model import BudgetRule, OrgPolicy
 from budgetd.policy.resolve import Subject, applied_budgets
 from budgetd.store.scripted import ScriptStore
@@ -72,22 +73,22 @@ def entities_of(spend: Spend, rule: BudgetRule, policy: OrgPolicy) -> tuple[str,
     return tuple(applied.entity for applied in applied_budgets(policy, rule, subject))
 
 
-def totals_by(spends: list[Spend], attribute: str) -> Counter[str]:
+async def totals_by(spends: list[Spend], attribute: str) -> Counter[str]:
     out: Counter[str] = Counter()
-    for s in spends:
+    async for s in paced(spends, 10 * STEP):  # (a sum: ~0.3 µs an entry)
         key = getattr(s, attribute)
         if key:
             out[key] += s.cost
     return out
 
 
-def hourly(
+async def hourly(
     spends: list[Spend], rule: BudgetRule, policy: OrgPolicy, now_ms: int, hours: int
 ) -> dict[str, list[int]]:
     """Per entity: spend in each of the last ``hours`` hours, oldest first; the last slot is
-    the hour ending now."""
+    the hour ending now. Resolving a day's entries takes 100s of ms: paced."""
     out: dict[str, list[int]] = defaultdict(lambda: [0] * hours)
-    for s in spends:
+    async for s in paced(spends):
         age = (now_ms - s.at_ms) // 3_600_000
         if 0 <= age < hours:
             for entity in entities_of(s, rule, policy):

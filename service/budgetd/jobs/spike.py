@@ -24,7 +24,7 @@ async def detect_spikes(engine: Engine, queue: EventQueue, org: str, now: dateti
     for rule in policy.budgets:
         if rule.spike_factor is None or rule.period.session:
             continue  # a session (a run) has too few hours for a baseline
-        for entity, series in hourly(spends, rule, policy, now_ms, hours).items():
+        for entity, series in (await hourly(spends, rule, policy, now_ms, hours)).items():
             current, trailing = series[-1], series[:-1]
             if not any(trailing):
                 continue  # no history to compare with: a first burst is not a spike

@@ -1,0 +1,161 @@
+"""The scheduler's jobs run in the event loop that serves reserves and commits: each gives the
+loop a turn at least every few hundred ledger entries, and reads Redis in bounded steps
+(docs/performance.md, "Job stalls"). At a large org a period close resolved a month of entries
+against each rule without a turn (0.4 s), and a forecast read thousands of counters in one
+script (and failed with ~18,000). Checked without timing: by counting the work done between
+two turns of the loop, and the counters a status script reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from budgetd.clock import FrozenClock
+from budgetd.engine import Engine
+from budgetd.jobs import forecast as forecast_module
+from budgetd.jobs import period_close, spend
+from budgetd.jobs.forecast import forecast
+from budgetd.jobs.period_close import close_periods
+from budgetd.jobs.spike import detect_spikes
+from budgetd.store import keys
+from budgetd.store.events import EventQueue
+from budgetd.store.scripted import ScriptStore
+
+POLICY = """
+org: acme
+timezone: UTC
+defaults:
+  spike_factor: 3
+budgets:
+  - {name: org-day, scope: org, limit_usd: 1000, period: day}
+  - {name: user-day, scope: user, limit_usd: 1000, period: day}
+"""
+NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+BOUND = 250
+"""Entries of work allowed between two turns of the loop (the jobs step at 100)."""
+
+
+class Steps:
+    """Counts calls of the functions wrapped with :meth:`count` and, from a task beside the job,
+    the most calls made between two turns of the event loop."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.most = 0
+        self._last = 0
+
+    def count(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.done += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        stop = False
+
+        async def turns() -> None:
+            while not stop:
+                self._turn()
+                await asyncio.sleep(0)
+
+        task = asyncio.get_running_loop().create_task(turns())
+        try:
+            yield
+        finally:
+            stop = True
+            self._turn()
+            task.cancel()
+
+    def _turn(self) -> None:
+        self.most = max(self.most, self.done - self._last)
+        self._last = self.done
+
+
+@pytest.fixture
+def setup(
+    make_engine: Callable[..., Engine], store: ScriptStore, clock: FrozenClock
+) -> tuple[Engine, EventQueue]:
+    clock.set(NOON)
+    return make_engine(POLICY), EventQueue(store)
+
+
+async def _ledger(store: ScriptStore, since: datetime, n: int, users: int) -> None:
+    """``n`` entries of ``users`` users over the hour after ``since``."""
+    step_ms = 3_600_000 // n
+    start_ms = int(since.timestamp() * 1000)
+    pipe = store.client.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(
+            keys.ledger("acme"),
+            {
+                "kind": "record",
+                "cost_micros": "1000",
+                "user": f"u{i % users:05d}",
+                "feature": "chat",
+                "model": "claude-haiku-test",
+                "overrun": "0",
+            },
+            id=f"{start_ms + i * step_ms}-0",
+        )
+    await pipe.execute()
+
+
+async def test_a_period_close_resolves_entries_a_few_at_a_time(
+    setup: tuple[Engine, EventQueue], store: ScriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, queue = setup
+    await _ledger(store, NOON - timedelta(hours=3), 1200, 50)
+    steps = Steps()
+    monkeypatch.setattr(spend, "parse", steps.count(spend.parse))
+    monkeypatch.setattr(period_close, "entities_of", steps.count(period_close.entities_of))
+    with steps.watching():
+        assert await close_periods(engine, queue, "acme", "day", NOON + timedelta(hours=12)) == 2
+    assert steps.done == 1200 * 3  # parsed once, resolved for each rule
+    assert steps.most <= BOUND  # 1,200 entries, resolved for a rule without a turn, before
+
+
+async def test_a_spike_check_resolves_entries_a_few_at_a_time(
+    setup: tuple[Engine, EventQueue], store: ScriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, queue = setup
+    await _ledger(store, NOON - timedelta(hours=3), 1200, 50)
+    steps = Steps()
+    monkeypatch.setattr(spend, "parse", steps.count(spend.parse))
+    monkeypatch.setattr(spend, "entities_of", steps.count(spend.entities_of))
+    with steps.watching():
+        await detect_spikes(engine, queue, "acme", NOON)
+    assert steps.done == 1200 * 3
+    assert steps.most <= BOUND
+
+
+async def test_a_forecast_reads_thousands_of_counters_in_bounded_scripts(
+    setup: tuple[Engine, EventQueue], store: ScriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 users spent in the last hour: their counters were read in one status script (tens
+    of ms of Redis; with several thousand more it failed: Lua's unpack limit); now 500 a
+    script."""
+    engine, queue = setup
+    await _ledger(store, NOON - timedelta(minutes=60), 3000, 3000)
+    steps = Steps()
+    monkeypatch.setattr(spend, "parse", steps.count(spend.parse))
+    monkeypatch.setattr(forecast_module, "entities_of", steps.count(forecast_module.entities_of))
+    reads: list[int] = []
+    status = engine.store.status
+
+    async def counted_status(budgets: Any, buckets: Any) -> Any:
+        reads.append(len(budgets))
+        return await status(budgets, buckets)
+
+    monkeypatch.setattr(engine.store, "status", counted_status)
+    with steps.watching():
+        assert await forecast(engine, queue, "acme", NOON) == 0  # $3 an hour of $1,000
+    assert sum(reads) == 3001 and max(reads) <= 500  # the users' and the org's
+    assert steps.done == 3000 * 3
+    assert steps.most <= BOUND
