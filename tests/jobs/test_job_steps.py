@@ -20,8 +20,8 @@ from budgetd import ledger
 from budgetd.clock import FrozenClock
 from budgetd.engine import Engine
 from budgetd.expiry import counter_expiry
+from budgetd.jobs import delivery, period_close, spend
 from budgetd.jobs import forecast as forecast_module
-from budgetd.jobs import period_close, spend
 from budgetd.jobs.forecast import forecast
 from budgetd.jobs.period_close import close_periods
 from budgetd.jobs.retention import apply_retention
@@ -232,3 +232,42 @@ async def test_the_archive_is_pruned_in_small_steps(
     assert await store.client.hgetall(archive) == live
     assert steps.done >= 1500 and steps.most <= BOUND
     assert max(deleted) <= 500
+
+
+async def test_delivery_settles_a_few_events_at_a_time(
+    make_engine: Callable[..., Engine],
+    store: ScriptStore,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivery pass settled its whole batch (100 events) at once: every event's next Redis
+    command ready in the same turn of the loop (35-65 ms at a large org); now at most
+    ``DeliveryConfig.concurrency`` (8) events are in flight."""
+    clock.set(NOON)
+    engine = make_engine(
+        POLICY.replace(
+            "defaults:\n", "channels:\n  ops: {log: debug}\ndefaults:\n  notify: [ops]\n"
+        )
+    )
+    queue = EventQueue(store)
+    for i in range(40):
+        fields = {"type": "spike", "budget": "org-day", "scope": "org", "entity": "acme"}
+        assert await queue.emit("acme", f"e{i}", timedelta(hours=1), fields)
+    in_flight, most = 0, 0
+    real_send = delivery.send
+
+    async def counted_send(*args: Any) -> Any:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.001)  # a receiver's answer takes a while
+        in_flight -= 1
+        return await real_send(*args)
+
+    monkeypatch.setattr(delivery, "send", counted_send)
+    deliverer = delivery.Deliverer(queue, engine.registry, engine.metrics, "test")
+    try:
+        assert await deliverer.run_once() == 40
+    finally:
+        await deliverer.close()
+    assert 1 < most <= 8
