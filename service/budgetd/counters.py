@@ -16,8 +16,9 @@ from budgetd.periods import PeriodWindow, window
 from budgetd.policy.model import OrgPolicy
 from budgetd.policy.resolve import AppliedBudget
 
-CHUNK = 500
-"""Counters read by one status script. A forecast reads every user that spent in the last hour
+CHUNK = 200
+"""Counters read by one status script (and their windows worked out between two turns of the
+event loop: ~10 µs each). A forecast reads every user that spent in the last hour
 (thousands at a large org): in one script that held Redis for tens of ms, and with ~18,000
 (bench/job_stalls.py) the script failed outright (Lua's unpack limit)."""
 

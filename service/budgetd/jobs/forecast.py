@@ -32,7 +32,9 @@ async def forecast(engine: Engine, queue: EventQueue, org: str, now: datetime) -
         async for s in paced(spends):
             for entity in entities_of(s, rule, policy):
                 recent[entity] = recent.get(entity, 0) + s.cost
-        applied = [a for e in recent if (a := entity_budget(policy, rule, e)) is not None]
+        applied = [
+            a async for e in paced(recent) if (a := entity_budget(policy, rule, e)) is not None
+        ]
         for c in await counters.read(engine, policy, applied, now):
             entity, limit, win = c.applied.entity, c.applied.limit, c.window
             end = win.end
