@@ -5,12 +5,14 @@ the Redis it talks to. Shared by ``follower_stalls.py`` and ``job_stalls.py``.
     minus the ticker's own period: what a reserve or commit arriving then would wait;
   * **Redis stall**: the longest single command of the work (``SLOWLOG`` with every command
     logged): what every client of that Redis, every org, would wait;
+  * the longest garbage collection meanwhile (a loop stall of its own kind);
   * wall time, and the machine's load average and steal over the work (the VM is shared).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,12 +23,15 @@ import redis
 from _machine import load_average, steal_ticks
 
 TICK_S = 0.0005
+OVER_S = 0.005
+"""Stalls longer than this are counted (one long stop tells apart from many)."""
 
 
 @dataclass
 class Stall:
     result: Any
     loop_ms: float
+    stalls_over_5ms: int
     redis_ms: float
     """The longest command; 0 when none ran."""
     redis_command: str
@@ -38,6 +43,9 @@ class Stall:
     """Every command of the work: (name, µs)."""
     steal: float = 0.0
     load: str = ""
+    gc_ms: float = 0.0
+    """The longest garbage collection during the work (a stop of the loop like any other)."""
+    gc_generation: int = -1
 
 
 def redis_cpu_s(client: redis.Redis) -> float:
@@ -59,18 +67,31 @@ async def measure(
     sync.slowlog_reset()
     stop = asyncio.Event()
     worst = 0.0
+    over = 0
 
     async def ticker() -> None:
-        nonlocal worst
+        nonlocal worst, over
         last = time.perf_counter()
         while not stop.is_set():
             await asyncio.sleep(TICK_S)
             now = time.perf_counter()
             worst = max(worst, now - last - TICK_S)
+            over += now - last - TICK_S > OVER_S
             last = now
+
+    collections: list[tuple[float, int]] = []
+    started = 0.0
+
+    def timed_gc(phase: str, info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            collections.append((time.perf_counter() - started, info["generation"]))
 
     ticking = asyncio.create_task(ticker())
     await asyncio.sleep(0.05)
+    gc.callbacks.append(timed_gc)
     steal0, total0 = steal_ticks()
     cpu0, wall0, proc0 = redis_cpu_s(sync), time.perf_counter(), time.process_time()
     result = await work()
@@ -80,6 +101,8 @@ async def measure(
         redis_cpu_s(sync) - cpu0,
     )
     steal1, total1 = steal_ticks()
+    gc.callbacks.remove(timed_gc)
+    gc_s, generation = max(collections, default=(0.0, -1))
     stop.set()
     await ticking
     log: Any = sync.slowlog_get(1_000_000)
@@ -92,6 +115,7 @@ async def measure(
     return Stall(
         result=result,
         loop_ms=worst * 1e3,
+        stalls_over_5ms=over,
         redis_ms=longest / 1e3,
         redis_command=name,
         wall_s=wall,
@@ -100,4 +124,6 @@ async def measure(
         commands=commands,
         steal=(steal1 - steal0) / max(1, total1 - total0),
         load=load_average().split()[0],
+        gc_ms=gc_s * 1e3,
+        gc_generation=generation,
     )

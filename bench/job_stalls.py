@@ -42,6 +42,7 @@ from tests.servers import start_redis  # noqa: E402
 from _machine import load_average  # noqa: E402
 from _stalls import measure  # noqa: E402
 from budgetd.clock import SystemClock  # noqa: E402
+from budgetd.collector import freeze_built_app  # noqa: E402
 from budgetd.contract import Grant, ReserveRequest  # noqa: E402
 from budgetd.engine import Engine  # noqa: E402
 from budgetd.jobs.period_close import close_periods  # noqa: E402
@@ -149,6 +150,7 @@ async def main() -> None:
             seed(sync, args.hour, args.users, HOUR_MS - 1000, now_ms - 1000)
             seed_archive(sync, args.archive, args.users)
             await follower.follow(store, ORG, engine.policy(ORG).tz)
+            freeze_built_app()  # as every serving process does (what is built, not what jobs make)
             print(
                 f"seeded {args.entries + args.hour:,} ledger entries ({args.hour:,} in the last "
                 f"hour), {args.users:,} users, {args.archive:,} archive sums, reports folded, "
@@ -168,8 +170,23 @@ async def main() -> None:
             async def nothing() -> None:
                 pass
 
+            async def busy_floor() -> int:
+                """No job: 1 ms of CPU between turns for 2 s. What a job that yields every
+                ms shows on this machine (under ``chrt -r``, the kernel throttles a process
+                that has run 0.95 s of a second in real time: a ~50 ms stall of its own)."""
+                end = time.perf_counter() + 2
+                steps = 0
+                while time.perf_counter() < end:
+                    step_end = time.perf_counter() + 0.001
+                    while time.perf_counter() < step_end:
+                        pass
+                    steps += 1
+                    await asyncio.sleep(0)
+                return steps
+
             # (job, what it finds waiting (not measured), the job's run)
             cases: list[tuple[str, Callable[[], Awaitable[None]], Callable[[], Awaitable[Any]]]] = [
+                ("floor (no job: 1 ms steps for 2 s)", nothing, busy_floor),
                 ("reports (15,000 new entries)", new_entries, jobs.follow_ledgers),
                 ("forecast", nothing, jobs.forecast),
                 ("spike", nothing, jobs.spikes),
@@ -181,17 +198,19 @@ async def main() -> None:
             ]
             only = {o.strip() for o in args.only.split(",") if o.strip()}
             print(
-                "| job | loop stall ms | Redis stall ms (command) | wall s | commands "
-                "| result | load | steal |"
+                "| job | loop stall ms | stalls > 5 ms | longest GC ms (gen) "
+                "| Redis stall ms (command) | wall s | commands | result | load | steal |"
             )
-            print("|---|---:|---|---:|---:|---:|---:|---:|")
+            print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
             for name, prepare, run in cases:
                 if only and name.split()[0] not in only:
                     continue
                 await prepare()
                 s = await measure(sync, failing(run), args.slower_than)
                 print(
-                    f"| {name} | {s.loop_ms:.1f} | {s.redis_ms:.1f} ({s.redis_command}) "
+                    f"| {name} | {s.loop_ms:.1f} | {s.stalls_over_5ms} "
+                    f"| {s.gc_ms:.1f} ({s.gc_generation}) "
+                    f"| {s.redis_ms:.1f} ({s.redis_command}) "
                     f"| {s.wall_s:.2f} | {len(s.commands):,} | {s.result} | {s.load} "
                     f"| {s.steal:.1%} |",
                     flush=True,
