@@ -14,7 +14,10 @@ from budgetd.policy.resolve import Subject, applied_budgets
 from budgetd.store.scripted import ScriptStore
 
 
-class Spend(msgspec.Struct, frozen=True, kw_only=True):
+class Spend(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One ledger entry as the jobs read it. Not tracked by the garbage collector (a month close
+    holds ~100,000: every full collection walked them); its fields make no cycles."""
+
     at_ms: int
     cost: int
     user: str
