@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from budgetd.engine import Engine
 from budgetd.jobs.spend import hourly, since
 from budgetd.money import format_usd
+from budgetd.pacing import paced
 from budgetd.store.events import EventQueue
 
 TRAILING_HOURS = 24
@@ -24,7 +25,8 @@ async def detect_spikes(engine: Engine, queue: EventQueue, org: str, now: dateti
     for rule in policy.budgets:
         if rule.spike_factor is None or rule.period.session:
             continue  # a session (a run) has too few hours for a baseline
-        for entity, series in (await hourly(spends, rule, policy, now_ms, hours)).items():
+        series_of = await hourly(spends, rule, policy, now_ms, hours)
+        async for entity, series in paced(series_of.items()):  # every spender of a day
             current, trailing = series[-1], series[:-1]
             if not any(trailing):
                 continue  # no history to compare with: a first burst is not a spike
