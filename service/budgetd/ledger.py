@@ -180,8 +180,8 @@ async def prune_archive(store: ScriptStore, org: str, expiry: CounterExpiry) -> 
     dropped, cursor = 0, 0
     # A page at a time (months of retention leave 100,000s of fields: one HKEYS and one HDEL
     # held Redis ~100 ms each). A field present throughout the scan is seen at least once; a
-    # field seen twice is dropped once (HDEL counts what it removed). Trims that add fields
-    # meanwhile add live counters' sums, not ones past their expiry.
+    # field seen twice is dropped once (HDEL counts what it removed). One that a trim adds
+    # meanwhile and the scan misses waits for the next run.
     while True:
         cursor, page = await store.client.hscan(archive_key, cursor, count=PRUNE_PAGE)
         gone = [f for f in map(str, page) if (due := expiry(f)) is not None and due <= now_ms]
