@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 from collections import Counter
 from datetime import datetime, timedelta
+from itertools import islice
+from operator import itemgetter
 
 import msgspec
 
@@ -21,8 +25,20 @@ from budgetd.store.events import EventQueue
 TOP = 5
 
 
-def _top(totals: Counter[str]) -> str:
-    return msgspec.json.encode(totals.most_common(TOP)).decode()
+TOP_CHUNK = 1000
+"""Totals ranked between two turns of the event loop (a month's users: ~100,000, which
+``most_common`` ranked in one go: ~6 ms, two such lists a user rule)."""
+
+
+async def _top(totals: Counter[str]) -> str:
+    """The ``TOP`` biggest as ``most_common`` gives them (ties: the first counted first):
+    ``nlargest`` is a stable sort's head, and the best so far go before each next chunk."""
+    best: list[tuple[str, int]] = []
+    items = iter(totals.items())
+    while chunk := list(islice(items, TOP_CHUNK)):
+        best = heapq.nlargest(TOP, best + chunk, key=itemgetter(1))
+        await asyncio.sleep(0)
+    return msgspec.json.encode(best).decode()
 
 
 async def _counter(engine: Engine, org: str, budget: str, period_id: str) -> int:
@@ -54,12 +70,13 @@ async def close_periods(
             continue
         by_entity: Counter[str] = Counter()
         mine = []
+        spent = 0
         async for s in paced(spends):  # a month of entries: seconds of Python, in steps
             entities = entities_of(s, rule, policy)
             if entities:
                 mine.append(s)
+                spent += s.cost
                 by_entity.update(dict.fromkeys(entities, s.cost))
-        spent = sum(s.cost for s in mine)
         if rule.scope == "org":
             # The counter, not the ledger: a commit settles into its hold's period, which the
             # ledger's timestamps (commit time) cannot tell.
@@ -78,10 +95,10 @@ async def close_periods(
             "period": period_id,
             "used_micros": str(spent),
             "limit_micros": str(rule.default_limit),
-            "top_entities": _top(by_entity) if rule.scope != "org" else "[]",
-            "top_users": _top(await totals_by(mine, "user")),
-            "top_features": _top(await totals_by(mine, "feature")),
-            "top_models": _top(await totals_by(mine, "model")),
+            "top_entities": await _top(by_entity) if rule.scope != "org" else "[]",
+            "top_users": await _top(await totals_by(mine, "user")),
+            "top_features": await _top(await totals_by(mine, "feature")),
+            "top_models": await _top(await totals_by(mine, "model")),
             "overruns": str(sum(s.overrun for s in mine)),
             "summary": summary,
             "at_ms": str(end_ms),
