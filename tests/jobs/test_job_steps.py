@@ -11,6 +11,7 @@ import asyncio
 import gc
 import heapq
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -360,3 +361,39 @@ async def test_a_period_close_ranks_its_top_lists_a_thousand_at_a_time(
 
 async def _events(store: ScriptStore) -> list[dict[str, str]]:
     return [fields for _, fields in await store.client.xrange(keys.events("acme"))]
+
+
+async def test_a_period_close_holds_a_few_ledger_records_at_a_time(
+    setup: tuple[Engine, EventQueue], store: ScriptStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month close kept every record of the month (~115,000 at a large org) in a list, and
+    freed them all at once when it returned: one 25 ms stop. Now it tallies each rule as the
+    records stream past, and frees them as it goes."""
+    engine, queue = setup
+    await _ledger(store, NOON - timedelta(hours=3), 1200, 50)
+
+    class Tracked(spend.Spend, weakref=True, gc=True):
+        pass
+
+    alive, most = 0, 0
+    parse = spend.parse
+
+    def tracked_parse(entry_id: str, fields: dict[str, str]) -> spend.Spend:
+        nonlocal alive, most
+        record = parse(entry_id, fields)
+        out = Tracked(**{f: getattr(record, f) for f in record.__struct_fields__})
+        alive += 1
+        most = max(most, alive)
+
+        def freed() -> None:
+            nonlocal alive
+            alive -= 1
+
+        weakref.finalize(out, freed)
+        return out
+
+    monkeypatch.setattr(spend, "parse", tracked_parse)
+    assert await close_periods(engine, queue, "acme", "day", NOON + timedelta(hours=12)) == 2
+    closes = {e["budget"]: e for e in await _events(store)}
+    assert closes["user-day"]["used_micros"] == str(1200 * 1000)
+    assert most <= 2 * 100  # a page of the ledger (100), not the 1,200 of the day

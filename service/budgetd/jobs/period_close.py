@@ -13,9 +13,9 @@ import msgspec
 
 from budgetd.engine import Engine
 from budgetd.jobs import spend
-from budgetd.jobs.spend import entities_of, totals_by
+from budgetd.jobs.spend import Spend, entities_of
 from budgetd.money import format_usd
-from budgetd.pacing import paced
+from budgetd.pacing import STEP
 from budgetd.periods import COUNTER_GRACE, calendar_bounds
 from budgetd.policy.model import CalendarUnit
 from budgetd.store import keys
@@ -41,6 +41,24 @@ async def _top(totals: Counter[str]) -> str:
     return msgspec.json.encode(best).decode()
 
 
+class _Tally:
+    """One rule's sums over the period's records, as they stream past."""
+
+    def __init__(self) -> None:
+        self.spent = 0
+        self.overruns = 0
+        self.by_entity: Counter[str] = Counter()
+        self.by: dict[str, Counter[str]] = {a: Counter() for a in ("user", "feature", "model")}
+
+    def add(self, record: Spend, entities: tuple[str, ...]) -> None:
+        self.spent += record.cost
+        self.overruns += record.overrun
+        self.by_entity.update(dict.fromkeys(entities, record.cost))
+        for attribute, totals in self.by.items():
+            if key := getattr(record, attribute):
+                totals[key] += record.cost
+
+
 async def _counter(engine: Engine, org: str, budget: str, period_id: str) -> int:
     key = keys.counters(org, period_id)
     slot = BudgetSlot(
@@ -63,20 +81,25 @@ async def close_periods(
     policy = engine.policy(org)
     period_id, start, end = calendar_bounds(unit, policy.tz, fired_at - timedelta(seconds=1))
     start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-    spends = await spend.since(queue.store, org, start_ms, end_ms)
-    emitted = 0
-    for rule in policy.budgets:
-        if rule.period.calendar != unit:
-            continue
-        by_entity: Counter[str] = Counter()
-        mine = []
-        spent = 0
-        async for s in paced(spends):  # a month of entries: seconds of Python, in steps
+    rules = [rule for rule in policy.budgets if rule.period.calendar == unit]
+    if not rules:
+        return 0
+    tallies = [_Tally() for _ in rules]
+    every = max(1, STEP // len(rules))  # records resolved between two turns
+    # One pass, each record tallied for every rule and then let go: a month's records are
+    # ~115,000 at a large org (kept in a list, freeing them at the end stopped the loop 25 ms).
+    n = 0
+    async for s in spend.stream(queue.store, org, start_ms, end_ms):
+        for rule, tally in zip(rules, tallies, strict=True):
             entities = entities_of(s, rule, policy)
             if entities:
-                mine.append(s)
-                spent += s.cost
-                by_entity.update(dict.fromkeys(entities, s.cost))
+                tally.add(s, entities)
+        n += 1
+        if n % every == 0:
+            await asyncio.sleep(0)
+    emitted = 0
+    for rule, tally in zip(rules, tallies, strict=True):
+        spent = tally.spent
         if rule.scope == "org":
             # The counter, not the ledger: a commit settles into its hold's period, which the
             # ledger's timestamps (commit time) cannot tell.
@@ -95,11 +118,11 @@ async def close_periods(
             "period": period_id,
             "used_micros": str(spent),
             "limit_micros": str(rule.default_limit),
-            "top_entities": await _top(by_entity) if rule.scope != "org" else "[]",
-            "top_users": await _top(await totals_by(mine, "user")),
-            "top_features": await _top(await totals_by(mine, "feature")),
-            "top_models": await _top(await totals_by(mine, "model")),
-            "overruns": str(sum(s.overrun for s in mine)),
+            "top_entities": await _top(tally.by_entity) if rule.scope != "org" else "[]",
+            "top_users": await _top(tally.by["user"]),
+            "top_features": await _top(tally.by["feature"]),
+            "top_models": await _top(tally.by["model"]),
+            "overruns": str(tally.overruns),
             "summary": summary,
             "at_ms": str(end_ms),
         }

@@ -3,12 +3,13 @@ summaries read it; enforcement never does (counters are the truth for limits).""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import AsyncIterator
 
 import msgspec
 
 from budgetd import attribution, ledger
-from budgetd.pacing import STEP, paced
+from budgetd.pacing import paced
 from budgetd.policy.model import BudgetRule, OrgPolicy
 from budgetd.policy.resolve import Subject, applied_budgets
 from budgetd.store.scripted import ScriptStore
@@ -52,11 +53,17 @@ async def since(
     """The org's usage in [since, until), oldest first: commits and records. Adjustments are
     an admin's corrections, not a rate of use, so forecasts, spikes and top lists skip them
     (the counters, which the limits and the org's period total read, include them)."""
-    return [
-        parse(i, f)
-        async for i, f in ledger.entries(store, org, since_ms, until_ms)
-        if f.get("kind") != "adjustment"
-    ]
+    return [s async for s in stream(store, org, since_ms, until_ms)]
+
+
+async def stream(
+    store: ScriptStore, org: str, since_ms: int, until_ms: int | None = None
+) -> AsyncIterator[Spend]:
+    """``since``'s records one at a time, a page of the ledger read at a time: for a pass over
+    a month, which need not hold ~100,000 records at once."""
+    async for i, f in ledger.entries(store, org, since_ms, until_ms):
+        if f.get("kind") != "adjustment":
+            yield parse(i, f)
 
 
 def entities_of(spend: Spend, rule: BudgetRule, policy: OrgPolicy) -> tuple[str, ...]:
@@ -74,15 +81,6 @@ def entities_of(spend: Spend, rule: BudgetRule, policy: OrgPolicy) -> tuple[str,
         session=spend.session or None,
     )
     return tuple(applied.entity for applied in applied_budgets(policy, rule, subject))
-
-
-async def totals_by(spends: list[Spend], attribute: str) -> Counter[str]:
-    out: Counter[str] = Counter()
-    async for s in paced(spends, 10 * STEP):  # (a sum: ~0.3 µs an entry)
-        key = getattr(s, attribute)
-        if key:
-            out[key] += s.cost
-    return out
 
 
 async def hourly(
