@@ -34,6 +34,7 @@ import redis
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 from tests.servers import start_redis
 
 from _machine import load_average
