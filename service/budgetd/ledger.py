@@ -19,7 +19,7 @@ import msgspec
 from budgetd import attribution
 from budgetd.expiry import CounterExpiry, current
 from budgetd.pacing import STEP
-from budgetd.store import keys
+from budgetd.store import keys, streams
 from budgetd.store.plan import held_fields
 from budgetd.store.scripted import ScriptStore
 
@@ -106,8 +106,7 @@ async def entries(
         if len(rows) < page:
             return
         await asyncio.sleep(0)  # (an embedded store answers without one)
-        ms, seq = str(rows[-1][0]).split("-")
-        start = f"{ms}-{int(seq) + 1}"
+        start = streams.after(str(rows[-1][0]))
 
 
 def _flat(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from redis.commands.core import AsyncScript
 
 from budgetd.engine import Engine
 from budgetd.reports.fold import Increments, add_into, fold
-from budgetd.store import keys
+from budgetd.store import keys, streams
 from budgetd.store.scripted import ScriptStore
 
 DAY_MS = 86_400_000
@@ -50,11 +50,6 @@ def _script(store: ScriptStore) -> AsyncScript:
     if script is None:
         script = _scripts[id(store.client)] = store.client.register_script(_source())
     return script
-
-
-def _next_id(entry_id: str) -> str:
-    ms, seq = entry_id.split("-")
-    return f"{ms}-{int(seq) + 1}"
 
 
 def _call(org: str, increments: Increments, last_ms: int) -> tuple[list[str], str]:
@@ -103,7 +98,7 @@ async def _read_step(
     while count < batch and held < rows:
         want = min(slice_, batch - count)
         got: Any = await store.client.xrange(
-            keys.ledger(org), min=_next_id(last) if last else "-", max="+", count=want
+            keys.ledger(org), min=streams.after(last) if last else "-", max="+", count=want
         )
         if got:
             entries = [(str(i), f) for i, f in got]  # redis-py made each a dict already
@@ -120,7 +115,7 @@ async def lag(store: ScriptStore, org: str) -> int:
     if not cursor:
         return int(await store.client.xlen(keys.ledger(org)))
     rows: Any = await store.client.xrange(
-        keys.ledger(org), min=_next_id(cursor), max="+", count=10_000
+        keys.ledger(org), min=streams.after(cursor), max="+", count=10_000
     )
     return len(rows)
 

@@ -25,7 +25,7 @@ from budgetd.policy.model import BudgetRule, OrgPolicy, PolicySet
 from budgetd.policy.registry import PolicyRegistry
 from budgetd.policy.resolve import entity_budget
 from budgetd.reports import follower
-from budgetd.store import keys
+from budgetd.store import keys, streams
 from budgetd.store.scripted import ScriptStore
 
 
@@ -154,8 +154,7 @@ async def _shadow_denies(store: ScriptStore, org: str) -> dict[str, int]:
                 counts[name] = counts.get(name, 0) + 1
         if len(rows) < 1000:
             return counts
-        ms, seq = str(rows[-1][0]).split("-")
-        start = f"{ms}-{int(seq) + 1}"
+        start = streams.after(str(rows[-1][0]))
 
 
 async def _budget_plan(
