@@ -144,13 +144,13 @@ class Jobs:
                 self._every(
                     "ledger-retention", s.ledger_retention_interval_s, self.retention, claim=True
                 )
-            self.schedule_period_close()
         else:
             log.info(
                 "BUDGETD_JOBS=none: this replica only serves; the org jobs (sweep, delivery, "
                 "forecasts, spikes, reports, digests, retention, period close) run on replicas "
                 "with BUDGETD_JOBS=all"
             )
+        self.schedule_period_close()
         self.scheduler.add_listener(
             self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR
         )
@@ -261,7 +261,7 @@ class Jobs:
     # -- jobs ------------------------------------------------------------------------------
 
     async def reload_policy(self) -> None:
-        if await self.watcher.reload_if_changed() and self.settings.jobs == "all":
+        if await self.watcher.reload_if_changed():
             self.schedule_period_close()
 
     async def sync_clock(self) -> None:
@@ -307,10 +307,12 @@ class Jobs:
         return removed
 
     def schedule_period_close(self) -> None:
-        """One cron job per (org, calendar unit in use), in the org's zone; rebuilt on reload."""
+        """One cron job per (org, calendar unit in use), in the org's zone; rebuilt on reload.
+        None on a replica that only serves (``BUDGETD_JOBS=none``)."""
         wanted: dict[str, tuple[str, CalendarUnit]] = {}
         registry = self.engine.registry
-        for org, policy in registry.current.orgs.items() if registry.loaded else []:
+        closing = registry.loaded and self.settings.jobs == "all"
+        for org, policy in registry.current.orgs.items() if closing else []:
             for rule in policy.budgets:
                 if rule.period.calendar is not None:
                     wanted[f"close:{org}:{rule.period.calendar}"] = (org, rule.period.calendar)
